@@ -1,0 +1,30 @@
+//! One error type for the whole stack: every failure a user can cause names the thing and the fix.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("no GPU adapter found{0}. On Linux without a GPU install Mesa's lavapipe: `apt-get install mesa-vulkan-drivers libvulkan1`")]
+    NoAdapter(String),
+    #[error("could not open the GPU device on adapter '{adapter}': {reason}")]
+    Device { adapter: String, reason: String },
+    #[error("{what} needs a {bytes}-byte GPU binding but this adapter allows {limit} bytes per storage binding; use a smaller size (or tiled mode)")]
+    BindingTooLarge { what: String, bytes: u64, limit: u64 },
+    #[error("{what} needs a {bytes}-byte GPU buffer but this adapter's max_buffer_size is {limit}; use a smaller size")]
+    BufferTooLarge { what: String, bytes: u64, limit: u64 },
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("{0} needs the SHADER_F16 feature, which this adapter does not offer")]
+    NoF16(&'static str),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("GPU error: {0}")]
+    Gpu(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shorthand for a shape error with a formatted detail.
+pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
+    Err(Error::Shape { op, detail: detail.into() })
+}

@@ -1,0 +1,210 @@
+//! GPU runtime: adapter choice, the device, tensors, the pipeline cache and command batching.
+//!
+//! Ops never submit on their own: each records one compute pass into the context's open command
+//! encoder and its uniform parameters into a shared arena. The batch is submitted when it is full
+//! or when the host needs a result (readback), so a UNet step is a handful of submits, not
+//! thousands.
+
+mod batch;
+mod kernel;
+mod pool;
+mod tensor;
+
+pub use kernel::{grid_1d, Binding, KernelSpec};
+pub use tensor::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use batch::Batch;
+use kernel::PipelineCache;
+use pool::BufferPool;
+use std::sync::Mutex;
+
+/// How to pick an adapter. `name` (from `--adapter` or `PIGMENT_ADAPTER`) is matched as a
+/// case-insensitive substring of the adapter name, or as its index in [`list_adapters`].
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    pub name: Option<String>,
+    /// Use f32 storage even when the adapter offers SHADER_F16 (`PIGMENT_F16=0`).
+    pub disable_f16: bool,
+}
+
+impl AdapterChoice {
+    pub fn from_env() -> Self {
+        AdapterChoice {
+            name: std::env::var("PIGMENT_ADAPTER").ok().filter(|s| !s.is_empty()),
+            disable_f16: std::env::var("PIGMENT_F16").map(|v| v == "0").unwrap_or(false),
+        }
+    }
+}
+
+/// The device and everything ops share: limits, feature flags, caches, the open batch.
+pub struct Context {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    /// The adapter offers SHADER_F16 and it was enabled: f16 storage kernels may be used.
+    pub f16: bool,
+    pub timestamps: bool,
+    pipelines: PipelineCache,
+    pool: BufferPool,
+    batch: Mutex<Batch>,
+}
+
+/// Lower is preferred: a discrete GPU beats an integrated one beats a software rasteriser.
+fn preference(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var("WGPU_BACKEND").is_err() && !cfg!(target_arch = "wasm32") {
+        // GL adapters lack f16 and compute limits; prefer the modern APIs unless asked.
+        desc.backends = wgpu::Backends::PRIMARY;
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter this build can see, in preference order.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn list_adapters() -> Vec<wgpu::AdapterInfo> {
+    let mut infos: Vec<_> =
+        instance().enumerate_adapters(wgpu::Backends::all()).await.iter().map(|a| a.get_info()).collect();
+    infos.sort_by_key(|i| preference(i.device_type));
+    infos
+}
+
+impl Context {
+    /// Open the preferred adapter (see [`AdapterChoice`]).
+    pub async fn new(choice: &AdapterChoice) -> Result<Context> {
+        let instance = instance();
+        let adapter = Self::pick_adapter(&instance, choice).await?;
+        let info = adapter.get_info();
+        let offered = adapter.features();
+        let mut features = wgpu::Features::empty();
+        for f in [wgpu::Features::SHADER_F16, wgpu::Features::TIMESTAMP_QUERY] {
+            if offered.contains(f) {
+                features |= f;
+            }
+        }
+        if choice.disable_f16 {
+            features.remove(wgpu::Features::SHADER_F16);
+        }
+        // Ask for everything the adapter has: the defaults would cap bindings at 128 MiB even on
+        // GPUs that allow more.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("pigment"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
+        let limits = device.limits();
+        Ok(Context {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            pipelines: PipelineCache::default(),
+            pool: BufferPool::default(),
+            batch: Mutex::new(Batch::new(&device, &limits)),
+            device,
+            queue,
+            info,
+            limits,
+        })
+    }
+
+    /// Blocking constructor for native code and tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(choice: &AdapterChoice) -> Result<Context> {
+        pollster::block_on(Self::new(choice))
+    }
+
+    async fn pick_adapter(instance: &wgpu::Instance, choice: &AdapterChoice) -> Result<wgpu::Adapter> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+            adapters.sort_by_key(|a| preference(a.get_info().device_type));
+            if let Some(want) = &choice.name {
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                let index = want.parse::<usize>().ok().filter(|&i| i < adapters.len()).or_else(|| {
+                    names.iter().position(|n| n.to_lowercase().contains(&want.to_lowercase()))
+                });
+                return match index {
+                    Some(i) => Ok(adapters.swap_remove(i)),
+                    None => Err(Error::NoAdapter(format!(
+                        " matching '{want}' (available: {})",
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    ))),
+                };
+            }
+            if !adapters.is_empty() {
+                return Ok(adapters.swap_remove(0));
+            }
+            Err(Error::NoAdapter(String::new()))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = choice;
+            instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(format!(" ({e}); this browser needs WebGPU enabled")))
+        }
+    }
+
+    /// Largest byte size one storage binding may have on this device.
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size as u64
+    }
+
+    /// A one-line description for benchmark tables and logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, f16 {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            if self.f16 { "yes" } else { "no" }
+        )
+    }
+
+    /// Submit everything recorded so far.
+    pub fn flush(&self) {
+        self.batch.lock().unwrap().flush(&self.device, &self.queue);
+    }
+
+    /// Submit and block until the GPU is idle (native only; used by benchmarks).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sync(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu(e.to_string()))
+    }
+
+    /// Bytes currently held by the buffer pool (live tensors and free intermediates).
+    pub fn pool_bytes(&self) -> (u64, u64) {
+        self.pool.usage()
+    }
+
+    /// Drop the free intermediates kept for reuse.
+    pub fn trim_pool(&self) {
+        self.pool.trim()
+    }
+}

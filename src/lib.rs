@@ -1,0 +1,12 @@
+//! Pigment: Stable Diffusion on hand-written WGSL compute kernels.
+//!
+//! Layers, bottom up: [`gpu`] (device, tensors, pipeline cache, command batching),
+//! [`ops`] (the Rust side of each kernel in `kernels/*.wgsl`), then models, schedulers and the
+//! pipeline built from those ops.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Error, Result};
+pub use gpu::{Context, DType, Tensor};

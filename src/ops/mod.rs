@@ -1,0 +1,31 @@
+//! The Rust side of each kernel family in `kernels/`: shape checks, splitting work that would
+//! exceed one storage binding, and the dispatch.
+
+pub mod elementwise;
+
+use crate::gpu::{Context, Tensor};
+use crate::error::{shape_err, Result};
+
+/// Elements per chunk when a flat op must be split so no binding exceeds the device limit.
+/// Chunk starts stay on the storage-offset alignment.
+pub(crate) fn chunk_elems(ctx: &Context, elem_size: usize) -> usize {
+    let align = ctx.limits.min_storage_buffer_offset_alignment.max(256) as usize;
+    let max = ctx.max_binding() as usize / elem_size;
+    max / (align / elem_size.min(align)) * (align / elem_size.min(align))
+}
+
+/// Workgroup grid for `threads` invocations at `wg` per group, and the threads per grid row
+/// the kernel uses to rebuild the flat index (`gid.y * row + gid.x`).
+pub(crate) fn flat_grid(ctx: &Context, threads: usize, wg: u32) -> ([u32; 3], u32) {
+    let groups = (threads as u32).div_ceil(wg);
+    let grid = crate::gpu::grid_1d(groups, ctx.limits.max_compute_workgroups_per_dimension);
+    (grid, grid[0] * wg)
+}
+
+pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    if ts.windows(2).any(|w| w[0].dtype() != w[1].dtype()) {
+        let d: Vec<_> = ts.iter().map(|t| t.dtype().name()).collect();
+        return shape_err(op, format!("mixed dtypes {d:?}"));
+    }
+    Ok(())
+}
