@@ -7,6 +7,15 @@
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod rng;
+pub mod schedulers;
+pub mod prompt;
+pub mod tokenizer;
+
+#[cfg(feature = "cli")]
+pub mod bench;
+#[cfg(feature = "cli")]
+pub mod cli;
 
 pub use error::{Error, Result};
 pub use gpu::{Context, DType, Tensor};

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 pub struct KernelSpec {
     /// Name of the kernel family, for errors and the cache key.
     pub name: &'static str,
-    pub source: &'static str,
+    /// WGSL text; usually a `kernels/*.wgsl` file, extended at run time for unrolled variants.
+    pub source: std::borrow::Cow<'static, str>,
     pub entry: &'static str,
     pub dtype: DType,
     /// `const NAME = VALUE;` lines put before the source.
@@ -25,8 +26,8 @@ pub struct KernelSpec {
 }
 
 impl KernelSpec {
-    pub fn new(name: &'static str, source: &'static str, entry: &'static str, dtype: DType) -> Self {
-        KernelSpec { name, source, entry, dtype, defines: vec![], overrides: vec![] }
+    pub fn new(name: &'static str, source: impl Into<std::borrow::Cow<'static, str>>, entry: &'static str, dtype: DType) -> Self {
+        KernelSpec { name, source: source.into(), entry, dtype, defines: vec![], overrides: vec![] }
     }
     pub fn define(mut self, name: &'static str, value: impl ToString) -> Self {
         self.defines.push((name, value.to_string()));
@@ -52,7 +53,7 @@ impl KernelSpec {
         for (k, v) in &self.defines {
             src.push_str(&format!("const {k} = {v};\n"));
         }
-        src.push_str(self.source);
+        src.push_str(&self.source);
         src
     }
 }
@@ -101,10 +102,21 @@ impl Context {
         if spec.dtype == DType::F16 && !self.f16 {
             return Err(Error::NoF16(spec.name));
         }
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(spec.name),
-            source: wgpu::ShaderSource::Wgsl(spec.full_source().into()),
-        });
+        // Loop bounding off: every kernel's loops have host-chosen finite trip counts, and the
+        // injected counters cost lavapipe dearly. Bounds checks stay on.
+        let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+        #[cfg(not(target_arch = "wasm32"))]
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // SAFETY: the only check relaxed is loop bounding (see above).
+        let module = unsafe {
+            self.device.create_shader_module_trusted(
+                wgpu::ShaderModuleDescriptor {
+                    label: Some(spec.name),
+                    source: wgpu::ShaderSource::Wgsl(spec.full_source().into()),
+                },
+                checks,
+            )
+        };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(spec.name),
             layout: None,
@@ -116,6 +128,12 @@ impl Context {
             },
             cache: None,
         });
+        // A kernel that fails to compile is a bug, but it should surface as an error naming the
+        // kernel, not a panic inside wgpu.
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("kernel '{}' ({}) failed to compile: {e}", spec.name, spec.key())));
+        }
         let layout = pipeline.get_bind_group_layout(0);
         let compiled = Arc::new(Compiled { pipeline, layout });
         self.pipelines.0.lock().unwrap().insert(key, compiled.clone());

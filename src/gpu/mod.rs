@@ -49,6 +49,8 @@ pub struct Context {
     pipelines: PipelineCache,
     pool: BufferPool,
     batch: Mutex<Batch>,
+    /// Test-only cap on [`Context::max_binding`] (0 = none); see `set_max_binding_for_tests`.
+    binding_override: std::sync::atomic::AtomicU64,
 }
 
 /// Lower is preferred: a discrete GPU beats an integrated one beats a software rasteriser.
@@ -117,6 +119,7 @@ impl Context {
             pipelines: PipelineCache::default(),
             pool: BufferPool::default(),
             batch: Mutex::new(Batch::new(&device, &limits)),
+            binding_override: std::sync::atomic::AtomicU64::new(0),
             device,
             queue,
             info,
@@ -169,7 +172,17 @@ impl Context {
 
     /// Largest byte size one storage binding may have on this device.
     pub fn max_binding(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size as u64
+        let device = self.limits.max_storage_buffer_binding_size as u64;
+        match self.binding_override.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => device,
+            cap => cap.min(device),
+        }
+    }
+
+    /// Lower the effective binding limit (0 restores the device's), so tests can exercise the
+    /// splitting paths with small tensors. Affects every op using this context.
+    pub fn set_max_binding_for_tests(&self, bytes: u64) {
+        self.binding_override.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A one-line description for benchmark tables and logs.

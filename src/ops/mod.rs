@@ -1,7 +1,12 @@
 //! The Rust side of each kernel family in `kernels/`: shape checks, splitting work that would
 //! exceed one storage binding, and the dispatch.
 
+pub mod attention;
 pub mod elementwise;
+pub mod conv;
+pub mod norm;
+pub mod resample;
+pub mod gemm;
 
 use crate::gpu::{Context, Tensor};
 use crate::error::{shape_err, Result};

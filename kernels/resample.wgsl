@@ -1,0 +1,50 @@
+// Resampling and copies for NCHW tensors.
+//   up2:  nearest-neighbour 2x upsampling. NCHW viewed as rows of W: output row R comes from
+//         input row R / 2 (Ho = 2H, so planes line up), so the host splits big tensors by row
+//         ranges. One invocation per input element writes its 2x2 output block.
+//   copy: dst[dst_off + z*dst_stride + i] = src[src_off + z*src_stride + i] for i < len,
+//         z = workgroup_id.z (channel concatenation: one copy per source, z over the batch).
+// *_off: binding index of the chunk's first element (bindings start aligned down).
+// Prelude consts: WG (u32).
+
+struct Params {
+    len: u32,   // up2: input elements in this chunk; copy: elements per z
+    w: u32,     // up2: input row width
+    row: u32,   // invocations per grid row: i = gid.y * row + gid.x
+    src_off: i32,
+    src_stride: u32,
+    dst_off: i32,
+    dst_stride: u32,
+    _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<T>;
+@group(0) @binding(2) var<storage, read_write> dst: array<T>;
+
+@compute @workgroup_size(WG)
+fn up2(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * p.row + gid.x;
+    if (i >= p.len) {
+        return;
+    }
+    let r = i / p.w;
+    let c = i % p.w;
+    let v = src[p.src_off + i32(i)];
+    let o = p.dst_off + i32(2u * r * 2u * p.w + 2u * c);
+    let w2 = i32(2u * p.w);
+    dst[o] = v;
+    dst[o + 1] = v;
+    dst[o + w2] = v;
+    dst[o + w2 + 1] = v;
+}
+
+@compute @workgroup_size(WG)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * p.row + gid.x;
+    if (i >= p.len) {
+        return;
+    }
+    let z = gid.z;
+    dst[p.dst_off + i32(z * p.dst_stride + i)] = src[p.src_off + i32(z * p.src_stride + i)];
+}

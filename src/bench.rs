@@ -1,0 +1,244 @@
+//! Kernel microbenchmarks (`pigment bench`): SD-shaped problems, timed on the GPU, beside a CPU
+//! baseline measured in the same run so the numbers read as ratios on any machine.
+
+use crate::error::Result;
+use crate::gpu::Context;
+use crate::ops::gemm::{self, GemmOpts};
+use crate::ops::{attention, conv, norm};
+use crate::{DType, Tensor};
+use std::time::Instant;
+
+/// One row of the table.
+pub struct Row {
+    pub kernel: String,
+    pub shape: String,
+    pub dtype: &'static str,
+    pub ms: f64,
+    /// GFLOP/s for compute kernels, GB/s for bandwidth-bound ones.
+    pub rate: f64,
+    pub unit: &'static str,
+    /// The same problem on the CPU (gemm crate, all cores), in ms.
+    pub cpu_ms: Option<f64>,
+}
+
+/// Median-free but robust enough: warm up once (pipeline compile), then repeat until at least
+/// `min_secs` have passed (and at least 3 runs), and report the mean.
+pub fn time_gpu(ctx: &Context, min_secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    ctx.sync()?;
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < 3 || start.elapsed().as_secs_f64() < min_secs {
+        f()?;
+        ctx.sync()?;
+        runs += 1;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3 / runs as f64)
+}
+
+pub fn time_cpu(min_secs: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < 3 || start.elapsed().as_secs_f64() < min_secs {
+        f();
+        runs += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e3 / runs as f64
+}
+
+/// C[m×n] = A[m×k]·B[k×n] on the CPU with the `gemm` crate (row-major, all threads).
+pub fn cpu_gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+    // SAFETY: the slices hold m*k, k*n and m*n elements, matching the strides given.
+    unsafe {
+        ::gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, n as isize, false,
+            a.as_ptr(), 1, k as isize,
+            b.as_ptr(), 1, n as isize,
+            0.0, 1.0, false, false, false,
+            ::gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+pub(crate) fn random(n: usize, seed: u64) -> Vec<f32> {
+    // A small LCG: benchmarks need data, not statistics.
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// SD-shaped GEMMs: the UNet's 320-wide linear layers at 64×64 latents (4096 tokens).
+pub fn gemm_rows(ctx: &Context, dtypes: &[DType], min_secs: f64) -> Result<Vec<Row>> {
+    let mut rows = vec![];
+    for &(m, n, k) in &[(4096usize, 320usize, 320usize), (4096, 1280, 320), (4096, 320, 1280)] {
+        let a = random(m * k, 1);
+        let b = random(k * n, 2);
+        let mut c = vec![0f32; m * n];
+        let cpu_ms = time_cpu(min_secs, || cpu_gemm(&a, &b, &mut c, m, n, k));
+        for &dtype in dtypes {
+            let ta = Tensor::from_f32(ctx, &a, &[m, k], dtype)?;
+            let tb = Tensor::from_f32(ctx, &b, &[k, n], dtype)?;
+            let ms = time_gpu(ctx, min_secs, || gemm::matmul(ctx, &ta, &tb, GemmOpts::default()).map(drop))?;
+            rows.push(Row {
+                kernel: "gemm".into(),
+                shape: format!("{m}x{n}x{k}"),
+                dtype: dtype.name(),
+                ms,
+                rate: gemm::flops(m, n, k) / ms / 1e6,
+                unit: "GFLOP/s",
+                cpu_ms: Some(cpu_ms),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// How big the benchmark problems are. SD's real shapes take minutes per case on a software
+/// rasteriser, so CPU adapters default to the same shapes at batch 1 (and one attention head);
+/// `--full` forces the SD shapes everywhere.
+#[derive(Clone, Copy)]
+pub struct Scale {
+    pub batch: usize,
+    pub heads: usize,
+}
+
+impl Scale {
+    pub fn for_adapter(ctx: &Context, full: bool) -> Scale {
+        if full || ctx.info.device_type != wgpu::DeviceType::Cpu {
+            Scale { batch: 2, heads: 8 }
+        } else {
+            Scale { batch: 1, heads: 1 }
+        }
+    }
+}
+
+/// Conv 3x3 320->320 at 64x64 (UNet level 1) and 4->320 (conv_in); the CPU baseline is the
+/// same implicit GEMM (Cout x H*W x Cin*9) in the gemm crate, without its im2col.
+pub fn conv_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Scale) -> Result<Vec<Row>> {
+    let mut rows = vec![];
+    for &(cin, cout, hw) in &[(320usize, 320usize, 64usize), (4, 320, 64)] {
+        let n = scale.batch;
+        let x = random(n * cin * hw * hw, 3);
+        let w = random(cout * cin * 9, 4);
+        let (m, nn, k) = (cout, hw * hw, cin * 9);
+        let cols = random(k * nn, 5);
+        let mut out = vec![0f32; m * nn];
+        let cpu_ms = time_cpu(min_secs, || {
+            for _ in 0..n {
+                cpu_gemm(&w, &cols, &mut out, m, nn, k)
+            }
+        });
+        for &dtype in dtypes {
+            let tx = Tensor::from_f32(ctx, &x, &[n, cin, hw, hw], dtype)?;
+            let tw = Tensor::from_f32(ctx, &w, &[cout, cin, 3, 3], dtype)?;
+            let ms = time_gpu(ctx, min_secs, || conv::conv2d(ctx, &tx, &tw, None, 1, 1).map(drop))?;
+            rows.push(Row {
+                kernel: "conv2d 3x3".into(),
+                shape: format!("{n}x{cin}x{hw}x{hw}->{cout}"),
+                dtype: dtype.name(),
+                ms,
+                rate: conv::conv2d_flops(tx.shape(), tw.shape(), 1, 1) / ms / 1e6,
+                unit: "GFLOP/s",
+                cpu_ms: Some(cpu_ms),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Group norm (32 groups) with fused SiLU on [N,320,64,64]: bandwidth-bound, reported in GB/s;
+/// the CPU baseline is a plain two-pass loop.
+pub fn groupnorm_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Scale) -> Result<Vec<Row>> {
+    let (n, c, hw, groups) = (scale.batch, 320usize, 64usize, 32usize);
+    let x = random(n * c * hw * hw, 6);
+    let mut y = vec![0f32; x.len()];
+    let group_len = c / groups * hw * hw;
+    let cpu_ms = time_cpu(min_secs, || {
+        for (xs, ys) in x.chunks(group_len).zip(y.chunks_mut(group_len)) {
+            let mean = xs.iter().sum::<f32>() / group_len as f32;
+            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / group_len as f32;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            for (o, v) in ys.iter_mut().zip(xs) {
+                let t = (v - mean) * inv;
+                *o = t / (1.0 + (-t).exp());
+            }
+        }
+    });
+    let mut rows = vec![];
+    for &dtype in dtypes {
+        let tx = Tensor::from_f32(ctx, &x, &[n, c, hw, hw], dtype)?;
+        let tw = Tensor::from_f32(ctx, &vec![1.0; c], &[c], dtype)?;
+        let tb = Tensor::from_f32(ctx, &vec![0.0; c], &[c], dtype)?;
+        let ms = time_gpu(ctx, min_secs, || norm::group_norm(ctx, &tx, groups, &tw, &tb, 1e-5, true).map(drop))?;
+        rows.push(Row {
+            kernel: "groupnorm+silu".into(),
+            shape: format!("{n}x{c}x{hw}x{hw} g{groups}"),
+            dtype: dtype.name(),
+            ms,
+            rate: norm::norm_bytes(x.len(), dtype) / ms / 1e6,
+            unit: "GB/s",
+            cpu_ms: Some(cpu_ms),
+        });
+    }
+    Ok(rows)
+}
+
+/// Self-attention at 64x64 latents (4096 tokens, head dim 40) and cross-attention to 77 text
+/// tokens. FLOPs = 4*B*H*Lq*Lk*D (QK^T and PV); the CPU baseline is those two products per head
+/// in the gemm crate (no softmax).
+pub fn attention_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Scale) -> Result<Vec<Row>> {
+    let (b, h, d) = (scale.batch, scale.heads, 40usize);
+    let mut rows = vec![];
+    for &(lq, lk, what) in &[(4096usize, 4096usize, "self-attn"), (4096, 77, "cross-attn")] {
+        let q = random(b * lq * h * d, 7);
+        let k = random(b * lk * h * d, 8);
+        let v = random(b * lk * h * d, 9);
+        let (qh, kt, vh) = (random(lq * d, 10), random(d * lk, 11), random(lk * d, 12));
+        let (mut s, mut o) = (vec![0f32; lq * lk], vec![0f32; lq * d]);
+        let cpu_ms = time_cpu(min_secs, || {
+            for _ in 0..b * h {
+                cpu_gemm(&qh, &kt, &mut s, lq, lk, d);
+                cpu_gemm(&s, &vh, &mut o, lq, d, lk);
+            }
+        });
+        for &dtype in dtypes {
+            let tq = Tensor::from_f32(ctx, &q, &[b, lq, h * d], dtype)?;
+            let tk = Tensor::from_f32(ctx, &k, &[b, lk, h * d], dtype)?;
+            let tv = Tensor::from_f32(ctx, &v, &[b, lk, h * d], dtype)?;
+            let scale_qk = 1.0 / (d as f32).sqrt();
+            let ms = time_gpu(ctx, min_secs, || attention::attention(ctx, &tq, &tk, &tv, h, scale_qk, false).map(drop))?;
+            rows.push(Row {
+                kernel: what.into(),
+                shape: format!("{b}x{h}h {lq}x{lk} d{d}"),
+                dtype: dtype.name(),
+                ms,
+                rate: 4.0 * (b * h * lq * lk * d) as f64 / ms / 1e6,
+                unit: "GFLOP/s",
+                cpu_ms: Some(cpu_ms),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+pub fn print_header(ctx: &Context) {
+    println!("adapter: {}", ctx.describe());
+    println!("{:<15} {:<24} {:<5} {:>10} {:>16} {:>10} {:>8}", "kernel", "shape", "dtype", "ms", "rate", "cpu ms", "gpu/cpu");
+}
+
+/// One line per row, printed as soon as a group finishes (slow adapters take minutes).
+pub fn print_rows(rows: &[Row]) {
+    for r in rows {
+        let (cpu, ratio) = match r.cpu_ms {
+            Some(c) => (format!("{c:.2}"), format!("{:.3}x", c / r.ms)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{:<15} {:<24} {:<5} {:>10.2} {:>8.2} {:<7} {:>10} {:>8}", r.kernel, r.shape, r.dtype, r.ms, r.rate, r.unit, cpu, ratio);
+    }
+}

@@ -1,0 +1,279 @@
+//! 2-D convolution (`kernels/conv2d.wgsl`): NCHW input, weights as checkpoints store them
+//! (`[Cout, Cin, kh, kw]`), optional bias and fused residual add.
+//!
+//! Tensors too big for one storage binding (SD's VAE decoder at 512² and up) are split: per batch
+//! entry, into bands of output rows (with the input rows they need), ranges of output channels,
+//! and ranges of input channels whose partial sums are accumulated in the output. Every binding
+//! is a sub-range of its tensor starting on the storage offset alignment, so no binding exceeds
+//! [`Context::max_binding`].
+
+use super::same_dtype;
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{Binding, Context, KernelSpec, Tensor};
+use bytemuck::{Pod, Zeroable};
+
+const CONV2D: &str = include_str!("../../kernels/conv2d.wgsl");
+
+/// Register tile (fixed in the kernel): output channels x output pixels per invocation, and
+/// invocations per workgroup.
+const TM: usize = 8;
+const TN: usize = 8;
+const WG: usize = 64;
+/// Loop iterations one invocation may run in total (lavapipe stops all loops at 65535).
+const LOOP_BUDGET: usize = 60_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ConvParams {
+    cin: u32,
+    kstride: u32,
+    ci0: u32,
+    h: u32,
+    w: u32,
+    x_off: i32,
+    x_bstride: u32,
+    cout: u32,
+    w_off: i32,
+    co0: u32,
+    ho: u32,
+    wo: u32,
+    oy0: u32,
+    rows: u32,
+    y_off: i32,
+    y_bstride: u32,
+    ox_blocks: u32,
+    _pad: [u32; 3],
+}
+
+/// A binding of elements `start..end` of `t` (tensor-relative), starting at the aligned byte
+/// offset at or below `start`. Returns the binding and the binding-relative index of tensor
+/// element `origin`, which the kernel adds to its own (chunk-relative) indices.
+pub(crate) fn aligned_range<'a>(ctx: &Context, t: &'a Tensor, start: usize, end: usize, origin: usize) -> (Binding<'a>, i32) {
+    let es = t.dtype().size() as u64;
+    let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    let first = t.byte_offset() + start as u64 * es;
+    let offset = first / align * align;
+    let last = t.byte_offset() + end as u64 * es;
+    let size = (last - offset).next_multiple_of(4).max(4);
+    let rel = (t.byte_offset() + origin as u64 * es) as i64 - offset as i64;
+    (Binding { buffer: t.buffer(), offset, size }, (rel / es as i64) as i32)
+}
+
+/// Bytes a sub-range binding may cover so that, aligned down, it stays under the limit.
+pub(crate) fn usable_binding(ctx: &Context) -> u64 {
+    let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    ctx.max_binding().saturating_sub(align)
+}
+
+/// Output size of a convolution along one dimension.
+pub fn conv_out_dim(input: usize, k: usize, stride: usize, padding: usize) -> usize {
+    (input + 2 * padding).saturating_sub(k) / stride + 1
+}
+
+/// Floating-point operations of one convolution (2 per multiply-add), for benchmarks.
+pub fn conv2d_flops(x_shape: &[usize], w_shape: &[usize], stride: usize, padding: usize) -> f64 {
+    let (n, h, w) = (x_shape[0], x_shape[2], x_shape[3]);
+    let (cout, cin, kh, kw) = (w_shape[0], w_shape[1], w_shape[2], w_shape[3]);
+    let ho = conv_out_dim(h, kh, stride, padding);
+    let wo = conv_out_dim(w, kw, stride, padding);
+    2.0 * (n * cout * ho * wo) as f64 * (cin * kh * kw) as f64
+}
+
+/// `conv2d(x, w) + bias`: x `[N, Cin, H, W]`, w `[Cout, Cin, kh, kw]`, bias `[Cout]`; returns
+/// `[N, Cout, Ho, Wo]` with `Ho = (H + 2*padding - kh) / stride + 1`.
+pub fn conv2d(ctx: &Context, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    conv2d_impl(ctx, x, w, bias, None, stride, padding)
+}
+
+/// `conv2d(x, w) + bias + residual`, with `residual` shaped like the output (the UNet/VAE
+/// ResnetBlock's skip connection fused into its second convolution).
+pub fn conv2d_residual(
+    ctx: &Context,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    conv2d_impl(ctx, x, w, bias, Some(residual), stride, padding)
+}
+
+fn conv2d_impl(
+    ctx: &Context,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let op = "conv2d";
+    if x.shape().len() != 4 || w.shape().len() != 4 {
+        return shape_err(op, format!("x {:?} must be [N,C,H,W] and w {:?} [Cout,Cin,kh,kw]", x.shape(), w.shape()));
+    }
+    let (n, cin, h, wi) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (cout, wcin, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+    if wcin != cin {
+        return shape_err(op, format!("x {:?} has {cin} channels but w {:?} expects {wcin}", x.shape(), w.shape()));
+    }
+    if stride == 0 || kh == 0 || kw == 0 || kh > 7 || kw > 7 || stride > 4 {
+        return Err(Error::Unsupported(format!("conv2d with kernel {kh}x{kw} and stride {stride} (kernels up to 7x7, stride up to 4)")));
+    }
+    if h + 2 * padding < kh || wi + 2 * padding < kw || padding >= kh.max(kw) {
+        return shape_err(op, format!("x {:?} too small for a {kh}x{kw} kernel with padding {padding}", x.shape()));
+    }
+    let mut ts = vec![x, w];
+    if let Some(b) = bias {
+        if b.numel() != cout {
+            return shape_err(op, format!("bias {:?} for {cout} output channels", b.shape()));
+        }
+        ts.push(b);
+    }
+    let ho = conv_out_dim(h, kh, stride, padding);
+    let wo = conv_out_dim(wi, kw, stride, padding);
+    let out_shape = [n, cout, ho, wo];
+    if let Some(r) = residual {
+        if r.shape() != out_shape {
+            return shape_err(op, format!("residual {:?} for output {out_shape:?}", r.shape()));
+        }
+        ts.push(r);
+    }
+    same_dtype(op, &ts)?;
+    let dtype = x.dtype();
+    let es = dtype.size() as u64;
+    let y = Tensor::empty(ctx, &out_shape, dtype)?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+
+    let spec_for = |accum: bool, with_bias: bool, with_res: bool| {
+        KernelSpec::new("conv2d", CONV2D, "main", dtype)
+            .define("KH", kh)
+            .define("KW", kw)
+            .define("STRIDE", stride)
+            .define("PAD", padding)
+            .define("WG", WG)
+            .define("BIAS", format!("{}u", with_bias as u32))
+            .define("RESID", format!("{}u", with_res as u32))
+            .define("ACCUM", format!("{}u", accum as u32))
+    };
+
+    let ox_blocks = wo.div_ceil(TN);
+    let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let kk = kh * kw;
+    let (hw, hwo) = (h * wi, ho * wo);
+    // Input rows needed by output rows [oy0, oy1).
+    let in_rows = |oy0: usize, oy1: usize| -> (usize, usize) {
+        let lo = (oy0 * stride).saturating_sub(padding);
+        let hi = ((oy1 - 1) * stride + kh).saturating_sub(padding).min(h);
+        (lo.min(h), hi.max(lo.min(h)))
+    };
+    // Records one dispatch. Chunk: batch entries [n0, n0+nb), output channels [co0, co1),
+    // output rows [oy0, oy1), input channels [ci0, ci1).
+    let record = |n0: usize, nb: usize, co: (usize, usize), oy: (usize, usize), ci: (usize, usize)| -> Result<()> {
+        let ((co0, co1), (oy0, oy1), (ci0, ci1)) = (co, oy, ci);
+        let (r0, r1) = in_rows(oy0, oy1);
+        let xs = x.numel() / n * n0;
+        let (xb, x_off) = aligned_range(ctx, x, xs + ci0 * hw + r0 * wi, xs + (nb - 1) * cin * hw + (ci1 - 1) * hw + r1 * wi, xs + ci0 * hw);
+        let (wb, w_off) = aligned_range(ctx, w, co0 * cin * kk, co1 * cin * kk, co0 * cin * kk);
+        let ys = y.numel() / n * n0;
+        let y_start = ys + co0 * hwo + oy0 * wo;
+        let y_end = ys + (nb - 1) * cout * hwo + (co1 - 1) * hwo + oy1 * wo;
+        let (yb, y_off) = aligned_range(ctx, &y, y_start, y_end, ys + co0 * hwo);
+        let first = ci0 == 0;
+        let bb = match bias {
+            Some(b) if first => b.binding(),
+            _ => wb,
+        };
+        let rb = match residual {
+            Some(r) if first => aligned_range(ctx, r, y_start, y_end, ys + co0 * hwo).0,
+            _ => wb,
+        };
+        let params = ConvParams {
+            cin: (ci1 - ci0) as u32,
+            kstride: (cin * kk) as u32,
+            ci0: ci0 as u32,
+            h: h as u32,
+            w: wi as u32,
+            x_off,
+            x_bstride: (cin * hw) as u32,
+            cout: (co1 - co0) as u32,
+            w_off,
+            co0: co0 as u32,
+            ho: ho as u32,
+            wo: wo as u32,
+            oy0: oy0 as u32,
+            rows: (oy1 - oy0) as u32,
+            y_off,
+            y_bstride: (cout * hwo) as u32,
+            ox_blocks: ox_blocks as u32,
+            _pad: [0; 3],
+        };
+        let spec = spec_for(!first, first && bias.is_some(), first && residual.is_some());
+        let groups = [((oy1 - oy0) * ox_blocks).div_ceil(WG) as u32, (co1 - co0).div_ceil(TM) as u32, nb as u32];
+        ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[xb, wb, bb, rb, yb], groups)
+    };
+
+    // Rows per band: the grid's x dimension caps a band at max_groups * WG pixel blocks.
+    let grid_rows = (max_groups * WG / ox_blocks).max(1);
+    let fits = |t: &Tensor| t.byte_len() <= ctx.max_binding();
+    // Mesa 22's lavapipe silently ends every loop of an invocation once 65535 iterations (all
+    // loops together) have run in it. Per input channel the kernel runs its ci, ky and kx loops
+    // (1 + KH + KH*KW iterations if none is unrolled), plus ~72 for the stores: cap the input
+    // channels per dispatch (partial sums accumulate in y). SD's largest, Cin = 2560 at 3x3,
+    // stays in one dispatch (the cap is 4600 input channels at 3x3, 19933 at 1x1).
+    let cin_cap = ((LOOP_BUDGET - 200) / (1 + kh + kh * kw)).max(1);
+    if fits(x) && fits(w) && fits(&y) && ho <= grid_rows && n <= max_groups && cin <= cin_cap {
+        return record(0, n, (0, cout), (0, ho), (0, cin)).map(|_| y);
+    }
+
+    // Split path, one batch entry at a time, in elements of the usable binding size.
+    let avail = (usable_binding(ctx) / es) as usize;
+    // Most input rows a band of `rows` output rows can need.
+    let band_of_rows = |rows: usize| ((rows - 1) * stride + kh).min(h);
+    let mut rb = ho.min(grid_rows);
+    if rb * wo > avail || band_of_rows(rb) * wi > avail {
+        // Largest band whose output rows and input rows (with halo) each fit one binding.
+        let by_out = avail / wo;
+        let by_in = (avail / wi).saturating_sub(kh) / stride + 1;
+        rb = rb.min(by_out).min(by_in);
+        while rb > 0 && band_of_rows(rb) * wi > avail {
+            rb -= 1;
+        }
+    }
+    if rb == 0 {
+        return Err(Error::BindingTooLarge {
+            what: format!("conv2d on {:?} (one output row with its input rows)", x.shape()),
+            bytes: ((kh * wi).max(wo) as u64) * es,
+            limit: ctx.max_binding(),
+        });
+    }
+    // Output channels per chunk: the output band of `cc` channels and their weights must fit.
+    let w_per_co = cin * kk;
+    if w_per_co > avail {
+        return Err(Error::BindingTooLarge { what: format!("conv2d weights {:?}", w.shape()), bytes: (w_per_co as u64) * es, limit: ctx.max_binding() });
+    }
+    for n0 in 0..n {
+        let mut oy0 = 0;
+        while oy0 < ho {
+            let oy1 = (oy0 + rb).min(ho);
+            let (r0, r1) = in_rows(oy0, oy1);
+            let cc = (1 + (avail - (oy1 - oy0) * wo) / hwo).min(avail / w_per_co).min(cout).min(max_groups * TM);
+            let cic = (1 + (avail - (r1 - r0) * wi) / hw).min(cin).min(cin_cap);
+            let mut co0 = 0;
+            while co0 < cout {
+                let co1 = (co0 + cc).min(cout);
+                let mut ci0 = 0;
+                while ci0 < cin {
+                    let ci1 = (ci0 + cic).min(cin);
+                    record(n0, 1, (co0, co1), (oy0, oy1), (ci0, ci1))?;
+                    ci0 = ci1;
+                }
+                co0 = co1;
+            }
+            oy0 = oy1;
+        }
+    }
+    Ok(y)
+}

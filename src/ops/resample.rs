@@ -1,0 +1,109 @@
+//! Nearest 2x upsampling and channel concatenation (`kernels/resample.wgsl`), split into chunks
+//! so that no binding exceeds [`Context::max_binding`].
+
+use super::conv::{aligned_range, usable_binding};
+use super::{flat_grid, same_dtype};
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{Context, KernelSpec, Tensor};
+use bytemuck::{Pod, Zeroable};
+
+const RESAMPLE: &str = include_str!("../../kernels/resample.wgsl");
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    len: u32,
+    w: u32,
+    row: u32,
+    src_off: i32,
+    src_stride: u32,
+    dst_off: i32,
+    dst_stride: u32,
+    _pad: u32,
+}
+
+/// Nearest-neighbour 2x upsampling: x `[N, C, H, W]` -> `[N, C, 2H, 2W]`.
+pub fn upsample_nearest2x(ctx: &Context, x: &Tensor) -> Result<Tensor> {
+    if x.shape().len() != 4 {
+        return shape_err("upsample_nearest2x", format!("x {:?} must be [N, C, H, W]", x.shape()));
+    }
+    let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let y = Tensor::empty(ctx, &[n, c, 2 * h, 2 * w], x.dtype())?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    let rows = n * c * h;
+    let avail = usable_binding(ctx) as usize / x.dtype().size();
+    // Output rows are 2W wide and come in pairs: a chunk of r input rows writes 4rW elements.
+    let per = avail / (4 * w);
+    if per == 0 {
+        return Err(Error::BindingTooLarge { what: format!("upsample_nearest2x of {:?}", x.shape()), bytes: (4 * w * x.dtype().size()) as u64, limit: ctx.max_binding() });
+    }
+    let spec = KernelSpec::new("upsample_nearest2x", RESAMPLE, "up2", x.dtype()).define("WG", format!("{WG}u"));
+    let mut r0 = 0;
+    while r0 < rows {
+        let rs = per.min(rows - r0);
+        let (sb, src_off) = aligned_range(ctx, x, r0 * w, (r0 + rs) * w, r0 * w);
+        let (db, dst_off) = aligned_range(ctx, &y, 4 * r0 * w, 4 * (r0 + rs) * w, 4 * r0 * w);
+        let (grid, row) = flat_grid(ctx, rs * w, WG);
+        let params = Params { len: (rs * w) as u32, w: w as u32, row, src_off, src_stride: 0, dst_off, dst_stride: 0, _pad: 0 };
+        ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], grid)?;
+        r0 += rs;
+    }
+    Ok(y)
+}
+
+/// Concatenation along channels: a `[N, Ca, H, W]`, b `[N, Cb, H, W]` -> `[N, Ca+Cb, H, W]`
+/// (the UNet's skip connections).
+pub fn concat_channels(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let op = "concat_channels";
+    if a.shape().len() < 2 || a.shape().len() != b.shape().len() || a.dim(0) != b.dim(0) || a.shape()[2..] != b.shape()[2..] {
+        return shape_err(op, format!("{:?} and {:?} differ outside dim 1", a.shape(), b.shape()));
+    }
+    same_dtype(op, &[a, b])?;
+    let (n, ca, cb) = (a.dim(0), a.dim(1), b.dim(1));
+    let mut shape = a.shape().to_vec();
+    shape[1] = ca + cb;
+    let y = Tensor::empty(ctx, &shape, a.dtype())?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    let inner = a.numel() / (n * ca).max(1);
+    let (la, lb, ly) = (ca * inner, cb * inner, (ca + cb) * inner);
+    let avail = usable_binding(ctx) as usize / a.dtype().size();
+    let spec = KernelSpec::new("concat_channels", RESAMPLE, "copy", a.dtype()).define("WG", format!("{WG}u"));
+    let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if avail == 0 {
+        return Err(Error::BindingTooLarge { what: op.into(), bytes: a.dtype().size() as u64, limit: ctx.max_binding() });
+    }
+    for (src, len, dst0) in [(a, la, 0), (b, lb, la)] {
+        if len == 0 {
+            continue;
+        }
+        if src.byte_len() <= ctx.max_binding() && y.byte_len() <= ctx.max_binding() && n <= max_z {
+            // Whole tensors: one dispatch, z over the batch.
+            let (grid, row) = flat_grid(ctx, len, WG);
+            let (db, yo) = aligned_range(ctx, &y, 0, y.numel(), 0);
+            let (sb, so) = aligned_range(ctx, src, 0, src.numel(), 0);
+            let params = Params { len: len as u32, w: 0, row, src_off: so, src_stride: len as u32, dst_off: yo + dst0 as i32, dst_stride: ly as u32, _pad: 0 };
+            ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], [grid[0], grid[1], n as u32])?;
+            continue;
+        }
+        // Per batch entry, in chunks of at most one usable binding.
+        for i in 0..n {
+            let mut s0 = 0;
+            while s0 < len {
+                let sl = avail.min(len - s0);
+                let (sb, src_off) = aligned_range(ctx, src, i * len + s0, i * len + s0 + sl, i * len + s0);
+                let d = i * ly + dst0 + s0;
+                let (db, dst_off) = aligned_range(ctx, &y, d, d + sl, d);
+                let (grid, row) = flat_grid(ctx, sl, WG);
+                let params = Params { len: sl as u32, w: 0, row, src_off, src_stride: 0, dst_off, dst_stride: 0, _pad: 0 };
+                ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], grid)?;
+                s0 += sl;
+            }
+        }
+    }
+    Ok(y)
+}

@@ -1,0 +1,81 @@
+mod common;
+use common::*;
+use pigment::ops::resample;
+use pigment::DType;
+use std::sync::RwLock;
+
+/// Tests that lower the binding limit hold this for writing.
+static LIMIT: RwLock<()> = RwLock::new(());
+
+// Both ops only move values, so results must be bit-exact in either dtype (tolerance 0).
+
+fn up_ref(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut y = vec![0.0; n * c * 4 * h * w];
+    for p in 0..n * c {
+        for oy in 0..2 * h {
+            for ox in 0..2 * w {
+                y[(p * 2 * h + oy) * 2 * w + ox] = x[(p * h + oy / 2) * w + ox / 2];
+            }
+        }
+    }
+    y
+}
+
+fn check_up(dtype: DType, n: usize, c: usize, h: usize, w: usize, seed: u64) {
+    let x = quantize(&rand_vec(n * c * h * w, seed), dtype);
+    let y = resample::upsample_nearest2x(ctx(), &upload(&x, &[n, c, h, w], dtype)).unwrap();
+    assert_eq!(y.shape(), &[n, c, 2 * h, 2 * w]);
+    assert_close(&y.to_vec(ctx()).unwrap(), &up_ref(&x, n, c, h, w), 0.0, 0.0, &format!("up2 {n}x{c}x{h}x{w} {dtype:?}"));
+}
+
+fn check_cat(dtype: DType, n: usize, ca: usize, cb: usize, h: usize, w: usize, seed: u64) {
+    let a = quantize(&rand_vec(n * ca * h * w, seed), dtype);
+    let b = quantize(&rand_vec(n * cb * h * w, seed + 1), dtype);
+    let y = resample::concat_channels(ctx(), &upload(&a, &[n, ca, h, w], dtype), &upload(&b, &[n, cb, h, w], dtype)).unwrap();
+    assert_eq!(y.shape(), &[n, ca + cb, h, w]);
+    let hw = h * w;
+    let mut want = vec![];
+    for i in 0..n {
+        want.extend_from_slice(&a[i * ca * hw..(i + 1) * ca * hw]);
+        want.extend_from_slice(&b[i * cb * hw..(i + 1) * cb * hw]);
+    }
+    assert_close(&y.to_vec(ctx()).unwrap(), &want, 0.0, 0.0, &format!("concat {n}x({ca}+{cb})x{h}x{w} {dtype:?}"));
+}
+
+#[test]
+fn upsample_awkward_shapes() {
+    let _g = LIMIT.read().unwrap();
+    for dtype in dtypes() {
+        check_up(dtype, 2, 3, 5, 7, 1);
+        check_up(dtype, 1, 4, 1, 1, 2);
+        check_up(dtype, 3, 5, 9, 13, 3);
+    }
+}
+
+#[test]
+fn concat_awkward_shapes() {
+    let _g = LIMIT.read().unwrap();
+    for dtype in dtypes() {
+        check_cat(dtype, 2, 3, 5, 7, 9, 4);
+        check_cat(dtype, 1, 1, 1, 3, 3, 5);
+        check_cat(dtype, 3, 7, 2, 5, 11, 6);
+    }
+}
+
+#[test]
+fn split_at_lowered_limit() {
+    let _g = LIMIT.write().unwrap();
+    for dtype in dtypes() {
+        ctx().set_max_binding_for_tests(2048);
+        check_up(dtype, 2, 3, 17, 19, 7);
+        check_cat(dtype, 3, 5, 4, 13, 11, 8);
+        ctx().set_max_binding_for_tests(0);
+    }
+}
+
+/// Over the device's real limit: [1, 16, 1100, 512] f32 (36 MB) upsampled to 144 MB.
+#[test]
+fn upsample_over_device_binding_limit() {
+    let _g = LIMIT.read().unwrap();
+    check_up(DType::F32, 1, 16, 1100, 512, 9);
+}
