@@ -48,3 +48,17 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>) {
     let z = gid.z;
     dst[p.dst_off + i32(z * p.dst_stride + i)] = src[p.src_off + i32(z * p.src_stride + i)];
 }
+
+// transpose: per batch z, dst[j * M + i] = src[i * N + j] for an M x N matrix (M = p.len,
+// N = p.w): NCHW [B, C, HW] <-> token-major [B, HW, C] around the UNet's and VAE's attention.
+// 16x16 invocations per workgroup, gid.x over N and gid.y over M.
+@compute @workgroup_size(16, 16)
+fn transpose(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let i = gid.y;
+    if (i >= p.len || j >= p.w) {
+        return;
+    }
+    let base = gid.z * p.len * p.w;
+    dst[p.dst_off + i32(base + j * p.len + i)] = src[p.src_off + i32(base + i * p.w + j)];
+}

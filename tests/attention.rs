@@ -205,3 +205,24 @@ fn bench_attention() {
     }
 }
 
+
+/// Loop-budget audit (Mesa 22's lavapipe silently ends every loop of an invocation after 65535
+/// iterations in total; the kernel's loop is over key blocks): SD's longest key loops at full
+/// length with few queries, so a truncated loop would drop keys and miss the reference. 4096 keys
+/// at D = 160 (one key per block: 4096 iterations) and 9216 keys (96x96 latents) at D = 40.
+#[test]
+fn long_key_loops_at_sd_extremes() {
+    check(1, 3, 4096, 1, 160, false, 60);
+    check(1, 5, 9216, 2, 40, false, 61);
+    check(1, 70, 9216, 1, 40, true, 62);
+}
+
+/// Key loops past the loop budget are refused, not silently truncated.
+#[test]
+fn rejects_key_loops_over_the_budget() {
+    let (lk, d) = (60_001, 160);
+    let q = upload(&vec![0.0; d], &[1, 1, d], DType::F32);
+    let k = upload(&vec![0.0; lk * d], &[1, lk, d], DType::F32);
+    let err = attention::attention(ctx(), &q, &k, &k, 1, 1.0, false).unwrap_err().to_string();
+    assert!(err.contains("key blocks"), "{err}");
+}

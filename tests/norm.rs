@@ -146,3 +146,20 @@ fn bench_group_norm() {
         eprintln!("group_norm+silu {shape:?} {dtype:?}: {:.2} ms, {:.2} GB/s", s * 1e3, norm::norm_bytes(numel, dtype) / s / 1e9);
     }
 }
+
+/// Loop-budget audit (Mesa 22's lavapipe silently ends every loop of an invocation after 65535
+/// iterations in total): SD's group shapes at full size, so any truncated reduction or merge
+/// shows as wrong statistics. UNet: 32 groups of 20 channels x 64x64 (640 channels); VAE: 4
+/// channels x 256x256 per group (here 16 channels in 4 groups); one huge group, 32 x 512x512 f32
+/// (32 MiB, 1024 chunk partials merged by each apply workgroup; 64 x 512x512 takes ~2x as long); layer norm over D = 5120 (SD's
+/// GEGLU width).
+#[test]
+fn norms_at_sd_extremes() {
+    let _g = LIMIT.read().unwrap_or_else(|e| e.into_inner());
+    for dtype in dtypes() {
+        check_gn(dtype, &[1, 640, 64, 64], 32, true, 1.0, 30);
+        check_gn(dtype, &[1, 16, 256, 256], 4, false, 2.0, 31);
+        check_ln(dtype, 3, 5120, 32);
+    }
+    check_gn(DType::F32, &[1, 32, 512, 512], 1, false, 0.5, 33);
+}

@@ -79,3 +79,23 @@ fn upsample_over_device_binding_limit() {
     let _g = LIMIT.read().unwrap();
     check_up(DType::F32, 1, 16, 1100, 512, 9);
 }
+
+#[test]
+fn transpose_last2_matches_cpu() {
+    use pigment::ops::resample::transpose_last2;
+    for dtype in dtypes() {
+        for &(b, m, n) in &[(1usize, 1usize, 1usize), (3, 17, 33), (2, 64, 5), (1, 300, 257)] {
+            let x = quantize(&rand_vec(b * m * n, (m * n) as u64), dtype);
+            let y = transpose_last2(ctx(), &upload(&x, &[b, m, n], dtype)).unwrap();
+            assert_eq!(y.shape(), &[b, n, m]);
+            let got = y.to_vec(ctx()).unwrap();
+            for z in 0..b {
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(got[z * m * n + j * m + i], x[z * m * n + i * n + j], "{b}x{m}x{n} ({z},{i},{j}) {dtype:?}");
+                    }
+                }
+            }
+        }
+    }
+}

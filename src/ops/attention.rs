@@ -15,6 +15,9 @@ const SOURCE: &str = include_str!("../../kernels/attention.wgsl");
 /// Largest head dim the kernel is specialised for (SD's biggest is 160).
 pub const MAX_HEAD_DIM: usize = 160;
 
+/// Most key blocks one invocation may loop over (lavapipe's loop limit is 65535 iterations).
+const MAX_KEY_BLOCKS: usize = 60_000;
+
 /// One attention operand read in place from a wider tensor: columns
 /// `offset_cols .. offset_cols + H*D` of every row of `tensor`, which is `[B, L, row_stride]`
 /// (e.g. the q, k or v third of a fused QKV projection `[B, L, 3*H*D]`).
@@ -259,6 +262,15 @@ pub fn attention_strided(
         17..=20 => (1, 2),
         _ => (1, 1),
     };
+    // Mesa 22's lavapipe silently ends every loop of an invocation once 65535 iterations (all
+    // loops together) have run in it; the entry point's only loop is over key blocks. SD's longest
+    // is 9216 keys (96x96 latents) at D = 40 (2304 blocks); 4096 keys at D = 160 is 4096 blocks.
+    if lk.div_ceil(kb) > MAX_KEY_BLOCKS {
+        return Err(Error::Unsupported(format!(
+            "attention over {lk} keys at head dim {head_dim} ({} key blocks of {kb}; at most {MAX_KEY_BLOCKS} per invocation)",
+            lk.div_ceil(kb)
+        )));
+    }
     let wg = 64usize;
     let spec = KernelSpec::new("attention", kernel_source(head_dim.div_ceil(4), rows_per_inv, kb), "main", dtype)
         .define("D", format!("{head_dim}u"))

@@ -7,6 +7,8 @@ pub mod conv;
 pub mod norm;
 pub mod resample;
 pub mod gemm;
+pub mod softmax;
+pub mod embedding;
 
 use crate::gpu::{Context, Tensor};
 use crate::error::{shape_err, Result};

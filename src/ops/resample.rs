@@ -107,3 +107,36 @@ pub fn concat_channels(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> 
     }
     Ok(y)
 }
+
+/// Swap the last two dims: [.., M, N] -> [.., N, M] (NCHW <-> token-major around attention).
+/// Split over the leading (batch) dims when the tensor exceeds one binding.
+pub fn transpose_last2(ctx: &Context, x: &Tensor) -> Result<Tensor> {
+    let r = x.shape().len();
+    if r < 2 {
+        return shape_err("transpose_last2", format!("needs 2+ dims, got {:?}", x.shape()));
+    }
+    let (m, n) = (x.dim(-2), x.dim(-1));
+    let batch: usize = x.shape()[..r - 2].iter().product();
+    let mut shape = x.shape().to_vec();
+    shape.swap(r - 2, r - 1);
+    let y = Tensor::empty(ctx, &shape, x.dtype())?;
+    let mat = m * n;
+    let es = x.dtype().size() as u64;
+    let limit = usable_binding(ctx);
+    if mat as u64 * es > limit {
+        return Err(Error::BindingTooLarge { what: format!("transpose of one {m}x{n} matrix"), bytes: mat as u64 * es, limit });
+    }
+    let per = ((limit / (mat as u64 * es).max(1)) as usize).clamp(1, ctx.limits.max_compute_workgroups_per_dimension as usize);
+    let spec = KernelSpec::new("transpose", RESAMPLE, "transpose", x.dtype());
+    let mut b0 = 0;
+    while b0 < batch {
+        let nb = per.min(batch - b0);
+        let (lo, hi) = (b0 * mat, (b0 + nb) * mat);
+        let (src, src_off) = aligned_range(ctx, x, lo, hi, lo);
+        let (dst, dst_off) = aligned_range(ctx, &y, lo, hi, lo);
+        let params = Params { len: m as u32, w: n as u32, row: 0, src_off, src_stride: 0, dst_off, dst_stride: 0, _pad: 0 };
+        ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[src, dst], [(n as u32).div_ceil(16), (m as u32).div_ceil(16), nb as u32])?;
+        b0 += nb;
+    }
+    Ok(y)
+}

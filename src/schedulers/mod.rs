@@ -122,6 +122,19 @@ impl SamplerKind {
     }
 
     /// Whether diffusers offers `use_karras_sigmas` for this class.
+    /// The sampler's name in A1111's UI and PNG parameters.
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddim => "DDIM",
+            SamplerKind::Pndm => "PLMS",
+            SamplerKind::Lms => "LMS",
+            SamplerKind::Euler => "Euler",
+            SamplerKind::EulerAncestral => "Euler a",
+            SamplerKind::Heun => "Heun",
+            SamplerKind::DpmPlusPlus2M => "DPM++ 2M",
+        }
+    }
+
     pub fn supports_karras(self) -> bool {
         matches!(self, SamplerKind::Lms | SamplerKind::Euler | SamplerKind::Heun | SamplerKind::DpmPlusPlus2M)
     }
@@ -203,6 +216,17 @@ fn bad(key: &str, v: &serde_json::Value) -> Error {
 }
 
 impl SchedulerConfig {
+    /// The config a single-file checkpoint implies (it carries none): SD 1.x's, or SD 2.x's
+    /// v-prediction one (SD 2.x 768 models; the 512 "base" models are epsilon and need a
+    /// diffusers folder or an explicit config).
+    pub fn stable_diffusion_default(v_prediction: bool) -> Self {
+        let mut c = SchedulerConfig::default();
+        if v_prediction {
+            c.prediction_type = PredictionType::VPrediction;
+        }
+        c
+    }
+
     /// Parses a diffusers `scheduler_config.json` (any scheduler class's; unknown keys are
     /// ignored, absent keys take diffusers' `__init__` defaults).
     pub fn from_json(text: &str) -> Result<Self> {
