@@ -83,6 +83,7 @@ fn upsample_over_device_binding_limit() {
 #[test]
 fn transpose_last2_matches_cpu() {
     use pigment::ops::resample::transpose_last2;
+    let _g = LIMIT.read().unwrap();
     for dtype in dtypes() {
         for &(b, m, n) in &[(1usize, 1usize, 1usize), (3, 17, 33), (2, 64, 5), (1, 300, 257)] {
             let x = quantize(&rand_vec(b * m * n, (m * n) as u64), dtype);

@@ -127,7 +127,7 @@ pub fn transpose_last2(ctx: &Context, x: &Tensor) -> Result<Tensor> {
         return Err(Error::BindingTooLarge { what: format!("transpose of one {m}x{n} matrix"), bytes: mat as u64 * es, limit });
     }
     let per = ((limit / (mat as u64 * es).max(1)) as usize).clamp(1, ctx.limits.max_compute_workgroups_per_dimension as usize);
-    let spec = KernelSpec::new("transpose", RESAMPLE, "transpose", x.dtype());
+    let spec = KernelSpec::new("transpose", RESAMPLE, "transpose", x.dtype()).define("WG", format!("{WG}u"));
     let mut b0 = 0;
     while b0 < batch {
         let nb = per.min(batch - b0);
