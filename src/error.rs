@@ -20,6 +20,9 @@ pub enum Error {
     Unsupported(String),
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// Reading a checkpoint: missing/misshapen tensors, pickle files, unknown architectures.
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

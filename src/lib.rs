@@ -11,6 +11,8 @@ pub mod rng;
 pub mod schedulers;
 pub mod prompt;
 pub mod tokenizer;
+pub mod weights;
+pub mod models;
 
 #[cfg(feature = "cli")]
 pub mod bench;

@@ -1,0 +1,3 @@
+//! Models built from [`crate::ops`] and loaded through [`crate::weights`].
+
+pub mod clip;

@@ -1,0 +1,781 @@
+//! Checkpoint loading: diffusers folders and single-file SD 1.x/2.x `.safetensors`, behind one
+//! lookup layer that speaks diffusers tensor names whatever the file.
+//!
+//! * [`SafetensorsFile`]: one `.safetensors` file, memory-mapped on native targets (read into
+//!   memory on wasm32, see [`SafetensorsFile::from_bytes`]). The header is parsed and validated
+//!   here (dtype sizes, offsets, file length), so a truncated or corrupt file is reported with the
+//!   name of the first tensor that does not fit.
+//! * [`Weights`]: a whole model. [`Weights::open`] takes a diffusers folder (`model_index.json`,
+//!   `text_encoder/model.safetensors`, `unet/diffusion_pytorch_model.safetensors`,
+//!   `vae/diffusion_pytorch_model.safetensors`, each with its `config.json`) or a single-file
+//!   checkpoint (original LDM keys `model.diffusion_model.*`, `first_stage_model.*`,
+//!   `cond_stage_model.*`); [`single_file`] maps the original keys to diffusers names.
+//! * [`Component`]: one model part (text encoder, UNet, VAE); [`Component::get`] returns a
+//!   [`TensorView`] (dtype, shape, raw little-endian bytes) by diffusers name.
+//!
+//! Pickle checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`) are refused, never unpickled: unpickling
+//! runs arbitrary code. Convert them to safetensors first.
+//!
+//! Weights may be stored as F32, F16 or BF16 (F64 is accepted too); they are uploaded as f16
+//! when the caller asks for [`DType::F16`] (and the adapter has SHADER_F16), else f32
+//! ([`TensorView::upload`]).
+
+pub mod single_file;
+
+use crate::gpu::{Context, DType, Tensor};
+use half::{bf16, f16};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Everything that can go wrong opening or reading a checkpoint. Every variant names the file
+/// and, where there is one, the tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(
+        "{path} is a PyTorch pickle checkpoint; Pigment never loads pickle files (unpickling can run \
+         arbitrary code). Convert it to .safetensors first (e.g. with the safetensors `convert` tool, \
+         or `safetensors.torch.save_file(torch.load(path, weights_only=True)[\"state_dict\"], out)`)"
+    )]
+    Pickle { path: String },
+    #[error("{path}: not a valid safetensors file: {detail}")]
+    Format { path: String, detail: String },
+    #[error("{path} is truncated: {detail} (re-download or re-convert the file)")]
+    Truncated { path: String, detail: String },
+    #[error("{path}: missing tensor '{name}'{detail}")]
+    Missing { path: String, name: String, detail: String },
+    #[error("{path}: tensor '{name}' has shape {got:?}, expected {want}")]
+    Shape { path: String, name: String, got: Vec<usize>, want: String },
+    #[error("{path}: tensor '{name}' has dtype {dtype}; weights must be F32, F16 or BF16")]
+    Dtype { path: String, name: String, dtype: String },
+    #[error("{path}: {detail}")]
+    Architecture { path: String, detail: String },
+    #[error("{path}: bad config: {detail}")]
+    Config { path: String, detail: String },
+}
+
+pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
+
+/// Model code works in [`crate::Result`]; weights errors keep their full message.
+/// (`Unsupported` is the closest existing variant: the message says what is wrong and where.)
+/// Element type of a stored tensor (the safetensors dtype names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredDtype {
+    F64,
+    F32,
+    F16,
+    BF16,
+    /// Any other safetensors dtype (integers, bool, fp8...): readable header, not loadable as
+    /// weights. Holds the dtype name and its element size in bytes (0 if unknown).
+    Other(String, usize),
+}
+
+impl StoredDtype {
+    fn parse(s: &str) -> StoredDtype {
+        match s {
+            "F64" => StoredDtype::F64,
+            "F32" => StoredDtype::F32,
+            "F16" => StoredDtype::F16,
+            "BF16" => StoredDtype::BF16,
+            other => {
+                let size = match other {
+                    "I64" | "U64" => 8,
+                    "I32" | "U32" => 4,
+                    "I16" | "U16" => 2,
+                    "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
+                    _ => 0,
+                };
+                StoredDtype::Other(other.to_string(), size)
+            }
+        }
+    }
+    pub fn size(&self) -> usize {
+        match self {
+            StoredDtype::F64 => 8,
+            StoredDtype::F32 => 4,
+            StoredDtype::F16 | StoredDtype::BF16 => 2,
+            StoredDtype::Other(_, s) => *s,
+        }
+    }
+    pub fn name(&self) -> &str {
+        match self {
+            StoredDtype::F64 => "F64",
+            StoredDtype::F32 => "F32",
+            StoredDtype::F16 => "F16",
+            StoredDtype::BF16 => "BF16",
+            StoredDtype::Other(n, _) => n,
+        }
+    }
+    pub fn is_float(&self) -> bool {
+        !matches!(self, StoredDtype::Other(..))
+    }
+}
+
+/// Where a file's bytes live.
+enum Storage {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mmap(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Storage {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Storage::Mmap(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    dtype: StoredDtype,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: usize,
+    end: usize,
+}
+
+/// One parsed `.safetensors` file.
+pub struct SafetensorsFile {
+    path: String,
+    data: Storage,
+    entries: HashMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SafetensorsFile({}, {} tensors)", self.path, self.entries.len())
+    }
+}
+
+/// File extensions of PyTorch pickle checkpoints.
+const PICKLE_EXTS: &[&str] = &["ckpt", "pt", "pth", "bin", "pkl", "pickle"];
+
+fn is_pickle_path(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| PICKLE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// A torch.save zip archive or a raw pickle stream (protocol 2..5).
+fn looks_like_pickle(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || (bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]))
+}
+
+impl SafetensorsFile {
+    /// Open and memory-map (native) a `.safetensors` file. Pickle checkpoints are refused by
+    /// extension and by content.
+    pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        if is_pickle_path(path) {
+            return Err(WeightsError::Pickle { path: shown });
+        }
+        let io = |source| WeightsError::Io { path: shown.clone(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        let data = {
+            let len = file.metadata().map_err(io)?.len();
+            if len == 0 {
+                Storage::Owned(Vec::new())
+            } else {
+                // SAFETY: the map is read-only; as with every mmap-based loader, the file must not
+                // be truncated or rewritten while it is open.
+                Storage::Mmap(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+            }
+        };
+        #[cfg(target_arch = "wasm32")]
+        let data = {
+            use std::io::Read;
+            let mut v = Vec::new();
+            let mut file = file;
+            file.read_to_end(&mut v).map_err(io)?;
+            Storage::Owned(v)
+        };
+        Self::parse(shown, data)
+    }
+
+    /// A file already in memory (wasm32, tests). `name` is used in error messages.
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<SafetensorsFile> {
+        Self::parse(name.into(), Storage::Owned(bytes))
+    }
+
+    fn parse(path: String, data: Storage) -> Result<SafetensorsFile> {
+        let bytes: &[u8] = &data;
+        if looks_like_pickle(bytes) {
+            return Err(WeightsError::Pickle { path });
+        }
+        if bytes.len() < 8 {
+            return Err(WeightsError::Truncated {
+                path,
+                detail: format!("{} bytes, shorter than the 8-byte header length", bytes.len()),
+            });
+        }
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        if n > 100_000_000 {
+            return Err(WeightsError::Format { path, detail: format!("header length {n} is implausible") });
+        }
+        let n = n as usize;
+        if 8 + n > bytes.len() {
+            return Err(WeightsError::Truncated {
+                path,
+                detail: format!("the header needs {} bytes but the file has {}", 8 + n, bytes.len()),
+            });
+        }
+        let header: Value = serde_json::from_slice(&bytes[8..8 + n])
+            .map_err(|e| WeightsError::Format { path: path.clone(), detail: format!("header JSON: {e}") })?;
+        let obj = header
+            .as_object()
+            .ok_or_else(|| WeightsError::Format { path: path.clone(), detail: "header is not a JSON object".into() })?;
+        let base = 8 + n;
+        let mut entries = HashMap::with_capacity(obj.len());
+        let mut metadata = BTreeMap::new();
+        for (name, v) in obj {
+            if name == "__metadata__" {
+                if let Some(m) = v.as_object() {
+                    for (k, v) in m {
+                        metadata.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+                    }
+                }
+                continue;
+            }
+            let bad = |d: &str| WeightsError::Format { path: path.clone(), detail: format!("tensor '{name}': {d}") };
+            let dtype = StoredDtype::parse(v.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("no dtype"))?);
+            let shape: Vec<usize> = v
+                .get("shape")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad("no shape"))?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("shape is not a list of sizes"))?;
+            let offs: Vec<u64> = v
+                .get("data_offsets")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            let [b, e] = offs[..] else { return Err(bad("data_offsets is not [begin, end]")) };
+            let (b, e) = (b as usize, e as usize);
+            if e < b {
+                return Err(bad("data_offsets end before begin"));
+            }
+            let numel: usize = shape.iter().product();
+            if dtype.size() != 0 && numel * dtype.size() != e - b {
+                return Err(bad(&format!(
+                    "{} bytes for shape {shape:?} of {} ({} expected)",
+                    e - b,
+                    dtype.name(),
+                    numel * dtype.size()
+                )));
+            }
+            entries.insert(name.clone(), Entry { dtype, shape, start: base + b, end: base + e });
+        }
+        // Name the first tensor (in file order) that runs past the end.
+        let cut = entries.iter().filter(|(_, e)| e.end > bytes.len()).min_by_key(|(_, e)| e.start);
+        if let Some((name, e)) = cut {
+            let beyond = entries.values().filter(|x| x.end > bytes.len()).count();
+            return Err(WeightsError::Truncated {
+                path,
+                detail: format!(
+                    "tensor '{name}' ends at byte {} but the file has only {} bytes ({beyond} of {} tensors incomplete)",
+                    e.end,
+                    bytes.len(),
+                    entries.len()
+                ),
+            });
+        }
+        Ok(SafetensorsFile { path, data, entries, metadata })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    /// The `__metadata__` strings.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+    /// Dtype and shape without touching the data.
+    pub fn info(&self, name: &str) -> Option<(&StoredDtype, &[usize])> {
+        self.entries.get(name).map(|e| (&e.dtype, e.shape.as_slice()))
+    }
+
+    pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
+        let e = self.entries.get(name).ok_or_else(|| WeightsError::Missing {
+            path: self.path.clone(),
+            name: name.to_string(),
+            detail: String::new(),
+        })?;
+        Ok(TensorView {
+            name: name.to_string(),
+            path: &self.path,
+            dtype: e.dtype.clone(),
+            shape: e.shape.clone(),
+            data: &self.data[e.start..e.end],
+        })
+    }
+}
+
+/// A borrowed tensor: dtype, shape and little-endian element bytes (straight from the map).
+#[derive(Clone, Debug)]
+pub struct TensorView<'a> {
+    /// The name it was asked by (diffusers naming); for a mapped single-file tensor the
+    /// original key follows in parentheses.
+    pub name: String,
+    /// The file it lives in.
+    pub path: &'a str,
+    pub dtype: StoredDtype,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    fn shape_err(&self, want: String) -> WeightsError {
+        WeightsError::Shape { path: self.path.to_string(), name: self.name.clone(), got: self.shape.clone(), want }
+    }
+
+    /// Error unless the shape is exactly `want`.
+    pub fn expect_shape(&self, want: &[usize]) -> Result<&Self> {
+        if self.shape != want {
+            return Err(self.shape_err(format!("{want:?}")));
+        }
+        Ok(self)
+    }
+
+    fn check_float(&self) -> Result<()> {
+        if !self.dtype.is_float() {
+            return Err(WeightsError::Dtype {
+                path: self.path.to_string(),
+                name: self.name.clone(),
+                dtype: self.dtype.name().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Elements `[start, start+len)` converted to f32.
+    pub fn range_f32(&self, start: usize, len: usize) -> Result<Vec<f32>> {
+        self.check_float()?;
+        let s = self.dtype.size();
+        let raw = &self.data[start * s..(start + len) * s];
+        Ok(match self.dtype {
+            StoredDtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(raw),
+            StoredDtype::F16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoredDtype::BF16 => raw.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoredDtype::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            StoredDtype::Other(..) => unreachable!(),
+        })
+    }
+
+    /// All elements as f32.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        self.range_f32(0, self.numel())
+    }
+
+    /// Rows `ids` of a 2-D table `[rows, cols]` (an embedding gather), as f32 `[ids.len(), cols]`.
+    pub fn gather_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        if self.shape.len() != 2 {
+            return Err(self.shape_err("a 2-D table".into()));
+        }
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut out = Vec::with_capacity(ids.len() * cols);
+        for &id in ids {
+            if id as usize >= rows {
+                return Err(self.shape_err(format!("more than {id} rows (token id {id} is out of range)")));
+            }
+            out.extend(self.range_f32(id as usize * cols, cols)?);
+        }
+        Ok(out)
+    }
+
+    /// Upload as `dtype` (f16 data is copied as is when `dtype` is f16).
+    pub fn upload(&self, ctx: &Context, dtype: DType) -> crate::Result<Tensor> {
+        self.check_float()?;
+        if dtype == DType::F16 && self.dtype == StoredDtype::F16 {
+            return Tensor::from_bytes(ctx, self.data, &self.shape, dtype);
+        }
+        Tensor::from_f32(ctx, &self.to_f32()?, &self.shape, dtype)
+    }
+
+    /// A 2-D `[r, c]` tensor (e.g. a PyTorch `Linear` weight `[out, in]`) transposed to `[c, r]`, as f32.
+    pub fn transposed_f32(&self) -> Result<Vec<f32>> {
+        if self.shape.len() != 2 {
+            return Err(self.shape_err("a 2-D matrix".into()));
+        }
+        let (r, c) = (self.shape[0], self.shape[1]);
+        let v = self.to_f32()?;
+        let mut t = vec![0f32; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                t[j * r + i] = v[i * c + j];
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// A single-file tensor as a diffusers tensor: the original key, optionally rows
+/// `[r0, r1)` of its first dimension (a third of a fused QKV), optionally reshaped
+/// (1×1 conv weights used as Linear weights).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mapped {
+    pub source: String,
+    pub rows: Option<(usize, usize)>,
+    pub shape: Option<Vec<usize>>,
+}
+
+impl Mapped {
+    pub fn plain(source: impl Into<String>) -> Mapped {
+        Mapped { source: source.into(), rows: None, shape: None }
+    }
+}
+
+/// Which model part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ComponentKind {
+    TextEncoder,
+    Unet,
+    Vae,
+}
+
+impl ComponentKind {
+    /// The diffusers subfolder name.
+    pub fn folder(self) -> &'static str {
+        match self {
+            ComponentKind::TextEncoder => "text_encoder",
+            ComponentKind::Unet => "unet",
+            ComponentKind::Vae => "vae",
+        }
+    }
+    fn file_stems(self) -> &'static [&'static str] {
+        match self {
+            ComponentKind::TextEncoder => &["model"],
+            _ => &["diffusion_pytorch_model"],
+        }
+    }
+}
+
+/// The text encoder family a checkpoint carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextEncoderKind {
+    /// SD 1.x: OpenAI CLIP ViT-L/14 in Hugging Face naming (`quick_gelu`).
+    Clip,
+    /// SD 2.x: OpenCLIP ViT-H/14 (single files: `cond_stage_model.model.*`; `gelu`).
+    OpenClip,
+}
+
+/// One model part: its tensors by diffusers name, and its `config.json` if there is one.
+#[derive(Clone)]
+pub struct Component {
+    pub kind: ComponentKind,
+    file: Arc<SafetensorsFile>,
+    /// `None`: the file already uses diffusers names (a folder).
+    map: Option<Arc<HashMap<String, Mapped>>>,
+    /// Parsed `config.json` (folders, or single files opened with a config folder).
+    pub config: Option<Value>,
+    /// For the text encoder: which family (from key prefixes, or the folder's config).
+    pub text_kind: Option<TextEncoderKind>,
+}
+
+impl std::fmt::Debug for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Component({:?}, {}, {} tensors)", self.kind, self.file.path, self.names().len())
+    }
+}
+
+impl Component {
+    /// The file the tensors come from.
+    pub fn path(&self) -> &str {
+        &self.file.path
+    }
+    pub fn is_single_file(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// All diffusers names this component provides, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = match &self.map {
+            Some(m) => m.keys().cloned().collect(),
+            None => self.file.entries.keys().cloned().collect(),
+        };
+        v.sort_unstable();
+        v
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.map {
+            Some(m) => m.contains_key(name),
+            None => self.file.contains(name),
+        }
+    }
+
+    /// Shape without touching the data.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        match &self.map {
+            None => self.file.info(name).map(|(_, s)| s.to_vec()),
+            Some(m) => {
+                let mp = m.get(name)?;
+                let (_, s) = self.file.info(&mp.source)?;
+                Some(match (&mp.shape, mp.rows) {
+                    (Some(sh), _) => sh.clone(),
+                    (None, Some((a, b))) => {
+                        let mut s = s.to_vec();
+                        s[0] = b - a;
+                        s
+                    }
+                    (None, None) => s.to_vec(),
+                })
+            }
+        }
+    }
+
+    /// A tensor by diffusers name (e.g. `text_model.encoder.layers.0.self_attn.q_proj.weight`).
+    pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
+        let Some(map) = &self.map else {
+            return self.file.get(name).map_err(|e| match e {
+                WeightsError::Missing { path, name, .. } => WeightsError::Missing {
+                    path,
+                    name,
+                    detail: format!(" (needed by the {})", self.kind.folder()),
+                },
+                e => e,
+            });
+        };
+        let mp = map.get(name).ok_or_else(|| WeightsError::Missing {
+            path: self.file.path.clone(),
+            name: name.to_string(),
+            detail: format!(" (no original key maps to this {} tensor)", self.kind.folder()),
+        })?;
+        let mut v = self.file.get(&mp.source).map_err(|_| WeightsError::Missing {
+            path: self.file.path.clone(),
+            name: mp.source.clone(),
+            detail: format!(" (the original key for diffusers '{name}')"),
+        })?;
+        v.name = format!("{name} ({})", mp.source);
+        if let Some((r0, r1)) = mp.rows {
+            let inner: usize = v.shape.iter().skip(1).product();
+            if v.shape.is_empty() || r1 > v.shape[0] {
+                return Err(v.shape_err(format!("at least {r1} rows")));
+            }
+            let es = v.dtype.size();
+            v.data = &v.data[r0 * inner * es..r1 * inner * es];
+            v.shape[0] = r1 - r0;
+        }
+        if let Some(shape) = &mp.shape {
+            if shape.iter().product::<usize>() != v.numel() {
+                return Err(v.shape_err(format!("{} elements (to view as {shape:?})", shape.iter().product::<usize>())));
+            }
+            v.shape = shape.clone();
+        }
+        Ok(v)
+    }
+
+    /// `config.json` value by key.
+    pub fn config_value(&self, key: &str) -> Option<&Value> {
+        self.config.as_ref()?.get(key)
+    }
+}
+
+/// Where a model came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Folder(PathBuf),
+    SingleFile(PathBuf),
+}
+
+/// Options for [`Weights::open_with`].
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// A diffusers folder whose `*/config.json` files describe a single-file checkpoint (as
+    /// diffusers' `from_single_file(path, config=folder)`); its weights are not read.
+    pub config_dir: Option<PathBuf>,
+}
+
+/// A whole model: text encoder, UNet and VAE (each may be absent).
+#[derive(Clone, Debug)]
+pub struct Weights {
+    pub source: Source,
+    text_encoder: Option<Component>,
+    unet: Option<Component>,
+    vae: Option<Component>,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let shown = path.display().to_string();
+    let s = std::fs::read_to_string(path).map_err(|source| WeightsError::Io { path: shown.clone(), source })?;
+    serde_json::from_str(&s).map_err(|e| WeightsError::Config { path: shown, detail: e.to_string() })
+}
+
+impl Weights {
+    /// A diffusers folder or a single-file `.safetensors` checkpoint.
+    pub fn open(path: impl AsRef<Path>) -> Result<Weights> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Weights> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            Self::open_folder(path)
+        } else {
+            let file = SafetensorsFile::open(path)?;
+            let mut w = Self::from_single_file(file)?;
+            w.source = Source::SingleFile(path.to_path_buf());
+            if let Some(dir) = &opts.config_dir {
+                w.set_configs_from(dir)?;
+            }
+            Ok(w)
+        }
+    }
+
+    /// A diffusers folder: `model_index.json` plus `text_encoder/`, `unet/`, `vae/`, each with
+    /// `config.json` and a safetensors file. Parts without a folder are absent (an error only
+    /// when asked for).
+    pub fn open_folder(dir: &Path) -> Result<Weights> {
+        let index = dir.join("model_index.json");
+        if !index.exists() {
+            return Err(WeightsError::Architecture {
+                path: dir.display().to_string(),
+                detail: "not a diffusers folder (no model_index.json)".into(),
+            });
+        }
+        read_json(&index)?;
+        let mut w = Weights { source: Source::Folder(dir.to_path_buf()), text_encoder: None, unet: None, vae: None };
+        for kind in [ComponentKind::TextEncoder, ComponentKind::Unet, ComponentKind::Vae] {
+            let sub = dir.join(kind.folder());
+            if !sub.is_dir() {
+                continue;
+            }
+            let mut file = None;
+            for stem in kind.file_stems() {
+                for suffix in ["safetensors", "fp16.safetensors"] {
+                    let p = sub.join(format!("{stem}.{suffix}"));
+                    if file.is_none() && p.exists() {
+                        file = Some(p);
+                    }
+                }
+            }
+            let Some(file) = file else {
+                // Only pickle weights (pytorch_model.bin, ...) or nothing at all.
+                if let Some(p) = std::fs::read_dir(&sub)
+                    .ok()
+                    .and_then(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| is_pickle_path(p)))
+                {
+                    return Err(WeightsError::Pickle { path: p.display().to_string() });
+                }
+                if sub.join(format!("{}.safetensors.index.json", kind.file_stems()[0])).exists() {
+                    return Err(WeightsError::Architecture {
+                        path: sub.display().to_string(),
+                        detail: "sharded safetensors (*.index.json) are not supported; merge the shards".into(),
+                    });
+                }
+                return Err(WeightsError::Missing {
+                    path: sub.display().to_string(),
+                    name: format!("{}.safetensors", kind.file_stems()[0]),
+                    detail: " (no weights file in this folder)".into(),
+                });
+            };
+            let config_path = sub.join("config.json");
+            let config = if config_path.exists() { Some(read_json(&config_path)?) } else { None };
+            let text_kind = (kind == ComponentKind::TextEncoder).then(|| {
+                // HF CLIPTextModel either way; SD2's is the OpenCLIP port (gelu).
+                match config.as_ref().and_then(|c| c.get("hidden_act")).and_then(Value::as_str) {
+                    Some("quick_gelu") | None => TextEncoderKind::Clip,
+                    _ => TextEncoderKind::OpenClip,
+                }
+            });
+            let comp = Component {
+                kind,
+                file: Arc::new(SafetensorsFile::open(&file)?),
+                map: None,
+                config,
+                text_kind,
+            };
+            match kind {
+                ComponentKind::TextEncoder => w.text_encoder = Some(comp),
+                ComponentKind::Unet => w.unet = Some(comp),
+                ComponentKind::Vae => w.vae = Some(comp),
+            }
+        }
+        Ok(w)
+    }
+
+    /// A single-file checkpoint already opened (e.g. [`SafetensorsFile::from_bytes`] on wasm32).
+    pub fn from_single_file(file: SafetensorsFile) -> Result<Weights> {
+        let file = Arc::new(file);
+        let parts = single_file::map_checkpoint(&file)?;
+        let make = |kind, map: Option<HashMap<String, Mapped>>, text_kind| {
+            map.map(|m| Component { kind, file: file.clone(), map: Some(Arc::new(m)), config: None, text_kind })
+        };
+        Ok(Weights {
+            source: Source::SingleFile(PathBuf::from(&file.path)),
+            text_encoder: make(ComponentKind::TextEncoder, parts.text_encoder, parts.text_kind),
+            unet: make(ComponentKind::Unet, parts.unet, None),
+            vae: make(ComponentKind::Vae, parts.vae, None),
+        })
+    }
+
+    /// Attach `<dir>/<component>/config.json` to each present component.
+    pub fn set_configs_from(&mut self, dir: &Path) -> Result<()> {
+        for c in [&mut self.text_encoder, &mut self.unet, &mut self.vae].into_iter().flatten() {
+            let p = dir.join(c.kind.folder()).join("config.json");
+            if p.exists() {
+                c.config = Some(read_json(&p)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn part(&self, kind: ComponentKind) -> Result<&Component> {
+        let c = match kind {
+            ComponentKind::TextEncoder => &self.text_encoder,
+            ComponentKind::Unet => &self.unet,
+            ComponentKind::Vae => &self.vae,
+        };
+        c.as_ref().ok_or_else(|| {
+            let path = match &self.source {
+                Source::Folder(p) | Source::SingleFile(p) => p.display().to_string(),
+            };
+            WeightsError::Missing {
+                path,
+                name: kind.folder().to_string(),
+                detail: " (this checkpoint has no such component)".into(),
+            }
+        })
+    }
+
+    pub fn text_encoder(&self) -> Result<&Component> {
+        self.part(ComponentKind::TextEncoder)
+    }
+    pub fn unet(&self) -> Result<&Component> {
+        self.part(ComponentKind::Unet)
+    }
+    pub fn vae(&self) -> Result<&Component> {
+        self.part(ComponentKind::Vae)
+    }
+}
+
+/// The storage dtype to upload weights in: f16 when asked for and the adapter can, else f32.
+pub fn storage_dtype(ctx: &Context, want_f16: bool) -> DType {
+    if want_f16 && ctx.f16 {
+        DType::F16
+    } else {
+        DType::F32
+    }
+}
