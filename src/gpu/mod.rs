@@ -54,6 +54,7 @@ pub struct Context {
 }
 
 /// Lower is preferred: a discrete GPU beats an integrated one beats a software rasteriser.
+#[cfg(not(target_arch = "wasm32"))]
 fn preference(t: wgpu::DeviceType) -> u8 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -164,6 +165,8 @@ impl Context {
                     power_preference: wgpu::PowerPreference::HighPerformance,
                     force_fallback_adapter: false,
                     compatible_surface: None,
+                    // Pigment asks for the adapter's real limits; no fingerprinting buckets.
+                    apply_limit_buckets: false,
                 })
                 .await
                 .map_err(|e| Error::NoAdapter(format!(" ({e}); this browser needs WebGPU enabled")))
