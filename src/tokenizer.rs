@@ -73,6 +73,8 @@ pub enum PadToken {
 enum Piece<'a> {
     Text(&'a str),
     Special(u32),
+    /// A textual-inversion embedding's placeholder ids.
+    Embedding(&'a [u32]),
 }
 
 /// The CLIP tokenizer. Cheap to share (`&self` everywhere); `Send + Sync`.
@@ -87,6 +89,9 @@ pub struct ClipTokenizer {
     /// Literal strings split out of the raw text before cleaning (HF's added-tokens trie),
     /// sorted longest first.
     specials: Vec<(String, u32)>,
+    /// Textual-inversion embeddings: lowercase name → placeholder ids past the vocabulary
+    /// (one per vector), longest name first. See [`ClipTokenizer::add_embedding`].
+    embeddings: Vec<(String, Vec<u32>)>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -252,7 +257,7 @@ impl ClipTokenizer {
         inner
             .add_special_tokens([AddedToken::from(bos.to_string(), true), AddedToken::from(eos.to_string(), true)])
             .map_err(|e| anyhow!("special tokens: {e}"))?;
-        Ok(Self { inner, bos: bos_id, eos: eos_id, pad: pad_id, specials })
+        Ok(Self { inner, bos: bos_id, eos: eos_id, pad: pad_id, specials, embeddings: Vec::new() })
     }
 
     /// `<|startoftext|>` id (49406).
@@ -294,6 +299,7 @@ impl ClipTokenizer {
         for piece in self.split_specials(text) {
             match piece {
                 Piece::Special(id) => ids.push(id),
+                Piece::Embedding(e) => ids.extend_from_slice(e),
                 Piece::Text(t) => {
                     let clean = clean_text(t);
                     if clean.is_empty() {
@@ -333,14 +339,48 @@ impl ClipTokenizer {
         v
     }
 
-    /// HF's added-tokens trie: leftmost, longest special string first.
-    fn split_specials<'a>(&self, text: &'a str) -> Vec<Piece<'a>> {
+    /// Register a textual-inversion embedding of `vectors` vectors under `name` (A1111: the
+    /// file name). The name, matched case-insensitively as a whole word in prompts, becomes
+    /// that many placeholder ids starting at the returned one (past the vocabulary and any
+    /// earlier embedding); the text encoder maps them to the vectors.
+    pub fn add_embedding(&mut self, name: &str, vectors: usize) -> u32 {
+        let first = self.vocab_size() as u32 + self.embeddings.iter().map(|(_, v)| v.len() as u32).sum::<u32>();
+        self.embeddings.retain(|(n, _)| *n != name.to_lowercase());
+        self.embeddings.push((name.to_lowercase(), (first..first + vectors as u32).collect()));
+        self.embeddings.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        first
+    }
+
+    /// The embedding whose name starts `text[i..]` as a whole word.
+    fn embedding_at<'s>(&'s self, text: &str, i: usize) -> Option<(usize, &'s [u32])> {
+        let word_char = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+        if text[..i].chars().next_back().is_some_and(word_char) {
+            return None;
+        }
+        self.embeddings.iter().find_map(|(name, ids)| {
+            let end = i + name.len();
+            let hit = text.get(i..end).is_some_and(|w| w.to_lowercase() == *name)
+                && !text[end..].chars().next().is_some_and(word_char);
+            hit.then_some((name.len(), ids.as_slice()))
+        })
+    }
+
+    /// HF's added-tokens trie: leftmost, longest special string first (and textual-inversion
+    /// names, as whole words).
+    fn split_specials<'a>(&'a self, text: &'a str) -> Vec<Piece<'a>> {
         let mut out = Vec::new();
         let mut start = 0; // start of the pending text piece
         let mut i = 0;
         while i < text.len() {
             let rest = &text[i..];
-            if let Some((s, id)) = self.specials.iter().find(|(s, _)| rest.starts_with(s.as_str())) {
+            if let Some((len, ids)) = self.embedding_at(text, i) {
+                if start < i {
+                    out.push(Piece::Text(&text[start..i]));
+                }
+                out.push(Piece::Embedding(ids));
+                i += len;
+                start = i;
+            } else if let Some((s, id)) = self.specials.iter().find(|(s, _)| rest.starts_with(s.as_str())) {
                 if start < i {
                     out.push(Piece::Text(&text[start..i]));
                 }

@@ -230,3 +230,48 @@ fn encode_prompt_chunks_and_weights() {
         assert!(model.encode_prompt(c, &tok, PROMPT, model.config.layers + 1).is_err());
     }
 }
+
+/// Textual inversion, checked against the golden by construction: an embedding whose vectors
+/// are the token rows of "photograph" (one vector) or "astronaut riding" (two vectors) must
+/// encode exactly like those words. Also: wrong-width and non-embedding files are refused.
+#[test]
+fn textual_inversion_replaces_words_with_its_vectors() {
+    let c = ctx();
+    let tmp = std::env::temp_dir().join(format!("pigment-ti-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for variant in VARIANTS {
+        let g = Golden::load(variant);
+        let (last, _) = g.f32("prompt.last_hidden_state");
+        let dir = fixtures().join(variant);
+        let mut tok = ClipTokenizer::from_dir(dir.join("tokenizer")).unwrap();
+        let w = Weights::open(&dir).unwrap();
+        let mut model = ClipTextModel::load(c, w.text_encoder().unwrap(), DType::F32).unwrap();
+        let d = model.config.hidden;
+        let table = w.text_encoder().unwrap().get("text_model.embeddings.token_embedding.weight").unwrap();
+        let plain_tok = ClipTokenizer::from_dir(dir.join("tokenizer")).unwrap();
+        let write = |file: &str, key: &str, words: &str, shape: Vec<usize>| {
+            let ids = plain_tok.encode(words);
+            let rows = table.gather_rows(&ids).unwrap();
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytemuck::cast_slice(&rows)).unwrap();
+            let path = tmp.join(file);
+            safetensors::serialize_to_file([(key, view)], None, &path).unwrap();
+            path
+        };
+        let one = write("one.safetensors", "emb_params", "photograph", vec![1, d]);
+        let two = write("two.safetensors", "<my-token>", "astronaut riding", vec![2, d]);
+        assert_eq!(model.load_textual_inversion(&mut tok, &one, "MyWord").unwrap(), 1);
+        assert_eq!(model.load_textual_inversion(&mut tok, &two, "rider").unwrap(), 2);
+        let got = model.encode_prompt(c, &tok, "a myword of an rider a horse", 1).unwrap().to_vec(c).unwrap();
+        check(&got, &last, TOL_F32, &format!("{variant} textual inversion"));
+        // Only whole words: "mywords" stays ordinary text.
+        assert_ne!(tok.encode("mywords"), tok.encode("myword"));
+
+        let wide = tmp.join("wide.safetensors");
+        let v = vec![0f32; d + 4];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, d + 4], bytemuck::cast_slice(&v)).unwrap();
+        safetensors::serialize_to_file([("emb_params", view)], None, &wide).unwrap();
+        let e = model.load_textual_inversion(&mut tok, &wide, "wide").unwrap_err().to_string();
+        assert!(e.contains("wide") && e.contains(&d.to_string()), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -193,6 +193,9 @@ pub struct ClipTextModel {
     weights: Component,
     /// `[max_positions, hidden]`, f32 on the CPU.
     position_embedding: Vec<f32>,
+    /// Textual-inversion vectors `[n, hidden]` for token ids `vocab..vocab + n`, in the order
+    /// [`ClipTokenizer::add_embedding`] hands out ids.
+    extra_embeddings: Vec<f32>,
     pub layers: Vec<ClipEncoderLayer>,
     pub final_layer_norm: LayerNorm,
 }
@@ -259,7 +262,15 @@ impl ClipTextModel {
             });
         }
         let final_layer_norm = ln("text_model.final_layer_norm")?;
-        Ok(ClipTextModel { config, dtype, weights: c.clone(), position_embedding, layers, final_layer_norm })
+        Ok(ClipTextModel {
+            config,
+            dtype,
+            weights: c.clone(),
+            position_embedding,
+            extra_embeddings: Vec::new(),
+            layers,
+            final_layer_norm,
+        })
     }
 
     /// Token + position embeddings for `ids` (B sequences of equal length L ≤ max_positions),
@@ -272,7 +283,21 @@ impl ClipTextModel {
                 detail: format!("{} ids as sequences of {seq_len} (at most {})", ids.len(), self.config.max_positions),
             });
         }
-        let mut x = self.weights.get(TOKEN_EMBEDDING)?.gather_rows(ids)?;
+        let vocab = self.config.vocab as u32;
+        let extra = (self.extra_embeddings.len() / d) as u32;
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab + extra) {
+            return Err(Error::Shape { op: "clip embed", detail: format!("token id {bad} past the vocabulary ({vocab}) and {extra} embedding vectors") });
+        }
+        let table = self.weights.get(TOKEN_EMBEDDING)?;
+        let mut x = Vec::with_capacity(ids.len() * d);
+        for &id in ids {
+            if id < vocab {
+                x.extend(table.gather_rows(&[id])?);
+            } else {
+                let r = (id - vocab) as usize * d;
+                x.extend_from_slice(&self.extra_embeddings[r..r + d]);
+            }
+        }
         for (i, row) in x.chunks_exact_mut(d).enumerate() {
             let pos = &self.position_embedding[(i % seq_len) * d..(i % seq_len + 1) * d];
             for (a, p) in row.iter_mut().zip(pos) {
@@ -280,6 +305,53 @@ impl ClipTextModel {
             }
         }
         Tensor::from_f32(ctx, &x, &[ids.len() / seq_len, seq_len, d], self.dtype)
+    }
+
+    /// Append textual-inversion vectors (`[n, hidden]`, row-major) for the next `n` placeholder
+    /// ids; register the same name with [`ClipTokenizer::add_embedding`] so both agree.
+    pub fn add_embedding_vectors(&mut self, vectors: &[f32]) -> Result<()> {
+        let d = self.config.hidden;
+        if vectors.is_empty() || vectors.len() % d != 0 {
+            return Err(Error::Shape { op: "textual inversion", detail: format!("{} values are not whole {d}-wide vectors for this text encoder", vectors.len()) });
+        }
+        self.extra_embeddings.extend_from_slice(vectors);
+        Ok(())
+    }
+
+    /// Load a textual-inversion embedding (`.safetensors`: A1111's `emb_params` [n, D], or a
+    /// diffusers `learned_embeds` file holding one [D] or [n, D] tensor) and register it under
+    /// `name` in both the tokenizer and this model. Returns the number of vectors.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_textual_inversion(&mut self, tok: &mut ClipTokenizer, path: &std::path::Path, name: &str) -> Result<usize> {
+        let file = crate::weights::SafetensorsFile::open(path)?;
+        let d = self.config.hidden;
+        let names = file.names();
+        let key = if file.contains("emb_params") {
+            "emb_params".to_string()
+        } else if names.len() == 1 {
+            names[0].to_string()
+        } else {
+            return Err(Error::Unsupported(format!(
+                "{}: not a textual-inversion embedding (expected an `emb_params` tensor or a single tensor, found {names:?})",
+                path.display()
+            )));
+        };
+        let view = file.get(&key)?;
+        let shape = view.shape.clone();
+        let n = match shape[..] {
+            [w] if w == d => 1,
+            [n, w] if w == d => n,
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "{}: embedding '{key}' has shape {shape:?}, but this text encoder is {d} wide (an embedding for another model family?)",
+                    path.display()
+                )))
+            }
+        };
+        let vectors = view.to_f32()?;
+        self.add_embedding_vectors(&vectors)?;
+        tok.add_embedding(name, n);
+        Ok(n)
     }
 
     /// One encoder layer.
