@@ -1,3 +1,4 @@
 //! Models built from [`crate::ops`] and loaded through [`crate::weights`].
 
 pub mod clip;
+pub mod vae;
