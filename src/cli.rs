@@ -20,6 +20,42 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// txt2img: write a PNG that carries the generation parameters (A1111's `parameters`).
+    Generate {
+        /// The prompt (or use --prompt).
+        #[arg(value_name = "PROMPT")]
+        positional_prompt: Option<String>,
+        /// A diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face hub id.
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long, default_value = "")]
+        negative_prompt: String,
+        /// Random seed (a random one is chosen and printed when absent).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value_t = 512)]
+        width: usize,
+        #[arg(long, default_value_t = 512)]
+        height: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Classifier-free guidance scale.
+        #[arg(long, default_value_t = 7.5)]
+        cfg: f32,
+        /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m.
+        #[arg(long, default_value = "euler-a")]
+        sampler: String,
+        /// Karras sigmas (lms, euler, heun, dpmpp-2m).
+        #[arg(long)]
+        karras: bool,
+        /// CLIP skip as A1111 counts it (1 = last layer, 2 = penultimate).
+        #[arg(long, default_value_t = 1)]
+        clip_skip: usize,
+        #[arg(long, default_value = "output.png")]
+        output: std::path::PathBuf,
+    },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
     Adapters,
     /// Kernel microbenchmarks on SD-shaped problems, with a CPU baseline from the same run.
@@ -66,6 +102,65 @@ fn open(cli: &Cli) -> anyhow::Result<Context> {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
+        Command::Generate {
+            positional_prompt,
+            model,
+            prompt,
+            negative_prompt,
+            seed,
+            width,
+            height,
+            steps,
+            cfg,
+            sampler,
+            karras,
+            clip_skip,
+            output,
+        } => {
+            let prompt = match (prompt, positional_prompt) {
+                (Some(p), None) | (None, Some(p)) => p.clone(),
+                (Some(_), Some(_)) => anyhow::bail!("give the prompt once: positionally or with --prompt"),
+                (None, None) => anyhow::bail!("no prompt: `pigment generate --model M \"a photo of a cat\"`"),
+            };
+            crate::pipeline::check_size(*width, *height)?;
+            let sampler = crate::schedulers::SamplerKind::parse(sampler)?;
+            if *karras && !sampler.supports_karras() {
+                anyhow::bail!("--karras is not available for {}; use lms, euler, heun or dpmpp-2m", sampler.name());
+            }
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)
+            });
+            let path = resolve_model(model)?;
+            let ctx = open(&cli)?;
+            eprintln!("adapter: {}", ctx.describe());
+            let sd = crate::pipeline::StableDiffusion::load(&ctx, &path, !cli.no_f16)?;
+            let opts = crate::pipeline::GenerateOptions {
+                prompt,
+                negative_prompt: negative_prompt.clone(),
+                seed,
+                width: *width,
+                height: *height,
+                steps: *steps,
+                guidance: *cfg,
+                sampler,
+                karras: *karras,
+                clip_skip: (*clip_skip).max(1),
+            };
+            println!("seed: {seed}");
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let image = sd.generate(&ctx, &opts, |i, n| {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64);
+            })?;
+            bar.finish();
+            let params = crate::pipeline::a1111_parameters(&opts, &sd.name);
+            write_png(output, &image, &params)?;
+            println!("wrote {}", output.display());
+        }
         Command::Adapters => {
             for (i, info) in pollster::block_on(crate::gpu::list_adapters()).iter().enumerate() {
                 println!("{i}: {} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver_info);
@@ -101,5 +196,59 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// A local path, or a Hugging Face hub id (`org/name`) downloaded into the hf-hub cache.
+fn resolve_model(model: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(model);
+    if path.exists() {
+        return Ok(path);
+    }
+    let lower = model.to_lowercase();
+    if lower.ends_with(".ckpt") || lower.ends_with(".safetensors") || model.starts_with('.') || model.starts_with('/') || model.split('/').count() != 2 {
+        anyhow::bail!("model '{model}' not found: give a diffusers folder, a .safetensors checkpoint, or a hub id like runwayml/stable-diffusion-v1-5");
+    }
+    let api = hf_hub::api::sync::Api::new()?;
+    let repo = api.model(model.to_string());
+    let mut root = None;
+    for file in [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        eprintln!("fetching {model}/{file}");
+        let local = repo.get(file).map_err(|e| anyhow::anyhow!("downloading {file} from {model}: {e}"))?;
+        // hub files land in <snapshot>/<file>; the snapshot folder is the diffusers folder.
+        let depth = file.split('/').count();
+        root = local.ancestors().nth(depth).map(|p| p.to_path_buf());
+    }
+    root.ok_or_else(|| anyhow::anyhow!("empty download for {model}"))
+}
+
+/// PNG with A1111's `parameters` tEXt chunk, so its PNG-info tab (and ComfyUI) reads the settings.
+fn write_png(path: &std::path::Path, image: &crate::pipeline::Image, parameters: &str) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), image.width as u32, image.height as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    // tEXt is Latin-1; other prompts go in an iTXt chunk (UTF-8), as A1111 (PIL) does.
+    if parameters.chars().all(|c| (c as u32) < 256) {
+        enc.add_text_chunk("parameters".to_string(), parameters.to_string())?;
+    } else {
+        enc.add_itxt_chunk("parameters".to_string(), parameters.to_string())?;
+    }
+    let mut writer = enc.write_header()?;
+    writer.write_image_data(&image.rgb)?;
+    writer.finish()?;
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! Models built from [`crate::ops`] and loaded through [`crate::weights`].
 
 pub mod clip;
+pub mod unet;
 pub mod vae;

@@ -1,0 +1,824 @@
+//! diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x and 2.x use it, on the kernels in
+//! [`crate::ops`]. Configured from `unet/config.json` (widths, depths, heads, projections), and
+//! field names mirror the checkpoint keys (`down_blocks.0.attentions.0.transformer_blocks.0.attn1`).
+//!
+//! Forward pass (`sample [B, Cin, H, W]`, one timestep for the batch, `encoder_hidden_states
+//! [B, L, D]`):
+//!
+//! 1. `time_proj`: diffusers' sinusoidal embedding of the timestep (host, f32), then
+//!    `time_embedding`: `linear_2(silu(linear_1(.)))`; every ResnetBlock adds
+//!    `time_emb_proj(silu(temb))` per (batch, channel);
+//! 2. `conv_in`, the down blocks (ResnetBlock2D, Transformer2DModel, Downsample2D), the mid block
+//!    (resnet, attention, resnet), the up blocks (skip connections concatenated in diffusers'
+//!    order, resnets, attentions, Upsample2D), `conv_norm_out` + SiLU, `conv_out`.
+//!
+//! ResnetBlock2D: `norm1`+SiLU (one fused GroupNorm), `conv1`, + time embedding, `norm2`+SiLU,
+//! `conv2` with the skip (`conv_shortcut` 1x1 when channels change) fused as its residual.
+//!
+//! Transformer2DModel: GroupNorm (eps 1e-6), the NCHW map transposed to token-major `[B, HW, C]`,
+//! `proj_in` (a 1x1 conv or a Linear: the same matrix, so both run as one GEMM), the
+//! BasicTransformerBlocks (`x += attn1(norm1(x))`, `x += attn2(norm2(x), context)`,
+//! `x += ff(norm3(x))` with GEGLU), back to NCHW and `proj_out` as a 1x1 convolution with the
+//! block's input fused as residual. Linear weights are pre-transposed to `[in, out]` at load so
+//! the vec4 GEMM runs; self-attention q/k/v are fused into one `[C, 3C]` GEMM and the
+//! cross-attention k/v into one `[D, 2C]` GEMM; biases and residuals are fused into the GEMMs.
+//! Attention scale `head_dim^-0.5`; softmax is always computed in f32 (so `upcast_attention`
+//! needs nothing).
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, DType, Tensor};
+use crate::ops::attention::{attention_qkv, attention_strided, AttnInput};
+use crate::ops::conv::{conv2d, conv2d_residual};
+use crate::ops::elementwise::{binary_broadcast, silu, Activation, BinaryOp};
+use crate::ops::embedding::timestep_embedding;
+use crate::ops::gemm::{matmul, GemmOpts};
+use crate::ops::norm::{group_norm, layer_norm};
+use crate::ops::resample::{concat_channels, transpose_last2, upsample_nearest2x};
+use crate::ops::softmax::geglu;
+use crate::weights::{Component, WeightsError};
+use serde_json::Value;
+
+/// GroupNorm eps of Transformer2DModel's `norm` (fixed in diffusers, not in the config).
+pub const ATTN_GROUP_NORM_EPS: f32 = 1e-6;
+/// LayerNorm eps of BasicTransformerBlock (diffusers' default `norm_eps`).
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownBlockType {
+    CrossAttnDownBlock2D,
+    DownBlock2D,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpBlockType {
+    CrossAttnUpBlock2D,
+    UpBlock2D,
+}
+
+/// UNet hyper-parameters (diffusers `UNet2DConditionModel` config names in the comments).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetConfig {
+    /// `in_channels`
+    pub in_channels: usize,
+    /// `out_channels`
+    pub out_channels: usize,
+    /// `block_out_channels`
+    pub block_out_channels: Vec<usize>,
+    /// `layers_per_block` (resnets per down block; up blocks have one more)
+    pub layers_per_block: usize,
+    /// `down_block_types`
+    pub down_block_types: Vec<DownBlockType>,
+    /// `up_block_types`
+    pub up_block_types: Vec<UpBlockType>,
+    /// Heads per down block (`num_attention_heads`, or the legacy `attention_head_dim`, which
+    /// SD 1.x/2.x use to mean the head count); a single number applies to every block. Up blocks
+    /// use the reversed list and the mid block the last entry, as diffusers does.
+    pub heads: Vec<usize>,
+    /// `transformer_layers_per_block`, per down block.
+    pub transformer_layers: Vec<usize>,
+    /// `cross_attention_dim`
+    pub cross_attention_dim: usize,
+    /// `use_linear_projection` (Linear rather than 1x1 conv `proj_in`/`proj_out`; only the
+    /// stored weight shape differs).
+    pub use_linear_projection: bool,
+    /// `upcast_attention` (softmax in f32: what the kernel always does).
+    pub upcast_attention: bool,
+    /// `norm_num_groups`
+    pub norm_num_groups: usize,
+    /// `norm_eps` (ResnetBlock and `conv_norm_out` GroupNorms)
+    pub norm_eps: f32,
+    /// `flip_sin_to_cos`
+    pub flip_sin_to_cos: bool,
+    /// `freq_shift`
+    pub freq_shift: f32,
+    /// `time_embedding_dim` (default `4 * block_out_channels[0]`)
+    pub time_embed_dim: usize,
+    /// `conv_in_kernel` / `conv_out_kernel`
+    pub conv_in_kernel: usize,
+    pub conv_out_kernel: usize,
+}
+
+impl UNetConfig {
+    /// From a diffusers `unet/config.json`. Options SD 1.x/2.x never set (class or addition
+    /// embeddings, scale-shift time conditioning, non-SiLU activations, ...) are refused.
+    pub fn from_json(v: &Value) -> std::result::Result<UNetConfig, String> {
+        let num = |k: &str, default: Option<usize>| -> std::result::Result<usize, String> {
+            match v.get(k) {
+                Some(Value::Number(n)) => n.as_u64().map(|x| x as usize).ok_or_else(|| format!("'{k}' is not a whole number")),
+                None | Some(Value::Null) => default.ok_or_else(|| format!("no '{k}'")),
+                Some(other) => Err(format!("'{k}' = {other} is not a number")),
+            }
+        };
+        let float = |k: &str, default: f64| -> f64 { v.get(k).and_then(Value::as_f64).unwrap_or(default) };
+        let boolean = |k: &str, default: bool| -> bool { v.get(k).and_then(Value::as_bool).unwrap_or(default) };
+        let strings = |k: &str| -> std::result::Result<Vec<String>, String> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("no '{k}' list"))?
+                .iter()
+                .map(|s| s.as_str().map(str::to_string).ok_or_else(|| format!("'{k}' holds a non-string")))
+                .collect()
+        };
+        // A number or a list of numbers, broadcast to `n` entries.
+        let per_block = |k: &str, n: usize| -> std::result::Result<Option<Vec<usize>>, String> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(x)) => Ok(Some(vec![x.as_u64().ok_or_else(|| format!("bad '{k}'"))? as usize; n])),
+                Some(Value::Array(a)) => {
+                    let l: Vec<usize> = a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<_>>().ok_or_else(|| format!("bad '{k}'"))?;
+                    if l.len() != n {
+                        return Err(format!("'{k}' has {} entries for {n} blocks", l.len()));
+                    }
+                    Ok(Some(l))
+                }
+                Some(other) => Err(format!("'{k}' = {other} is neither a number nor a list")),
+            }
+        };
+
+        let block_out_channels: Vec<usize> = v
+            .get("block_out_channels")
+            .and_then(Value::as_array)
+            .ok_or("no 'block_out_channels'")?
+            .iter()
+            .map(|x| x.as_u64().map(|x| x as usize))
+            .collect::<Option<_>>()
+            .ok_or("bad 'block_out_channels'")?;
+        let n = block_out_channels.len();
+        if n == 0 {
+            return Err("empty 'block_out_channels'".into());
+        }
+        let down_block_types = strings("down_block_types")?
+            .iter()
+            .map(|s| match s.as_str() {
+                "CrossAttnDownBlock2D" => Ok(DownBlockType::CrossAttnDownBlock2D),
+                "DownBlock2D" => Ok(DownBlockType::DownBlock2D),
+                other => Err(format!("unsupported down block '{other}'")),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let up_block_types = strings("up_block_types")?
+            .iter()
+            .map(|s| match s.as_str() {
+                "CrossAttnUpBlock2D" => Ok(UpBlockType::CrossAttnUpBlock2D),
+                "UpBlock2D" => Ok(UpBlockType::UpBlock2D),
+                other => Err(format!("unsupported up block '{other}'")),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if down_block_types.len() != n || up_block_types.len() != n {
+            return Err(format!("{n} block_out_channels but {} down / {} up block types", down_block_types.len(), up_block_types.len()));
+        }
+        match v.get("mid_block_type").and_then(Value::as_str).unwrap_or("UNetMidBlock2DCrossAttn") {
+            "UNetMidBlock2DCrossAttn" => {}
+            other => return Err(format!("unsupported mid block '{other}'")),
+        }
+        // Options SD 1.x/2.x leave at their defaults.
+        let str_is = |k: &str, want: &[&str]| match v.get(k) {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => want.contains(&s.as_str()),
+            _ => false,
+        };
+        let null = |k: &str| matches!(v.get(k), None | Some(Value::Null));
+        for (ok, what) in [
+            (str_is("act_fn", &["silu", "swish"]), "act_fn"),
+            (str_is("resnet_time_scale_shift", &["default"]), "resnet_time_scale_shift"),
+            (str_is("time_embedding_type", &["positional"]), "time_embedding_type"),
+            (str_is("attention_type", &["default"]), "attention_type"),
+            (null("class_embed_type") && null("num_class_embeds"), "class embeddings"),
+            (null("addition_embed_type"), "addition_embed_type"),
+            (null("encoder_hid_dim"), "encoder_hid_dim"),
+            (null("time_cond_proj_dim"), "time_cond_proj_dim"),
+            (null("time_embedding_act_fn") && null("timestep_post_act"), "extra time-embedding activations"),
+            (null("cross_attention_norm"), "cross_attention_norm"),
+            (!boolean("center_input_sample", false), "center_input_sample"),
+            (!boolean("dual_cross_attention", false), "dual_cross_attention"),
+            (v.get("only_cross_attention").is_none_or(|x| x.is_null() || x == &Value::Bool(false)), "only_cross_attention"),
+            (float("mid_block_scale_factor", 1.0) == 1.0, "mid_block_scale_factor"),
+            (float("resnet_out_scale_factor", 1.0) == 1.0, "resnet_out_scale_factor"),
+            (!boolean("resnet_skip_time_act", false), "resnet_skip_time_act"),
+            (num("downsample_padding", Some(1))? == 1, "downsample_padding"),
+        ] {
+            if !ok {
+                return Err(format!("unsupported '{what}' (only Stable Diffusion 1.x/2.x UNets are implemented)"));
+            }
+        }
+        let heads = per_block("num_attention_heads", n)?
+            .or(per_block("attention_head_dim", n)?)
+            .unwrap_or(vec![8; n]);
+        let transformer_layers = per_block("transformer_layers_per_block", n)?.unwrap_or(vec![1; n]);
+        let cross_attention_dim = match v.get("cross_attention_dim") {
+            Some(Value::Number(x)) => x.as_u64().ok_or("bad 'cross_attention_dim'")? as usize,
+            _ => return Err("'cross_attention_dim' must be one number".into()),
+        };
+        let c0 = block_out_channels[0];
+        Ok(UNetConfig {
+            in_channels: num("in_channels", Some(4))?,
+            out_channels: num("out_channels", Some(4))?,
+            layers_per_block: num("layers_per_block", Some(2))?,
+            down_block_types,
+            up_block_types,
+            heads,
+            transformer_layers,
+            cross_attention_dim,
+            use_linear_projection: boolean("use_linear_projection", false),
+            upcast_attention: boolean("upcast_attention", false),
+            norm_num_groups: num("norm_num_groups", Some(32))?,
+            norm_eps: float("norm_eps", 1e-5) as f32,
+            flip_sin_to_cos: boolean("flip_sin_to_cos", true),
+            freq_shift: float("freq_shift", 0.0) as f32,
+            time_embed_dim: num("time_embedding_dim", Some(4 * c0))?,
+            conv_in_kernel: num("conv_in_kernel", Some(3))?,
+            conv_out_kernel: num("conv_out_kernel", Some(3))?,
+            block_out_channels,
+        })
+    }
+
+    /// The component's `config.json` when it has one (folders, or single files opened with a
+    /// config folder), else inferred from the tensors ([`UNetConfig::infer`]).
+    pub fn for_component(c: &Component) -> std::result::Result<UNetConfig, WeightsError> {
+        let path = c.path().to_string();
+        match &c.config {
+            Some(cfg) => UNetConfig::from_json(cfg).map_err(|detail| WeightsError::Config { path, detail }),
+            None => UNetConfig::infer(c),
+        }
+    }
+
+    /// The config of an SD 1.x/2.x UNet from its tensors (single-file checkpoints carry none):
+    /// widths, depths, block types, context width, time embedding width, conv kernels and the
+    /// projection kind from the shapes and names present. Heads are not stored: as the original
+    /// LDM configs, 8 heads per block for conv projections (SD 1.x, `num_heads: 8`) and head dim
+    /// 64 for Linear projections (SD 2.x, `num_head_channels: 64`); a model that differs needs a
+    /// config folder (`OpenOptions::config_dir`). GroupNorm 32 groups, eps 1e-5 (every SD UNet).
+    pub fn infer(c: &Component) -> std::result::Result<UNetConfig, WeightsError> {
+        let path = c.path().to_string();
+        let shape = |name: &str| -> std::result::Result<Vec<usize>, WeightsError> {
+            c.shape(name).ok_or_else(|| WeightsError::Missing {
+                path: path.clone(),
+                name: name.to_string(),
+                detail: " (needed to infer the UNet config)".into(),
+            })
+        };
+        let arch = |detail: String| WeightsError::Architecture { path: path.clone(), detail };
+        let mut block_out_channels = Vec::new();
+        while c.contains(&format!("down_blocks.{}.resnets.0.conv1.weight", block_out_channels.len())) {
+            block_out_channels.push(shape(&format!("down_blocks.{}.resnets.0.conv1.weight", block_out_channels.len()))?[0]);
+        }
+        let n = block_out_channels.len();
+        if n == 0 {
+            return Err(arch("no down_blocks.0.resnets.0: not a diffusers-style UNet".into()));
+        }
+        let mut layers_per_block = 0;
+        while c.contains(&format!("down_blocks.0.resnets.{layers_per_block}.conv1.weight")) {
+            layers_per_block += 1;
+        }
+        let has_attn = |p: &str| c.contains(&format!("{p}.attentions.0.norm.weight"));
+        let down_block_types: Vec<DownBlockType> = (0..n)
+            .map(|i| if has_attn(&format!("down_blocks.{i}")) { DownBlockType::CrossAttnDownBlock2D } else { DownBlockType::DownBlock2D })
+            .collect();
+        let up_block_types: Vec<UpBlockType> = (0..n)
+            .map(|i| if has_attn(&format!("up_blocks.{i}")) { UpBlockType::CrossAttnUpBlock2D } else { UpBlockType::UpBlock2D })
+            .collect();
+        let attn = "mid_block.attentions.0";
+        let cross = shape(&format!("{attn}.transformer_blocks.0.attn2.to_k.weight"))?;
+        let use_linear_projection = shape(&format!("{attn}.proj_in.weight"))?.len() == 2;
+        let heads: Vec<usize> = if use_linear_projection {
+            if let Some(&ch) = block_out_channels.iter().find(|&&ch| !ch.is_multiple_of(64)) {
+                return Err(arch(format!(
+                    "width {ch} is not a multiple of 64, so the head count cannot be inferred; pass a config folder"
+                )));
+            }
+            block_out_channels.iter().map(|ch| ch / 64).collect()
+        } else {
+            vec![8; n]
+        };
+        let depth = |p: &str| {
+            let mut d = 0;
+            while c.contains(&format!("{p}.attentions.0.transformer_blocks.{d}.norm1.weight")) {
+                d += 1;
+            }
+            d.max(1)
+        };
+        let transformer_layers = (0..n).map(|i| if i + 1 == n { depth("mid_block") } else { depth(&format!("down_blocks.{i}")) }).collect();
+        let conv_in = shape("conv_in.weight")?;
+        let conv_out = shape("conv_out.weight")?;
+        Ok(UNetConfig {
+            in_channels: conv_in[1],
+            out_channels: conv_out[0],
+            layers_per_block,
+            down_block_types,
+            up_block_types,
+            heads,
+            transformer_layers,
+            cross_attention_dim: cross[1],
+            use_linear_projection,
+            upcast_attention: use_linear_projection,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            time_embed_dim: shape("time_embedding.linear_1.weight")?[0],
+            conv_in_kernel: conv_in[2],
+            conv_out_kernel: conv_out[2],
+            block_out_channels,
+        })
+    }
+
+    /// Down-sampling factor of the UNet: latent sizes must be multiples of it.
+    pub fn downscale(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+
+    /// Heads of the attention blocks in up block `i` (diffusers reverses the per-block list).
+    pub fn up_heads(&self, i: usize) -> usize {
+        self.heads[self.heads.len() - 1 - i]
+    }
+    pub fn up_transformer_layers(&self, i: usize) -> usize {
+        self.transformer_layers[self.transformer_layers.len() - 1 - i]
+    }
+}
+
+/// GroupNorm / LayerNorm affine parameters.
+pub struct Norm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+/// A `Linear` layer, weight pre-transposed to `[in, out]`.
+pub struct Linear {
+    pub weight_t: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// A convolution, weight as stored `[Cout, Cin, k, k]`.
+pub struct Conv {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv {
+    fn forward(&self, ctx: &Context, x: &Tensor) -> Result<Tensor> {
+        conv2d(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding)
+    }
+    fn forward_residual(&self, ctx: &Context, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        conv2d_residual(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, residual)
+    }
+}
+
+pub struct ResnetBlock2D {
+    pub norm1: Norm,
+    pub conv1: Conv,
+    pub time_emb_proj: Linear,
+    pub norm2: Norm,
+    pub conv2: Conv,
+    pub conv_shortcut: Option<Conv>,
+}
+
+/// diffusers `Attention`: self-attention with q/k/v fused (`[C, 3C]`), or cross-attention with
+/// `to_q` `[C, C]` and k/v fused (`[D, 2C]`). No q/k/v biases (SD's `attention_bias = False`).
+pub struct Attention {
+    pub heads: usize,
+    /// Self: fused `[C, 3C]`; cross: `to_q` `[C, C]` (both `[in, out]`).
+    pub q_weight_t: Tensor,
+    /// Cross-attention `to_k | to_v`, `[D, 2C]`; `None` for self-attention.
+    pub kv_weight_t: Option<Tensor>,
+    pub to_out: Linear,
+}
+
+pub struct BasicTransformerBlock {
+    pub norm1: Norm,
+    pub attn1: Attention,
+    pub norm2: Norm,
+    pub attn2: Attention,
+    pub norm3: Norm,
+    /// `ff.net.0.proj` (to `2 * inner`: GEGLU hidden | gate halves)
+    pub ff_proj: Linear,
+    /// `ff.net.2`
+    pub ff_out: Linear,
+}
+
+pub struct Transformer2DModel {
+    pub norm: Norm,
+    /// `proj_in` as a `[C, C]` matrix (`[in, out]`), whether stored as a 1x1 conv or a Linear.
+    pub proj_in: Linear,
+    pub transformer_blocks: Vec<BasicTransformerBlock>,
+    /// `proj_out` as a 1x1 convolution `[C, C, 1, 1]` (a Linear weight reshaped).
+    pub proj_out: Conv,
+}
+
+pub struct DownBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+    /// Downsample2D: 3x3 conv, stride 2, padding 1.
+    pub downsampler: Option<Conv>,
+}
+
+pub struct MidBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+}
+
+pub struct UpBlock {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<Transformer2DModel>,
+    /// Upsample2D: nearest 2x, then a 3x3 conv.
+    pub upsampler: Option<Conv>,
+}
+
+/// Intermediate tensors named like the goldens' `dbg.*` entries (`time_proj`, `time_embedding`,
+/// `conv_in`, `down_blocks.i`, `mid_block`, `up_blocks.i`, `conv_norm_out` before SiLU).
+pub type Trace = Vec<(String, Tensor)>;
+
+pub struct UNet2DConditionModel {
+    pub config: UNetConfig,
+    /// Storage dtype of every tensor the model makes.
+    pub dtype: DType,
+    pub time_embedding_linear_1: Linear,
+    pub time_embedding_linear_2: Linear,
+    pub conv_in: Conv,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: MidBlock,
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: Norm,
+    pub conv_out: Conv,
+}
+
+/// Loading helpers bound to one component, context and dtype.
+struct Loader<'a> {
+    ctx: &'a Context,
+    c: &'a Component,
+    dtype: DType,
+}
+
+impl Loader<'_> {
+    fn upload(&self, v: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_f32(self.ctx, v, shape, self.dtype)
+    }
+    fn vec(&self, name: &str, n: usize) -> Result<Tensor> {
+        self.c.get(name)?.expect_shape(&[n])?.upload(self.ctx, self.dtype)
+    }
+    fn norm(&self, p: &str, ch: usize) -> Result<Norm> {
+        Ok(Norm { weight: self.vec(&format!("{p}.weight"), ch)?, bias: self.vec(&format!("{p}.bias"), ch)? })
+    }
+    /// A `[out, in]` (or `[out, in, 1, 1]`) weight transposed to `[in, out]`, f32 on the host.
+    fn matrix_t(&self, name: &str, out: usize, inp: usize) -> Result<Vec<f32>> {
+        let t = self.c.get(name)?;
+        if t.shape != [out, inp] && t.shape != [out, inp, 1, 1] {
+            t.expect_shape(&[out, inp])?;
+        }
+        let v = t.to_f32()?;
+        let mut w = vec![0f32; out * inp];
+        for o in 0..out {
+            for i in 0..inp {
+                w[i * out + o] = v[o * inp + i];
+            }
+        }
+        Ok(w)
+    }
+    fn linear(&self, p: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight_t: self.upload(&self.matrix_t(&format!("{p}.weight"), out, inp)?, &[inp, out])?,
+            bias: if bias { Some(self.vec(&format!("{p}.bias"), out)?) } else { None },
+        })
+    }
+    fn conv(&self, p: &str, out: usize, inp: usize, k: usize, stride: usize, padding: usize) -> Result<Conv> {
+        let w = self.c.get(&format!("{p}.weight"))?;
+        // A Linear stored [out, in] used as a 1x1 convolution.
+        let weight = if k == 1 && w.shape == [out, inp] {
+            self.upload(&w.to_f32()?, &[out, inp, 1, 1])?
+        } else {
+            w.expect_shape(&[out, inp, k, k])?.upload(self.ctx, self.dtype)?
+        };
+        Ok(Conv { weight, bias: self.vec(&format!("{p}.bias"), out)?, stride, padding })
+    }
+    fn resnet(&self, p: &str, inp: usize, out: usize, temb: usize) -> Result<ResnetBlock2D> {
+        Ok(ResnetBlock2D {
+            norm1: self.norm(&format!("{p}.norm1"), inp)?,
+            conv1: self.conv(&format!("{p}.conv1"), out, inp, 3, 1, 1)?,
+            time_emb_proj: self.linear(&format!("{p}.time_emb_proj"), out, temb, true)?,
+            norm2: self.norm(&format!("{p}.norm2"), out)?,
+            conv2: self.conv(&format!("{p}.conv2"), out, out, 3, 1, 1)?,
+            conv_shortcut: if inp != out { Some(self.conv(&format!("{p}.conv_shortcut"), out, inp, 1, 1, 0)?) } else { None },
+        })
+    }
+    fn attention(&self, p: &str, ch: usize, context: Option<usize>, heads: usize) -> Result<Attention> {
+        let kv_in = context.unwrap_or(ch);
+        let q = self.matrix_t(&format!("{p}.to_q.weight"), ch, ch)?;
+        let k = self.matrix_t(&format!("{p}.to_k.weight"), ch, kv_in)?;
+        let v = self.matrix_t(&format!("{p}.to_v.weight"), ch, kv_in)?;
+        // Column-concatenate [in, ch] matrices into [in, parts*ch].
+        let cat = |parts: &[&[f32]], rows: usize| -> Vec<f32> {
+            let w = parts.len() * ch;
+            let mut out = vec![0f32; rows * w];
+            for (j, m) in parts.iter().enumerate() {
+                for r in 0..rows {
+                    out[r * w + j * ch..r * w + (j + 1) * ch].copy_from_slice(&m[r * ch..(r + 1) * ch]);
+                }
+            }
+            out
+        };
+        let (q_weight_t, kv_weight_t) = match context {
+            None => (self.upload(&cat(&[&q, &k, &v], ch), &[ch, 3 * ch])?, None),
+            Some(d) => (self.upload(&q, &[ch, ch])?, Some(self.upload(&cat(&[&k, &v], d), &[d, 2 * ch])?)),
+        };
+        Ok(Attention { heads, q_weight_t, kv_weight_t, to_out: self.linear(&format!("{p}.to_out.0"), ch, ch, true)? })
+    }
+    fn transformer(&self, p: &str, ch: usize, heads: usize, depth: usize, cfg: &UNetConfig) -> Result<Transformer2DModel> {
+        if heads == 0 || !ch.is_multiple_of(heads) {
+            return Err(Error::Unsupported(format!("{p}: {ch} channels in {heads} heads")));
+        }
+        let inner = 4 * ch;
+        let mut transformer_blocks = Vec::with_capacity(depth);
+        for i in 0..depth {
+            let b = format!("{p}.transformer_blocks.{i}");
+            transformer_blocks.push(BasicTransformerBlock {
+                norm1: self.norm(&format!("{b}.norm1"), ch)?,
+                attn1: self.attention(&format!("{b}.attn1"), ch, None, heads)?,
+                norm2: self.norm(&format!("{b}.norm2"), ch)?,
+                attn2: self.attention(&format!("{b}.attn2"), ch, Some(cfg.cross_attention_dim), heads)?,
+                norm3: self.norm(&format!("{b}.norm3"), ch)?,
+                ff_proj: self.linear(&format!("{b}.ff.net.0.proj"), 2 * inner, ch, true)?,
+                ff_out: self.linear(&format!("{b}.ff.net.2"), ch, inner, true)?,
+            });
+        }
+        Ok(Transformer2DModel {
+            norm: self.norm(&format!("{p}.norm"), ch)?,
+            proj_in: self.linear(&format!("{p}.proj_in"), ch, ch, true)?,
+            transformer_blocks,
+            proj_out: self.conv(&format!("{p}.proj_out"), ch, ch, 1, 1, 0)?,
+        })
+    }
+}
+
+impl UNet2DConditionModel {
+    /// Latent channels the UNet takes.
+    pub fn in_channels(&self) -> usize {
+        self.config.in_channels
+    }
+    /// Channels of the prediction.
+    pub fn out_channels(&self) -> usize {
+        self.config.out_channels
+    }
+
+    /// Load with the component's config ([`UNetConfig::for_component`]) in `dtype`.
+    pub fn load(ctx: &Context, c: &Component, dtype: DType) -> Result<UNet2DConditionModel> {
+        let config = UNetConfig::for_component(c)?;
+        Self::load_with(ctx, c, config, dtype)
+    }
+
+    /// Load with an explicit config. Every tensor's shape is checked against the config.
+    pub fn load_with(ctx: &Context, c: &Component, config: UNetConfig, dtype: DType) -> Result<UNet2DConditionModel> {
+        let ld = Loader { ctx, c, dtype };
+        let cfg = &config;
+        let ch = &cfg.block_out_channels;
+        let n = ch.len();
+        let (c0, temb) = (ch[0], cfg.time_embed_dim);
+        let (kin, kout) = (cfg.conv_in_kernel, cfg.conv_out_kernel);
+        if kin % 2 == 0 || kout % 2 == 0 {
+            return Err(Error::Unsupported(format!("even conv_in/conv_out kernels ({kin}, {kout})")));
+        }
+        if cfg.layers_per_block == 0 {
+            return Err(Error::Unsupported("layers_per_block 0".into()));
+        }
+        let time_embedding_linear_1 = ld.linear("time_embedding.linear_1", temb, c0, true)?;
+        let time_embedding_linear_2 = ld.linear("time_embedding.linear_2", temb, temb, true)?;
+        let conv_in = ld.conv("conv_in", c0, cfg.in_channels, kin, 1, kin / 2)?;
+
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut out_ch = c0;
+        for (i, &ty) in cfg.down_block_types.iter().enumerate() {
+            let in_ch = out_ch;
+            out_ch = ch[i];
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..cfg.layers_per_block {
+                let p = format!("down_blocks.{i}");
+                resnets.push(ld.resnet(&format!("{p}.resnets.{j}"), if j == 0 { in_ch } else { out_ch }, out_ch, temb)?);
+                if ty == DownBlockType::CrossAttnDownBlock2D {
+                    attentions.push(ld.transformer(&format!("{p}.attentions.{j}"), out_ch, cfg.heads[i], cfg.transformer_layers[i], cfg)?);
+                }
+            }
+            let downsampler =
+                if i + 1 < n { Some(ld.conv(&format!("down_blocks.{i}.downsamplers.0.conv"), out_ch, out_ch, 3, 2, 1)?) } else { None };
+            down_blocks.push(DownBlock { resnets, attentions, downsampler });
+        }
+
+        let cl = ch[n - 1];
+        let mid_block = MidBlock {
+            resnets: vec![ld.resnet("mid_block.resnets.0", cl, cl, temb)?, ld.resnet("mid_block.resnets.1", cl, cl, temb)?],
+            attentions: vec![ld.transformer("mid_block.attentions.0", cl, cfg.heads[n - 1], cfg.transformer_layers[n - 1], cfg)?],
+        };
+
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut out_ch = rev[0];
+        for (i, &ty) in cfg.up_block_types.iter().enumerate() {
+            let prev_out = out_ch;
+            out_ch = rev[i];
+            let in_ch = rev[(i + 1).min(n - 1)];
+            let layers = cfg.layers_per_block + 1;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let p = format!("up_blocks.{i}");
+                let skip = if j == layers - 1 { in_ch } else { out_ch };
+                let res_in = if j == 0 { prev_out } else { out_ch };
+                resnets.push(ld.resnet(&format!("{p}.resnets.{j}"), res_in + skip, out_ch, temb)?);
+                if ty == UpBlockType::CrossAttnUpBlock2D {
+                    attentions.push(ld.transformer(&format!("{p}.attentions.{j}"), out_ch, cfg.up_heads(i), cfg.up_transformer_layers(i), cfg)?);
+                }
+            }
+            let upsampler =
+                if i + 1 < n { Some(ld.conv(&format!("up_blocks.{i}.upsamplers.0.conv"), out_ch, out_ch, 3, 1, 1)?) } else { None };
+            up_blocks.push(UpBlock { resnets, attentions, upsampler });
+        }
+
+        let conv_norm_out = ld.norm("conv_norm_out", c0)?;
+        let conv_out = ld.conv("conv_out", cfg.out_channels, c0, kout, 1, kout / 2)?;
+        Ok(UNet2DConditionModel {
+            config,
+            dtype,
+            time_embedding_linear_1,
+            time_embedding_linear_2,
+            conv_in,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+        })
+    }
+
+    /// The noise prediction for `sample [B, in_channels, H, W]` at `timestep` (the same for the
+    /// whole batch, e.g. `[uncond, cond]`), conditioned on `encoder_hidden_states [B, L, D]`.
+    /// H and W must be multiples of `2^(blocks-1)`.
+    pub fn forward(&self, ctx: &Context, sample: &Tensor, timestep: f32, encoder_hidden_states: &Tensor) -> Result<Tensor> {
+        self.forward_traced(ctx, sample, &[timestep], encoder_hidden_states, None)
+    }
+
+    /// [`Self::forward`] with one timestep per batch entry (or one for all), optionally recording
+    /// the intermediates named in [`Trace`].
+    pub fn forward_traced(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let s = sample.shape();
+        if s.len() != 4 || s[1] != cfg.in_channels {
+            return Err(Error::Shape { op: "unet", detail: format!("sample {s:?} must be [B, {}, H, W]", cfg.in_channels) });
+        }
+        let b = s[0];
+        let down = cfg.downscale();
+        if !s[2].is_multiple_of(down) || !s[3].is_multiple_of(down) {
+            return Err(Error::Shape { op: "unet", detail: format!("sample {s:?}: H and W must be multiples of {down}") });
+        }
+        let e = encoder_hidden_states.shape();
+        if e.len() != 3 || e[0] != b || e[2] != cfg.cross_attention_dim {
+            return Err(Error::Shape {
+                op: "unet",
+                detail: format!("encoder_hidden_states {e:?} must be [{b}, L, {}]", cfg.cross_attention_dim),
+            });
+        }
+        let ts: Vec<f32> = match timesteps.len() {
+            1 => vec![timesteps[0]; b],
+            n if n == b => timesteps.to_vec(),
+            n => return Err(Error::Shape { op: "unet", detail: format!("{n} timesteps for batch {b}") }),
+        };
+        let record = |trace: &mut Option<&mut Trace>, name: &str, t: &Tensor| {
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.push((name.to_string(), t.clone()));
+            }
+        };
+
+        // Time embedding.
+        let c0 = cfg.block_out_channels[0];
+        let t_proj = timestep_embedding(ctx, &ts, c0, cfg.flip_sin_to_cos, cfg.freq_shift, 10000.0, self.dtype)?;
+        record(&mut trace, "time_proj", &t_proj);
+        let l1 = &self.time_embedding_linear_1;
+        let h = matmul(ctx, &t_proj, &l1.weight_t, GemmOpts { bias: l1.bias.as_ref(), act: Activation::Silu, ..Default::default() })?;
+        let l2 = &self.time_embedding_linear_2;
+        let emb = matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), ..Default::default() })?;
+        record(&mut trace, "time_embedding", &emb);
+        // Every resnet applies SiLU to the embedding before its projection: do it once.
+        let emb_act = silu(ctx, &emb)?;
+
+        let mut x = self.conv_in.forward(ctx, sample)?;
+        record(&mut trace, "conv_in", &x);
+        let mut skips = vec![x.clone()];
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                x = self.resnet(ctx, resnet, &x, &emb_act)?;
+                if let Some(attn) = block.attentions.get(j) {
+                    x = self.transformer(ctx, attn, &x, encoder_hidden_states)?;
+                }
+                skips.push(x.clone());
+            }
+            if let Some(conv) = &block.downsampler {
+                x = conv.forward(ctx, &x)?;
+                skips.push(x.clone());
+            }
+            record(&mut trace, &format!("down_blocks.{i}"), &x);
+        }
+
+        let mid = &self.mid_block;
+        x = self.resnet(ctx, &mid.resnets[0], &x, &emb_act)?;
+        for (attn, resnet) in mid.attentions.iter().zip(&mid.resnets[1..]) {
+            x = self.transformer(ctx, attn, &x, encoder_hidden_states)?;
+            x = self.resnet(ctx, resnet, &x, &emb_act)?;
+        }
+        record(&mut trace, "mid_block", &x);
+
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            for (j, resnet) in block.resnets.iter().enumerate() {
+                let skip = skips.pop().ok_or_else(|| Error::Shape { op: "unet", detail: "ran out of skip connections".into() })?;
+                x = concat_channels(ctx, &x, &skip)?;
+                x = self.resnet(ctx, resnet, &x, &emb_act)?;
+                if let Some(attn) = block.attentions.get(j) {
+                    x = self.transformer(ctx, attn, &x, encoder_hidden_states)?;
+                }
+            }
+            if let Some(conv) = &block.upsampler {
+                x = upsample_nearest2x(ctx, &x)?;
+                x = conv.forward(ctx, &x)?;
+            }
+            record(&mut trace, &format!("up_blocks.{i}"), &x);
+        }
+
+        let groups = cfg.norm_num_groups;
+        let n = &self.conv_norm_out;
+        if trace.is_some() {
+            let pre = group_norm(ctx, &x, groups, &n.weight, &n.bias, cfg.norm_eps, false)?;
+            record(&mut trace, "conv_norm_out", &pre);
+        }
+        let h = group_norm(ctx, &x, groups, &n.weight, &n.bias, cfg.norm_eps, true)?;
+        self.conv_out.forward(ctx, &h)
+    }
+
+    /// ResnetBlock2D: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))`.
+    /// `emb_act` is `silu(temb)` `[B, T]`.
+    fn resnet(&self, ctx: &Context, r: &ResnetBlock2D, x: &Tensor, emb_act: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (g, eps) = (cfg.norm_num_groups, cfg.norm_eps);
+        let h = group_norm(ctx, x, g, &r.norm1.weight, &r.norm1.bias, eps, true)?;
+        let h = r.conv1.forward(ctx, &h)?;
+        let t = matmul(ctx, emb_act, &r.time_emb_proj.weight_t, GemmOpts { bias: r.time_emb_proj.bias.as_ref(), ..Default::default() })?;
+        let hw = h.dim(2) * h.dim(3);
+        let h = binary_broadcast(ctx, BinaryOp::Add, &h, &t, hw, 1.0)?;
+        let h = group_norm(ctx, &h, g, &r.norm2.weight, &r.norm2.bias, eps, true)?;
+        let shortcut = match &r.conv_shortcut {
+            Some(c) => c.forward(ctx, x)?,
+            None => x.clone(),
+        };
+        r.conv2.forward_residual(ctx, &h, &shortcut)
+    }
+
+    /// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.
+    fn transformer(&self, ctx: &Context, t: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let h = group_norm(ctx, x, self.config.norm_num_groups, &t.norm.weight, &t.norm.bias, ATTN_GROUP_NORM_EPS, false)?;
+        // [B, C, HW] -> token-major [B, HW, C], then proj_in.
+        let h = transpose_last2(ctx, &h.reshape(&[b, c, hh * ww])?)?;
+        let mut h = matmul(ctx, &h, &t.proj_in.weight_t, GemmOpts { bias: t.proj_in.bias.as_ref(), ..Default::default() })?;
+        for blk in &t.transformer_blocks {
+            h = self.transformer_block(ctx, blk, &h, context)?;
+        }
+        // Back to NCHW; proj_out as a 1x1 conv with the block input as residual.
+        let h = transpose_last2(ctx, &h)?.reshape(&[b, c, hh, ww])?;
+        t.proj_out.forward_residual(ctx, &h, x)
+    }
+
+    fn transformer_block(&self, ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let n = layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?;
+        let x = attend(ctx, &blk.attn1, &n, None, x)?;
+        let n = layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?;
+        let x = attend(ctx, &blk.attn2, &n, Some(context), &x)?;
+        let n = layer_norm(ctx, &x, &blk.norm3.weight, &blk.norm3.bias, LAYER_NORM_EPS)?;
+        let p = &blk.ff_proj;
+        let h = matmul(ctx, &n, &p.weight_t, GemmOpts { bias: p.bias.as_ref(), ..Default::default() })?;
+        let h = geglu(ctx, &h)?;
+        let o = &blk.ff_out;
+        matmul(ctx, &h, &o.weight_t, GemmOpts { bias: o.bias.as_ref(), residual: Some(&x), ..Default::default() })
+    }
+}
+
+/// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`.
+fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    let c = x.dim(2);
+    let head_dim = c / a.heads;
+    let scale = (head_dim as f32).powf(-0.5);
+    let out = match (&a.kv_weight_t, context) {
+        (Some(kv_w), Some(context)) => {
+            let q = matmul(ctx, x, &a.q_weight_t, GemmOpts::default())?;
+            let kv = matmul(ctx, context, kv_w, GemmOpts::default())?;
+            attention_strided(ctx, AttnInput::whole(&q), AttnInput::cols(&kv, 0), AttnInput::cols(&kv, c), a.heads, head_dim, scale, false)?
+        }
+        _ => {
+            let qkv = matmul(ctx, x, &a.q_weight_t, GemmOpts::default())?;
+            attention_qkv(ctx, &qkv, a.heads, scale, false)?
+        }
+    };
+    matmul(ctx, &out, &a.to_out.weight_t, GemmOpts { bias: a.to_out.bias.as_ref(), residual: Some(residual), ..Default::default() })
+}

@@ -1,0 +1,180 @@
+//! txt2img: prompt → CLIP → sampler loop over the UNet with classifier-free guidance → VAE → RGB.
+//!
+//! Matches diffusers' StableDiffusionPipeline for the same seed: initial noise from the
+//! torch-compatible generator times the sampler's `init_noise_sigma`, one batched UNet call per
+//! evaluation with the batch ordered [uncond, cond], guidance `uncond + g (cond - uncond)`.
+
+use crate::gpu::Context;
+use crate::models::clip::ClipTextModel;
+use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::prompt;
+use crate::rng::TorchRng;
+use crate::schedulers::{self, SamplerKind, SchedulerConfig};
+use crate::tokenizer::{ClipTokenizer, PadToken};
+use crate::weights::{self, TextEncoderKind, Weights};
+use crate::{DType, Error, Result, Tensor};
+use std::path::Path;
+
+/// Everything a generation needs besides the model.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    pub sampler: SamplerKind,
+    pub karras: bool,
+    /// A1111 counting: 1 = last layer, 2 = penultimate (followed by the final layer norm).
+    pub clip_skip: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            seed: 0,
+            width: 512,
+            height: 512,
+            steps: 20,
+            guidance: 7.5,
+            sampler: SamplerKind::Euler,
+            karras: false,
+            clip_skip: 1,
+        }
+    }
+}
+
+/// An RGB image, row-major, 3 bytes per pixel.
+pub struct Image {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+/// Width and height must be multiples of 8 (the VAE's factor); name the nearest valid sizes.
+pub fn check_size(width: usize, height: usize) -> Result<()> {
+    for (what, v) in [("width", width), ("height", height)] {
+        if v == 0 || v % 8 != 0 {
+            let down = (v / 8 * 8).max(8);
+            return Err(Error::Unsupported(format!(
+                "{what} {v} is not a multiple of 8; use {down} or {}",
+                down + 8
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub clip: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler_config: SchedulerConfig,
+    /// Shown in the PNG parameters (`Model: ...`).
+    pub name: String,
+}
+
+impl StableDiffusion {
+    /// A diffusers folder or a single-file `.safetensors` checkpoint.
+    pub fn load(ctx: &Context, path: &Path, want_f16: bool) -> Result<StableDiffusion> {
+        let weights = Weights::open(path)?;
+        let dtype = weights::storage_dtype(ctx, want_f16);
+        let te = weights.text_encoder()?;
+        let folder = path.is_dir();
+        let tokenizer = if folder && path.join("tokenizer").is_dir() {
+            ClipTokenizer::from_dir(path.join("tokenizer")).map_err(|e| Error::Unsupported(format!("tokenizer: {e}")))?
+        } else {
+            // Single files carry no tokenizer: the embedded CLIP BPE, padded as the family does.
+            ClipTokenizer::embedded(match te.text_kind {
+                Some(TextEncoderKind::OpenClip) => PadToken::Exclamation,
+                _ => PadToken::EndOfText,
+            })
+        };
+        let scheduler_config = match std::fs::read_to_string(path.join("scheduler").join("scheduler_config.json")) {
+            Ok(text) if folder => SchedulerConfig::from_json(&text)?,
+            _ => SchedulerConfig::stable_diffusion_default(te.text_kind == Some(TextEncoderKind::OpenClip)),
+        };
+        Ok(StableDiffusion {
+            tokenizer,
+            clip: ClipTextModel::load(ctx, te, dtype)?,
+            unet: UNet2DConditionModel::load(ctx, weights.unet()?, dtype)?,
+            vae: AutoencoderKL::load_decoder(ctx, weights.vae()?, dtype)?,
+            scheduler_config,
+            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        })
+    }
+
+    /// Text conditioning for [uncond, cond] as one [2, 77·chunks, D] tensor.
+    fn encode(&self, ctx: &Context, o: &GenerateOptions) -> Result<Tensor> {
+        let mut cond = prompt::tokenize_prompt(&self.tokenizer, &o.prompt).chunks;
+        let mut uncond = prompt::tokenize_prompt(&self.tokenizer, &o.negative_prompt).chunks;
+        prompt::match_chunk_counts(&self.tokenizer, &mut uncond, &mut cond);
+        let u = self.clip.encode_chunks(ctx, &uncond, o.clip_skip)?;
+        let c = self.clip.encode_chunks(ctx, &cond, o.clip_skip)?;
+        let (mut data, cdata) = (u.to_vec(ctx)?, c.to_vec(ctx)?);
+        data.extend(cdata);
+        let mut shape = c.shape().to_vec();
+        shape[0] = 2;
+        Tensor::from_f32(ctx, &data, &shape, c.dtype())
+    }
+
+    /// Run txt2img; `progress(step, total)` is called after each model evaluation.
+    pub fn generate(&self, ctx: &Context, o: &GenerateOptions, mut progress: impl FnMut(usize, usize)) -> Result<Image> {
+        check_size(o.width, o.height)?;
+        if o.steps == 0 {
+            return Err(Error::Unsupported("steps must be at least 1".into()));
+        }
+        let text = self.encode(ctx, o)?;
+        let mut sched = schedulers::build(o.sampler, o.karras, &self.scheduler_config, o.steps)?;
+        let (h, w) = (o.height / 8, o.width / 8);
+        let latent_shape = [1, self.unet.in_channels(), h, w];
+        let n: usize = latent_shape.iter().product();
+        let mut rng = TorchRng::new(o.seed);
+        let sigma0 = sched.init_noise_sigma();
+        let mut x: Vec<f32> = rng.randn(n).into_iter().map(|v| v * sigma0).collect();
+        let total = sched.timesteps().len();
+        let dtype = text.dtype();
+        for i in 0..total {
+            let t = sched.timesteps()[i];
+            let xin = sched.scale_model_input(&x, i);
+            let mut batch = xin.clone();
+            batch.extend_from_slice(&xin);
+            let mut shape = latent_shape;
+            shape[0] = 2;
+            let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
+            let out = self.unet.forward(ctx, &sample, t, &text)?.to_vec(ctx)?;
+            let guided = schedulers::cfg_combine(&out[..n], &out[n..], o.guidance);
+            x = sched.step(&guided, i, &x, &mut rng);
+            progress(i + 1, total);
+        }
+        let latents = Tensor::from_f32(ctx, &x, &latent_shape, DType::F32)?;
+        let rgb = self.vae.latents_to_image_u8(ctx, &latents)?;
+        Ok(Image { width: o.width, height: o.height, rgb })
+    }
+}
+
+/// A1111's `parameters` text, as its PNG info tab shows and parses it.
+pub fn a1111_parameters(o: &GenerateOptions, model: &str) -> String {
+    let mut s = o.prompt.clone();
+    if !o.negative_prompt.is_empty() {
+        s.push_str(&format!("\nNegative prompt: {}", o.negative_prompt));
+    }
+    let sampler = match (o.sampler, o.karras) {
+        (k, true) => format!("{} Karras", k.a1111_name()),
+        (k, false) => k.a1111_name().to_string(),
+    };
+    s.push_str(&format!(
+        "\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}",
+        o.steps, o.guidance, o.seed, o.width, o.height
+    ));
+    if o.clip_skip > 1 {
+        s.push_str(&format!(", Clip skip: {}", o.clip_skip));
+    }
+    s
+}
