@@ -55,6 +55,10 @@ pub enum Command {
         clip_skip: usize,
         #[arg(long, default_value = "output.png")]
         output: std::path::PathBuf,
+        /// Images to make, one after another with seeds seed, seed+1, ... (A1111's batch count);
+        /// files are numbered NAME-0001.png, ... when more than one.
+        #[arg(long, default_value_t = 1)]
+        batch_count: usize,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
     Adapters,
@@ -116,6 +120,7 @@ pub fn main() -> anyhow::Result<()> {
             karras,
             clip_skip,
             output,
+            batch_count,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
@@ -134,7 +139,7 @@ pub fn main() -> anyhow::Result<()> {
             let ctx = open(&cli)?;
             eprintln!("adapter: {}", ctx.describe());
             let sd = crate::pipeline::StableDiffusion::load(&ctx, &path, !cli.no_f16)?;
-            let opts = crate::pipeline::GenerateOptions {
+            let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
                 negative_prompt: negative_prompt.clone(),
                 seed,
@@ -146,20 +151,23 @@ pub fn main() -> anyhow::Result<()> {
                 karras: *karras,
                 clip_skip: (*clip_skip).max(1),
             };
-            println!("seed: {seed}");
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            let image = sd.generate(&ctx, &opts, |i, n| {
-                bar.set_length(n as u64);
-                bar.set_position(i as u64);
-            })?;
-            bar.finish();
-            let params = crate::pipeline::a1111_parameters(&opts, &sd.name);
-            write_png(output, &image, &params)?;
-            println!("wrote {}", output.display());
+            for n in 0..(*batch_count).max(1) {
+                opts.seed = seed.wrapping_add(n as u64);
+                println!("seed: {}", opts.seed);
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                let image = sd.generate(&ctx, &opts, |i, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(i as u64);
+                })?;
+                bar.finish();
+                let path = if *batch_count > 1 { numbered(output, n + 1) } else { output.clone() };
+                write_png(&path, &image, &crate::pipeline::a1111_parameters(&opts, &sd.name))?;
+                println!("wrote {}", path.display());
+            }
         }
         Command::Adapters => {
             for (i, info) in pollster::block_on(crate::gpu::list_adapters()).iter().enumerate() {
@@ -233,6 +241,12 @@ fn resolve_model(model: &str) -> anyhow::Result<std::path::PathBuf> {
         root = local.ancestors().nth(depth).map(|p| p.to_path_buf());
     }
     root.ok_or_else(|| anyhow::anyhow!("empty download for {model}"))
+}
+
+/// `out.png` -> `out-0001.png` for the n-th image of a batch.
+fn numbered(path: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
+    path.with_file_name(format!("{stem}-{n:04}.png"))
 }
 
 /// PNG with A1111's `parameters` tEXt chunk, so its PNG-info tab (and ComfyUI) reads the settings.
