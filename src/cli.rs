@@ -28,6 +28,10 @@ pub enum Command {
         /// A diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face hub id.
         #[arg(long)]
         model: String,
+        /// For a single-file checkpoint: a diffusers folder whose configs, tokenizer and
+        /// scheduler describe it (diffusers' `from_single_file(..., config=DIR)`).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
         #[arg(long)]
         prompt: Option<String>,
         #[arg(long, default_value = "")]
@@ -109,6 +113,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Generate {
             positional_prompt,
             model,
+            config,
             prompt,
             negative_prompt,
             seed,
@@ -138,7 +143,7 @@ pub fn main() -> anyhow::Result<()> {
             let path = resolve_model(model)?;
             let ctx = open(&cli)?;
             eprintln!("adapter: {}", ctx.describe());
-            let sd = crate::pipeline::StableDiffusion::load(&ctx, &path, !cli.no_f16)?;
+            let sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
                 negative_prompt: negative_prompt.clone(),

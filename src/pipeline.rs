@@ -12,7 +12,7 @@ use crate::prompt;
 use crate::rng::TorchRng;
 use crate::schedulers::{self, SamplerKind, SchedulerConfig};
 use crate::tokenizer::{ClipTokenizer, PadToken};
-use crate::weights::{self, TextEncoderKind, Weights};
+use crate::weights::{self, OpenOptions, TextEncoderKind, Weights};
 use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
@@ -83,12 +83,20 @@ pub struct StableDiffusion {
 impl StableDiffusion {
     /// A diffusers folder or a single-file `.safetensors` checkpoint.
     pub fn load(ctx: &Context, path: &Path, want_f16: bool) -> Result<StableDiffusion> {
-        let weights = Weights::open(path)?;
+        Self::load_with_config(ctx, path, None, want_f16)
+    }
+
+    /// As [`StableDiffusion::load`]; `config_dir` is a diffusers folder whose configs (and
+    /// tokenizer and scheduler) describe a single-file checkpoint, as diffusers'
+    /// `from_single_file(path, config=folder)`.
+    pub fn load_with_config(ctx: &Context, path: &Path, config_dir: Option<&Path>, want_f16: bool) -> Result<StableDiffusion> {
+        let weights = Weights::open_with(path, &OpenOptions { config_dir: config_dir.map(Path::to_path_buf) })?;
         let dtype = weights::storage_dtype(ctx, want_f16);
         let te = weights.text_encoder()?;
-        let folder = path.is_dir();
-        let tokenizer = if folder && path.join("tokenizer").is_dir() {
-            ClipTokenizer::from_dir(path.join("tokenizer")).map_err(|e| Error::Unsupported(format!("tokenizer: {e}")))?
+        // Where tokenizer/ and scheduler/ live: the model folder, or the config folder.
+        let folder = if path.is_dir() { Some(path) } else { config_dir };
+        let tokenizer = if let Some(dir) = folder.filter(|d| d.join("tokenizer").is_dir()) {
+            ClipTokenizer::from_dir(dir.join("tokenizer")).map_err(|e| Error::Unsupported(format!("tokenizer: {e}")))?
         } else {
             // Single files carry no tokenizer: the embedded CLIP BPE, padded as the family does.
             ClipTokenizer::embedded(match te.text_kind {
@@ -96,9 +104,10 @@ impl StableDiffusion {
                 _ => PadToken::EndOfText,
             })
         };
-        let scheduler_config = match std::fs::read_to_string(path.join("scheduler").join("scheduler_config.json")) {
-            Ok(text) if folder => SchedulerConfig::from_json(&text)?,
-            _ => SchedulerConfig::stable_diffusion_default(te.text_kind == Some(TextEncoderKind::OpenClip)),
+        let scheduler_file = folder.map(|d| d.join("scheduler").join("scheduler_config.json"));
+        let scheduler_config = match scheduler_file.and_then(|f| std::fs::read_to_string(f).ok()) {
+            Some(text) => SchedulerConfig::from_json(&text)?,
+            None => SchedulerConfig::stable_diffusion_default(te.text_kind == Some(TextEncoderKind::OpenClip)),
         };
         Ok(StableDiffusion {
             tokenizer,

@@ -133,3 +133,18 @@ fn sizes_must_be_multiples_of_eight() {
     let e = pigment::pipeline::check_size(512, 500).unwrap_err().to_string();
     assert!(e.contains("height 500") && e.contains("496") && e.contains("504"), "{e}");
 }
+
+/// A single-file checkpoint with its configs from a folder (`--config`, as diffusers'
+/// `from_single_file(path, config=folder)`) makes the folder's image.
+#[test]
+fn single_file_checkpoint_matches_folder_png() {
+    let c = ctx();
+    for (variant, kind) in [("sd15-tiny", SamplerKind::Pndm), ("sd21-tiny", SamplerKind::Ddim)] {
+        let dir = fixtures().join(variant);
+        let sd = StableDiffusion::load_with_config(c, &fixtures().join(format!("{variant}.safetensors")), Some(&dir), false).unwrap();
+        let image = sd.generate(c, &options(kind, false), |_, _| {}).unwrap();
+        let (_, _, want) = read_png(&fixtures().join("golden").join(variant).join("txt2img.png"));
+        let (mean, max) = diff(&image.rgb, &want);
+        assert!(mean <= 1.0 && max <= 8, "{variant} single file: mean {mean:.3} max {max}");
+    }
+}

@@ -120,7 +120,7 @@ impl ClipConfig {
                 path,
                 detail: format!(
                     "text encoder width {hidden} is not a multiple of 64, so its head count cannot be inferred \
-                     (real CLIP heads = width / 64); pass a config folder (OpenOptions::config_dir)"
+                     (real CLIP heads = width / 64); pass a diffusers folder with its configs (`--config DIR`, `OpenOptions::config_dir`)"
                 ),
             });
         }

@@ -282,7 +282,7 @@ impl UNetConfig {
         let heads: Vec<usize> = if use_linear_projection {
             if let Some(&ch) = block_out_channels.iter().find(|&&ch| !ch.is_multiple_of(64)) {
                 return Err(arch(format!(
-                    "width {ch} is not a multiple of 64, so the head count cannot be inferred; pass a config folder"
+                    "width {ch} is not a multiple of 64, so the head count cannot be inferred; pass a diffusers folder with its configs (`--config DIR`)"
                 )));
             }
             block_out_channels.iter().map(|ch| ch / 64).collect()
