@@ -120,26 +120,33 @@ impl StableDiffusion {
     }
 
     /// Text conditioning for [uncond, cond] as one [2, 77·chunks, D] tensor.
-    fn encode(&self, ctx: &Context, o: &GenerateOptions) -> Result<Tensor> {
+    async fn encode(&self, ctx: &Context, o: &GenerateOptions) -> Result<Tensor> {
         let mut cond = prompt::tokenize_prompt(&self.tokenizer, &o.prompt).chunks;
         let mut uncond = prompt::tokenize_prompt(&self.tokenizer, &o.negative_prompt).chunks;
         prompt::match_chunk_counts(&self.tokenizer, &mut uncond, &mut cond);
-        let u = self.clip.encode_chunks(ctx, &uncond, o.clip_skip)?;
-        let c = self.clip.encode_chunks(ctx, &cond, o.clip_skip)?;
-        let (mut data, cdata) = (u.to_vec(ctx)?, c.to_vec(ctx)?);
+        let u = self.clip.encode_chunks_async(ctx, &uncond, o.clip_skip).await?;
+        let c = self.clip.encode_chunks_async(ctx, &cond, o.clip_skip).await?;
+        let (mut data, cdata) = (u.to_f32(ctx).await?, c.to_f32(ctx).await?);
         data.extend(cdata);
         let mut shape = c.shape().to_vec();
         shape[0] = 2;
         Tensor::from_f32(ctx, &data, &shape, c.dtype())
     }
 
-    /// Run txt2img; `progress(step, total)` is called after each model evaluation.
-    pub fn generate(&self, ctx: &Context, o: &GenerateOptions, mut progress: impl FnMut(usize, usize)) -> Result<Image> {
+    /// Run txt2img, blocking (native); `progress(step, total)` is called after each model
+    /// evaluation.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn generate(&self, ctx: &Context, o: &GenerateOptions, progress: impl FnMut(usize, usize)) -> Result<Image> {
+        pollster::block_on(self.generate_async(ctx, o, progress))
+    }
+
+    /// Run txt2img (async: on the web every readback waits for the browser's event loop).
+    pub async fn generate_async(&self, ctx: &Context, o: &GenerateOptions, mut progress: impl FnMut(usize, usize)) -> Result<Image> {
         check_size(o.width, o.height)?;
         if o.steps == 0 {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
-        let text = self.encode(ctx, o)?;
+        let text = self.encode(ctx, o).await?;
         let mut sched = schedulers::build(o.sampler, o.karras, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
         let latent_shape = [1, self.unet.in_channels(), h, w];
@@ -157,13 +164,13 @@ impl StableDiffusion {
             let mut shape = latent_shape;
             shape[0] = 2;
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
-            let out = self.unet.forward(ctx, &sample, t, &text)?.to_vec(ctx)?;
+            let out = self.unet.forward(ctx, &sample, t, &text)?.to_f32(ctx).await?;
             let guided = schedulers::cfg_combine(&out[..n], &out[n..], o.guidance);
             x = sched.step(&guided, i, &x, &mut rng);
             progress(i + 1, total);
         }
         let latents = Tensor::from_f32(ctx, &x, &latent_shape, DType::F32)?;
-        let rgb = self.vae.latents_to_image_u8(ctx, &latents)?;
+        let rgb = self.vae.latents_to_image_u8_async(ctx, &latents).await?;
         Ok(Image { width: o.width, height: o.height, rgb })
     }
 }
