@@ -79,6 +79,12 @@ pub enum Command {
         /// SD's full shapes (batch 2, 8 heads) even on a CPU adapter, where they take minutes.
         #[arg(long)]
         full: bool,
+        /// unet/vae: latent size (image = 8x); default 64 (512x512) on GPUs, 8 on CPU adapters.
+        #[arg(long)]
+        latent: Option<usize>,
+        /// unet/vae: a diffusers folder to time; default random SD 1.5-sized weights.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
     },
 }
 
@@ -88,7 +94,10 @@ pub enum BenchWhat {
     Conv2d,
     Groupnorm,
     Attention,
+    /// Kernels only (gemm, conv2d, groupnorm, attention).
     All,
+    Unet,
+    Vae,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -179,7 +188,7 @@ pub fn main() -> anyhow::Result<()> {
                 println!("{i}: {} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver_info);
             }
         }
-        Command::Bench { what, dtype, secs, full } => {
+        Command::Bench { what, dtype, secs, full, latent, model } => {
             let ctx = open(&cli)?;
             let mut dtypes = match dtype {
                 DTypeArg::F32 => vec![DType::F32],
@@ -206,6 +215,12 @@ pub fn main() -> anyhow::Result<()> {
             }
             if all || *what == BenchWhat::Attention {
                 bench::print_rows(&bench::attention_rows(&ctx, &dtypes, *secs, scale)?);
+            }
+            if matches!(what, BenchWhat::Unet | BenchWhat::Vae) {
+                let cpu = ctx.info.device_type == wgpu::DeviceType::Cpu;
+                let latent = latent.unwrap_or(if cpu && !*full { 8 } else { 64 });
+                let (u, v) = (*what == BenchWhat::Unet, *what == BenchWhat::Vae);
+                bench::print_rows(&bench::model_rows(&ctx, &dtypes, latent, model.as_deref(), u, v)?);
             }
         }
     }

@@ -219,6 +219,11 @@ impl Context {
         self.pool.usage()
     }
 
+    /// Restart the peak of [`Context::pool_bytes`] from the bytes live now.
+    pub fn reset_peak(&self) {
+        self.pool.reset_peak()
+    }
+
     /// Drop the free intermediates kept for reuse.
     pub fn trim_pool(&self) {
         self.pool.trim()

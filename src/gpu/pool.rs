@@ -84,6 +84,12 @@ impl BufferPool {
         (inner.live_bytes, inner.peak_live_bytes)
     }
 
+    /// Start measuring the peak again from what is live now.
+    pub fn reset_peak(&self) {
+        let mut inner = self.0.lock().unwrap();
+        inner.peak_live_bytes = inner.live_bytes;
+    }
+
     pub fn trim(&self) {
         let mut inner = self.0.lock().unwrap();
         inner.free.clear();

@@ -8,6 +8,8 @@ use crate::ops::{attention, conv, norm};
 use crate::{DType, Tensor};
 use std::time::Instant;
 
+pub mod models;
+
 /// One row of the table.
 pub struct Row {
     pub kernel: String,
@@ -221,6 +223,58 @@ pub fn attention_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Sca
                 rate: 4.0 * (b * h * lq * lk * d) as f64 / ms / 1e6,
                 unit: "GFLOP/s",
                 cpu_ms: Some(cpu_ms),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// A UNet evaluation (batch 2, [uncond, cond], 77 text tokens) and a VAE decode at
+/// `latent`x`latent` latents, for the model at `model` or random SD 1.5-sized weights. Reports
+/// ms per call and the peak of GPU buffers Pigment holds (weights + activations) in MiB.
+pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, unet: bool, vae: bool) -> Result<Vec<Row>> {
+    use crate::models::{unet::UNet2DConditionModel, vae::Vae};
+    let dir = match model {
+        Some(p) => p.to_path_buf(),
+        None => models::random_sd15_folder().map_err(|e| crate::Error::Unsupported(format!("writing random SD 1.5 weights: {e}")))?,
+    };
+    let w = crate::weights::Weights::open(&dir)?;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let mut rows = vec![];
+    for &dtype in dtypes {
+        if unet {
+            ctx.trim_pool();
+            ctx.reset_peak();
+            let c = w.unet()?;
+            let m = UNet2DConditionModel::load(ctx, c, dtype)?;
+            let ctx_dim = c.config_value("cross_attention_dim").and_then(|v| v.as_u64()).unwrap_or(768) as usize;
+            let x = Tensor::from_f32(ctx, &random(2 * 4 * latent * latent, 1), &[2, 4, latent, latent], dtype)?;
+            let text = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 2), &[2, 77, ctx_dim], dtype)?;
+            let ms = time_gpu(ctx, 0.0, || m.forward(ctx, &x, 500.0, &text).map(drop))?;
+            rows.push(Row {
+                kernel: "unet step".into(),
+                shape: format!("2x4x{latent}x{latent} ({}px)", latent * 8),
+                dtype: dtype.name(),
+                ms,
+                rate: mib(ctx.pool_bytes().1),
+                unit: "MiB peak",
+                cpu_ms: None,
+            });
+        }
+        if vae {
+            ctx.trim_pool();
+            ctx.reset_peak();
+            let v = Vae::load_decoder(ctx, w.vae()?, dtype)?;
+            let z = Tensor::from_f32(ctx, &random(4 * latent * latent, 3), &[1, 4, latent, latent], dtype)?;
+            let ms = time_gpu(ctx, 0.0, || v.decode(ctx, &z).map(drop))?;
+            rows.push(Row {
+                kernel: "vae decode".into(),
+                shape: format!("1x4x{latent}x{latent} -> {}px", latent * 8),
+                dtype: dtype.name(),
+                ms,
+                rate: mib(ctx.pool_bytes().1),
+                unit: "MiB peak",
+                cpu_ms: None,
             });
         }
     }
