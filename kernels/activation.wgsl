@@ -1,6 +1,5 @@
-// Unary elementwise ops: y = act(alpha * x + beta). ACT (prelude const): 0 identity (scale and
-// shift), 1 SiLU, 2 GELU (erf), 3 GELU (tanh approximation), 4 quick GELU (x * sigmoid(1.702x)).
-// Arithmetic in f32.
+// Unary elementwise ops: y = act(alpha * x + beta), ACT (prelude const) as in activations.wgsl
+// (prepended by the host). Arithmetic in f32.
 
 struct Params {
     n: u32,
@@ -13,35 +12,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<T>;
 @group(0) @binding(2) var<storage, read_write> y: array<T>;
 
-// erf by Abramowitz–Stegun 7.1.26 is only 1.5e-7 absolute: good enough for f32 GELU, and WGSL
-// has no erf builtin.
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-a * a));
-}
-
-fn activate(v: f32) -> f32 {
-    if (ACT == 1u) {
-        return v / (1.0 + exp(-v));
-    } else if (ACT == 2u) {
-        return 0.5 * v * (1.0 + erf_approx(v * 0.7071067811865476));
-    } else if (ACT == 3u) {
-        let c = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-        return 0.5 * v * (1.0 + tanh(clamp(c, -15.0, 15.0)));
-    } else if (ACT == 4u) {
-        return v / (1.0 + exp(-1.702 * v));
-    }
-    return v;
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * p.row + gid.x;
     if (i >= p.n) {
         return;
     }
-    y[i] = T(activate(p.alpha * f32(x[i]) + p.beta));
+    y[i] = T(apply_act(p.alpha * f32(x[i]) + p.beta, ACT));
 }

@@ -34,28 +34,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<T>;
 @group(0) @binding(5) var<storage, read> res: array<T>;
 
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let x = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * x);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-x * x));
-}
-
-fn activate(v: f32) -> f32 {
-    if (ACT == 1u) {
-        return v / (1.0 + exp(-v));
-    } else if (ACT == 2u) {
-        return 0.5 * v * (1.0 + erf_approx(v * 0.7071067811865476));
-    } else if (ACT == 3u) {
-        let c = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-        return 0.5 * v * (1.0 + tanh(clamp(c, -15.0, 15.0)));
-    } else if (ACT == 4u) {
-        return v / (1.0 + exp(-1.702 * v));
-    }
-    return v;
-}
-
 // Scalar kernel for any layout (transposed operands, K or N not multiples of 4): entry point
 // `main`, unrolled by `src/ops/gemm.rs` (`scalar_main`) for a TM-row by TN-column tile.
 // Invocation t of workgroup (x, y) owns rows TM*y.. and columns x*WG*TN + t + j*WG (j < TN).
@@ -86,7 +64,7 @@ fn store1(m: u32, n: u32, acc: f32) {
     if (HAS_BIAS) {
         v += f32(bias[n]);
     }
-    v = activate(v);
+    v = apply_act(v, ACT);
     let ci = store_base + m * p.ldc + n;
     if (HAS_RES) {
         v += f32(res[ci]);
@@ -123,7 +101,7 @@ fn store4(m: u32, nc: u32, v4: vec4<f32>) {
         if (HAS_BIAS) {
             v += f32(bias[n]);
         }
-        v = activate(v);
+        v = apply_act(v, ACT);
         let ci = store_base + m * p.ldc + n;
         if (HAS_RES) {
             v += f32(res[ci]);

@@ -170,15 +170,6 @@ fn softmax_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 @group(0) @binding(2) var<storage, read> xg: array<T>;
 @group(0) @binding(3) var<storage, read_write> gy: array<T>;
 
-// erf by Abramowitz–Stegun 7.1.26 (1.5e-7 absolute), as in activation.wgsl.
-fn erf_approx(v: f32) -> f32 {
-    let s = sign(v);
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.3275911 * a);
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-    return s * (1.0 - poly * exp(-a * a));
-}
-
 @compute @workgroup_size(WG)
 fn geglu(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * p.row_groups + gid.x;

@@ -6,7 +6,7 @@ use crate::gpu::{Context, KernelSpec, Tensor};
 use bytemuck::{Pod, Zeroable};
 
 const ELEMENTWISE: &str = include_str!("../../kernels/elementwise.wgsl");
-const ACTIVATION: &str = include_str!("../../kernels/activation.wgsl");
+const ACTIVATION: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/activation.wgsl"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinaryOp {

@@ -5,7 +5,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor};
 use bytemuck::{Pod, Zeroable};
 
-const GEMM: &str = include_str!("../../kernels/gemm.wgsl");
+const GEMM: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm.wgsl"));
 
 /// Loop iterations an invocation may run on Mesa 22's lavapipe (its loop limiter), with margin
 /// for the store loops.

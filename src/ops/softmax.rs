@@ -12,7 +12,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Context, DType, KernelSpec, Tensor};
 use bytemuck::{Pod, Zeroable};
 
-const SOURCE: &str = include_str!("../../kernels/softmax.wgsl");
+const SOURCE: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/softmax.wgsl"));
 
 /// Invocations per workgroup.
 const WG: usize = 64;
