@@ -18,25 +18,20 @@
 
 mod common;
 
-use common::ctx;
+use common::*;
 use pigment::models::clip::{ClipConfig, ClipTextModel};
 use pigment::ops::elementwise::Activation;
 use pigment::prompt;
 use pigment::tokenizer::ClipTokenizer;
-use pigment::weights::{OpenOptions, Weights};
+use pigment::weights::Weights;
 use pigment::DType;
 use safetensors::SafeTensors;
-use std::path::PathBuf;
 
 const VARIANTS: [&str; 2] = ["sd15-tiny", "sd21-tiny"];
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const NEGATIVE: &str = "blurry, low quality";
 const TOL_F32: f32 = 1e-4;
 const TOL_F16: f32 = 5e-3;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 struct Golden(Vec<u8>);
 
@@ -56,24 +51,6 @@ impl Golden {
         assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
         bytemuck::pod_collect_to_vec::<u8, i64>(t.data()).into_iter().map(|i| i as u32).collect()
     }
-}
-
-/// The variant's weights from its folder and from its single file (with the folder's configs,
-/// as `from_single_file(path, config=folder)`: the tiny models' head dims are not 64).
-fn sources(variant: &str) -> Vec<(&'static str, Weights)> {
-    let folder = fixtures().join(variant);
-    let single = fixtures().join(format!("{variant}.safetensors"));
-    vec![
-        ("folder", Weights::open(&folder).unwrap()),
-        ("single file", Weights::open_with(&single, &OpenOptions { config_dir: Some(folder) }).unwrap()),
-    ]
-}
-
-/// Max |got - want| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-    got.iter().zip(want).fold(0f32, |m, (g, w)| if g.is_nan() { f32::INFINITY } else { m.max((g - w).abs()) }) / scale
 }
 
 fn check(got: &[f32], want: &[f32], tol: f32, what: &str) -> f32 {

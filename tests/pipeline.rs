@@ -7,14 +7,10 @@
 //! README measures 7-55), so the bound separates right from wrong with a wide margin.
 
 mod common;
-use common::ctx;
+use common::*;
 use pigment::pipeline::{GenerateOptions, StableDiffusion};
 use pigment::schedulers::SamplerKind;
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use std::path::Path;
 
 fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));

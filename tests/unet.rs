@@ -19,57 +19,18 @@
 
 mod common;
 
-use common::ctx;
+use common::*;
 use pigment::models::unet::{Linear, Trace, UNet2DConditionModel, UNetConfig};
-use pigment::weights::{OpenOptions, Weights};
+use pigment::weights::Weights;
 use pigment::{DType, Tensor};
-use safetensors::SafeTensors;
-use std::path::PathBuf;
 
 const VARIANTS: [&str; 2] = ["sd15-tiny", "sd21-tiny"];
 const TOL_F32: f32 = 1e-4;
 const TOL_F16: f32 = 1e-2;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-struct Golden(Vec<u8>);
-
-impl Golden {
-    fn load(variant: &str, file: &str) -> Golden {
-        Golden(std::fs::read(fixtures().join("golden").join(variant).join(file)).unwrap())
-    }
-    fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
-    }
-    fn upload(&self, name: &str, dtype: DType) -> Tensor {
-        let (v, shape) = self.f32(name);
-        Tensor::from_f32(ctx(), &v, &shape, dtype).unwrap()
-    }
-}
-
-fn sources(variant: &str) -> Vec<(&'static str, Weights)> {
-    let folder = fixtures().join(variant);
-    let single = fixtures().join(format!("{variant}.safetensors"));
-    vec![
-        ("folder", Weights::open(&folder).unwrap()),
-        ("single file", Weights::open_with(&single, &OpenOptions { config_dir: Some(folder) }).unwrap()),
-    ]
-}
 
 fn load(w: &Weights, dtype: DType) -> UNet2DConditionModel {
     UNet2DConditionModel::load(ctx(), w.unet().unwrap(), dtype).unwrap()
-}
-
-/// Max |got - want| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-    got.iter().zip(want).fold(0f32, |m, (g, w)| if g.is_nan() { f32::INFINITY } else { m.max((g - w).abs()) }) / scale
 }
 
 fn check(got: &Tensor, want: &(Vec<f32>, Vec<usize>), tol: f32, what: &str) -> f32 {

@@ -22,12 +22,10 @@
 
 mod common;
 
-use common::ctx;
+use common::*;
 use pigment::models::vae::{image_to_u8, AttentionMode, Conv2d, Trace, Vae, VaeConfig};
-use pigment::weights::{OpenOptions, Weights};
+use pigment::weights::Weights;
 use pigment::{DType, Tensor};
-use safetensors::SafeTensors;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 const VARIANTS: [&str; 2] = ["sd15-tiny", "sd21-tiny"];
@@ -41,52 +39,9 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-struct Golden(Vec<u8>);
-
-impl Golden {
-    fn load(variant: &str, file: &str) -> Golden {
-        Golden(std::fs::read(fixtures().join("golden").join(variant).join(file)).unwrap())
-    }
-    fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
-    }
-    fn u8(&self, name: &str) -> Vec<u8> {
-        let st = SafeTensors::deserialize(&self.0).unwrap();
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), safetensors::Dtype::U8, "{name}");
-        t.data().to_vec()
-    }
-    fn upload(&self, name: &str, dtype: DType) -> Tensor {
-        let (v, shape) = self.f32(name);
-        Tensor::from_f32(ctx(), &v, &shape, dtype).unwrap()
-    }
-}
-
-fn sources(variant: &str) -> Vec<(&'static str, Weights)> {
-    let folder = fixtures().join(variant);
-    let single = fixtures().join(format!("{variant}.safetensors"));
-    vec![
-        ("folder", Weights::open(&folder).unwrap()),
-        ("single file", Weights::open_with(&single, &OpenOptions { config_dir: Some(folder) }).unwrap()),
-    ]
-}
 
 fn load(w: &Weights, dtype: DType) -> Vae {
     Vae::load(ctx(), w.vae().unwrap(), dtype).unwrap()
-}
-
-/// Max |got - want| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-    got.iter().zip(want).fold(0f32, |m, (g, w)| if g.is_nan() { f32::INFINITY } else { m.max((g - w).abs()) }) / scale
 }
 
 fn err_of(got: &Tensor, want: &(Vec<f32>, Vec<usize>), what: &str) -> f32 {

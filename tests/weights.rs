@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::ctx;
+use common::*;
 use pigment::models::clip::{ClipConfig, ClipTextModel};
 use pigment::ops::elementwise::Activation;
 use pigment::weights::{ComponentKind, OpenOptions, SafetensorsFile, StoredDtype, TextEncoderKind, Weights};
@@ -12,10 +12,6 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
 const VARIANTS: [&str; 2] = ["sd15-tiny", "sd21-tiny"];
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {

@@ -64,3 +64,52 @@ pub fn tol(dtype: DType, f32_tol: f32) -> (f32, f32) {
         DType::F16 => (2e-3_f32.max(f32_tol), 2e-3_f32.max(f32_tol)),
     }
 }
+
+/// The committed diffusers fixtures (`tools/make_fixtures.py`).
+pub fn fixtures() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The variant's weights from its folder and from its single file (with the folder's configs,
+/// as `from_single_file(path, config=folder)`: the tiny models' head dims are not 64).
+pub fn sources(variant: &str) -> Vec<(&'static str, pigment::weights::Weights)> {
+    use pigment::weights::{OpenOptions, Weights};
+    let folder = fixtures().join(variant);
+    let single = fixtures().join(format!("{variant}.safetensors"));
+    vec![
+        ("folder", Weights::open(&folder).unwrap()),
+        ("single file", Weights::open_with(&single, &OpenOptions { config_dir: Some(folder) }).unwrap()),
+    ]
+}
+
+/// Max |got - want| / max |want| (NaN counts as infinitely wrong).
+pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    got.iter().zip(want).fold(0f32, |m, (g, w)| if g.is_nan() { f32::INFINITY } else { m.max((g - w).abs()) }) / scale
+}
+
+/// One golden safetensors file of `tests/fixtures/golden/<variant>/`.
+pub struct Golden(Vec<u8>);
+
+impl Golden {
+    pub fn load(variant: &str, file: &str) -> Golden {
+        Golden(std::fs::read(fixtures().join("golden").join(variant).join(file)).unwrap())
+    }
+    pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+    }
+    pub fn u8(&self, name: &str) -> Vec<u8> {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::U8, "{name}");
+        t.data().to_vec()
+    }
+    pub fn upload(&self, name: &str, dtype: DType) -> Tensor {
+        let (v, shape) = self.f32(name);
+        Tensor::from_f32(ctx(), &v, &shape, dtype).unwrap()
+    }
+}
