@@ -63,6 +63,22 @@ pub enum Command {
         /// files are numbered NAME-0001.png, ... when more than one.
         #[arg(long, default_value_t = 1)]
         batch_count: usize,
+        /// A ControlNet: a diffusers folder (config.json + diffusion_pytorch_model.safetensors)
+        /// or an A1111 .safetensors (`control_model.*`), for the same base model family.
+        #[arg(long)]
+        controlnet: Option<std::path::PathBuf>,
+        /// The ControlNet's hint (PNG or JPEG, e.g. an edge or depth map), resized to the output size.
+        #[arg(long)]
+        control_image: Option<std::path::PathBuf>,
+        /// ControlNet conditioning scale (A1111 "Weight").
+        #[arg(long, default_value_t = 1.0)]
+        control_scale: f32,
+        /// Fraction of the steps after which the ControlNet starts acting.
+        #[arg(long, default_value_t = 0.0)]
+        control_start: f32,
+        /// Fraction of the steps after which it stops.
+        #[arg(long, default_value_t = 1.0)]
+        control_end: f32,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
     Adapters,
@@ -135,6 +151,11 @@ pub fn main() -> anyhow::Result<()> {
             clip_skip,
             output,
             batch_count,
+            controlnet,
+            control_image,
+            control_scale,
+            control_start,
+            control_end,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
@@ -149,10 +170,26 @@ pub fn main() -> anyhow::Result<()> {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)
             });
+            let control = match (controlnet, control_image) {
+                (Some(_), Some(img)) => {
+                    let mut c = crate::pipeline::ControlOptions::new(read_control_image(img, *width, *height)?);
+                    (c.scale, c.guidance_start, c.guidance_end) = (*control_scale, *control_start, *control_end);
+                    Some(c)
+                }
+                (Some(_), None) => anyhow::bail!("--controlnet needs --control-image FILE (the hint image: an edge map, depth map, ...)"),
+                (None, Some(_)) => anyhow::bail!("--control-image needs --controlnet MODEL (a ControlNet for this base model)"),
+                (None, None) => None,
+            };
             let path = resolve_model(model)?;
             let ctx = open(&cli)?;
             eprintln!("adapter: {}", ctx.describe());
-            let sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            let mut sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            if let Some(cn) = controlnet {
+                if !cn.exists() {
+                    anyhow::bail!("ControlNet '{}' not found: give a diffusers ControlNet folder or an A1111 .safetensors", cn.display());
+                }
+                sd.load_controlnet(&ctx, cn)?;
+            }
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
                 negative_prompt: negative_prompt.clone(),
@@ -164,6 +201,7 @@ pub fn main() -> anyhow::Result<()> {
                 sampler,
                 karras: *karras,
                 clip_skip: (*clip_skip).max(1),
+                control,
             };
             for n in 0..(*batch_count).max(1) {
                 opts.seed = seed.wrapping_add(n as u64);
@@ -179,7 +217,12 @@ pub fn main() -> anyhow::Result<()> {
                 })?;
                 bar.finish();
                 let path = if *batch_count > 1 { numbered(output, n + 1) } else { output.clone() };
-                write_png(&path, &image, &crate::pipeline::a1111_parameters(&opts, &sd.name))?;
+                let mut params = crate::pipeline::a1111_parameters(&opts, &sd.name);
+                if let (Some(c), Some(cn)) = (&opts.control, controlnet) {
+                    let name = cn.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    params.push_str(&crate::pipeline::controlnet::a1111_parameters(c, &name, "none"));
+                }
+                write_png(&path, &image, &params)?;
                 println!("wrote {}", path.display());
             }
         }
@@ -285,4 +328,21 @@ fn write_png(path: &std::path::Path, image: &crate::pipeline::Image, parameters:
     writer.write_image_data(&image.rgb)?;
     writer.finish()?;
     Ok(())
+}
+
+/// A PNG/JPEG as RGB8 at `width` x `height`: resized with Lanczos3 when its size differs (diffusers'
+/// `VaeImageProcessor` resizes with PIL's Lanczos).
+fn read_control_image(path: &std::path::Path, width: usize, height: usize) -> anyhow::Result<crate::pipeline::ControlImage> {
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| anyhow::anyhow!("cannot read control image {}: {e}", path.display()))?
+        .decode()
+        .map_err(|e| anyhow::anyhow!("cannot read control image {}: {e} (give a PNG or JPEG)", path.display()))?
+        .to_rgb8();
+    let img = if (img.width() as usize, img.height() as usize) == (width, height) {
+        img
+    } else {
+        image::imageops::resize(&img, width as u32, height as u32, image::imageops::FilterType::Lanczos3)
+    };
+    Ok(crate::pipeline::ControlImage { width, height, rgb: img.into_raw() })
 }

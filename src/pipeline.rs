@@ -16,6 +16,9 @@ use crate::weights::{self, OpenOptions, TextEncoderKind, Weights};
 use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
+pub mod controlnet;
+pub use controlnet::{ControlImage, ControlOptions};
+
 /// Everything a generation needs besides the model.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -30,6 +33,8 @@ pub struct GenerateOptions {
     pub karras: bool,
     /// A1111 counting: 1 = last layer, 2 = penultimate (followed by the final layer norm).
     pub clip_skip: usize,
+    /// ControlNet conditioning (needs [`StableDiffusion::load_controlnet`]).
+    pub control: Option<ControlOptions>,
 }
 
 impl Default for GenerateOptions {
@@ -45,6 +50,7 @@ impl Default for GenerateOptions {
             sampler: SamplerKind::Euler,
             karras: false,
             clip_skip: 1,
+            control: None,
         }
     }
 }
@@ -75,6 +81,8 @@ pub struct StableDiffusion {
     pub clip: ClipTextModel,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
+    /// Set by [`StableDiffusion::load_controlnet`].
+    pub controlnet: Option<crate::models::controlnet::ControlNetModel>,
     pub scheduler_config: SchedulerConfig,
     /// Shown in the PNG parameters (`Model: ...`).
     pub name: String,
@@ -114,6 +122,7 @@ impl StableDiffusion {
             clip: ClipTextModel::load(ctx, te, dtype)?,
             unet: UNet2DConditionModel::load(ctx, weights.unet()?, dtype)?,
             vae: AutoencoderKL::load_decoder(ctx, weights.vae()?, dtype)?,
+            controlnet: None,
             scheduler_config,
             name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         })
@@ -156,6 +165,7 @@ impl StableDiffusion {
         let mut x: Vec<f32> = rng.randn(n).into_iter().map(|v| v * sigma0).collect();
         let total = sched.timesteps().len();
         let dtype = text.dtype();
+        let control = controlnet::prepare(ctx, self, o)?;
         for i in 0..total {
             let t = sched.timesteps()[i];
             let xin = sched.scale_model_input(&x, i);
@@ -164,7 +174,11 @@ impl StableDiffusion {
             let mut shape = latent_shape;
             shape[0] = 2;
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
-            let out = self.unet.forward(ctx, &sample, t, &text)?.to_f32(ctx).await?;
+            let res = match &control {
+                Some(c) => c.residuals(ctx, &sample, t, &text, i, total)?,
+                None => None,
+            };
+            let out = self.unet.forward_controlled(ctx, &sample, &[t], &text, res.as_ref())?.to_f32(ctx).await?;
             let guided = schedulers::cfg_combine(&out[..n], &out[n..], o.guidance);
             x = sched.step(&guided, i, &x, &mut rng);
             progress(i + 1, total);

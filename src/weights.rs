@@ -453,6 +453,8 @@ pub enum ComponentKind {
     TextEncoder,
     Unet,
     Vae,
+    /// A ControlNet (its own file or folder, [`open_controlnet`]).
+    ControlNet,
 }
 
 impl ComponentKind {
@@ -462,6 +464,7 @@ impl ComponentKind {
             ComponentKind::TextEncoder => "text_encoder",
             ComponentKind::Unet => "unet",
             ComponentKind::Vae => "vae",
+            ComponentKind::ControlNet => "controlnet",
         }
     }
     fn file_stems(self) -> &'static [&'static str] {
@@ -711,6 +714,7 @@ impl Weights {
                 ComponentKind::TextEncoder => w.text_encoder = Some(comp),
                 ComponentKind::Unet => w.unet = Some(comp),
                 ComponentKind::Vae => w.vae = Some(comp),
+                ComponentKind::ControlNet => {}
             }
         }
         Ok(w)
@@ -747,6 +751,7 @@ impl Weights {
             ComponentKind::TextEncoder => &self.text_encoder,
             ComponentKind::Unet => &self.unet,
             ComponentKind::Vae => &self.vae,
+            ComponentKind::ControlNet => &None,
         };
         c.as_ref().ok_or_else(|| {
             let path = match &self.source {
@@ -769,6 +774,39 @@ impl Weights {
     pub fn vae(&self) -> Result<&Component> {
         self.part(ComponentKind::Vae)
     }
+}
+
+/// A ControlNet: a diffusers folder (`config.json` + `diffusion_pytorch_model.safetensors`),
+/// a `.safetensors` file in diffusers naming, or an A1111 / original ControlNet file
+/// (`control_model.*` keys, mapped by [`single_file::map_controlnet`]; no config: it is inferred).
+pub fn open_controlnet(path: impl AsRef<Path>) -> Result<Component> {
+    let path = path.as_ref();
+    let (file, config) = if path.is_dir() {
+        let file = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
+            .iter()
+            .map(|f| path.join(f))
+            .find(|p| p.exists());
+        let Some(file) = file else {
+            if let Some(p) = std::fs::read_dir(path).ok().and_then(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| is_pickle_path(p))) {
+                return Err(WeightsError::Pickle { path: p.display().to_string() });
+            }
+            return Err(WeightsError::Missing {
+                path: path.display().to_string(),
+                name: "diffusion_pytorch_model.safetensors".into(),
+                detail: " (a diffusers ControlNet folder holds it and config.json)".into(),
+            });
+        };
+        let config_path = path.join("config.json");
+        (SafetensorsFile::open(&file)?, if config_path.exists() { Some(read_json(&config_path)?) } else { None })
+    } else {
+        (SafetensorsFile::open(path)?, None)
+    };
+    let map = if file.contains("controlnet_cond_embedding.conv_in.weight") {
+        None
+    } else {
+        Some(Arc::new(single_file::map_controlnet(&file)?))
+    };
+    Ok(Component { kind: ComponentKind::ControlNet, file: Arc::new(file), map, config, text_kind: None })
 }
 
 /// The storage dtype to upload weights in: f16 when asked for and the adapter can, else f32.

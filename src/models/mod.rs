@@ -1,5 +1,6 @@
 //! Models built from [`crate::ops`] and loaded through [`crate::weights`].
 
 pub mod clip;
+pub mod controlnet;
 pub mod unet;
 pub mod vae;

@@ -29,7 +29,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::ops::attention::{attention_qkv, attention_strided, AttnInput};
 use crate::ops::conv::{conv2d, conv2d_residual};
-use crate::ops::elementwise::{binary_broadcast, silu, Activation, BinaryOp};
+use crate::models::controlnet::ControlNetOutput;
+use crate::ops::elementwise::{add, binary_broadcast, silu, Activation, BinaryOp};
 use crate::ops::embedding::timestep_embedding;
 use crate::ops::gemm::{matmul, GemmOpts};
 use crate::ops::norm::{group_norm, layer_norm};
@@ -298,7 +299,8 @@ impl UNetConfig {
         };
         let transformer_layers = (0..n).map(|i| if i + 1 == n { depth("mid_block") } else { depth(&format!("down_blocks.{i}")) }).collect();
         let conv_in = shape("conv_in.weight")?;
-        let conv_out = shape("conv_out.weight")?;
+        // ControlNets (the encoder half only) have no conv_out.
+        let conv_out = c.shape("conv_out.weight").unwrap_or_else(|| conv_in.clone());
         Ok(UNetConfig {
             in_channels: conv_in[1],
             out_channels: conv_out[0],
@@ -356,10 +358,10 @@ pub struct Conv {
 }
 
 impl Conv {
-    fn forward(&self, ctx: &Context, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, ctx: &Context, x: &Tensor) -> Result<Tensor> {
         conv2d(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding)
     }
-    fn forward_residual(&self, ctx: &Context, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward_residual(&self, ctx: &Context, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         conv2d_residual(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, residual)
     }
 }
@@ -442,25 +444,25 @@ pub struct UNet2DConditionModel {
     pub conv_out: Conv,
 }
 
-/// Loading helpers bound to one component, context and dtype.
-struct Loader<'a> {
-    ctx: &'a Context,
-    c: &'a Component,
-    dtype: DType,
+/// Loading helpers bound to one component, context and dtype (shared with the ControlNet).
+pub(crate) struct Loader<'a> {
+    pub ctx: &'a Context,
+    pub c: &'a Component,
+    pub dtype: DType,
 }
 
 impl Loader<'_> {
-    fn upload(&self, v: &[f32], shape: &[usize]) -> Result<Tensor> {
+    pub(crate) fn upload(&self, v: &[f32], shape: &[usize]) -> Result<Tensor> {
         Tensor::from_f32(self.ctx, v, shape, self.dtype)
     }
-    fn vec(&self, name: &str, n: usize) -> Result<Tensor> {
+    pub(crate) fn vec(&self, name: &str, n: usize) -> Result<Tensor> {
         self.c.get(name)?.expect_shape(&[n])?.upload(self.ctx, self.dtype)
     }
-    fn norm(&self, p: &str, ch: usize) -> Result<Norm> {
+    pub(crate) fn norm(&self, p: &str, ch: usize) -> Result<Norm> {
         Ok(Norm { weight: self.vec(&format!("{p}.weight"), ch)?, bias: self.vec(&format!("{p}.bias"), ch)? })
     }
     /// A `[out, in]` (or `[out, in, 1, 1]`) weight transposed to `[in, out]`, f32 on the host.
-    fn matrix_t(&self, name: &str, out: usize, inp: usize) -> Result<Vec<f32>> {
+    pub(crate) fn matrix_t(&self, name: &str, out: usize, inp: usize) -> Result<Vec<f32>> {
         let t = self.c.get(name)?;
         if t.shape != [out, inp] && t.shape != [out, inp, 1, 1] {
             t.expect_shape(&[out, inp])?;
@@ -474,13 +476,13 @@ impl Loader<'_> {
         }
         Ok(w)
     }
-    fn linear(&self, p: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    pub(crate) fn linear(&self, p: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
             weight_t: self.upload(&self.matrix_t(&format!("{p}.weight"), out, inp)?, &[inp, out])?,
             bias: if bias { Some(self.vec(&format!("{p}.bias"), out)?) } else { None },
         })
     }
-    fn conv(&self, p: &str, out: usize, inp: usize, k: usize, stride: usize, padding: usize) -> Result<Conv> {
+    pub(crate) fn conv(&self, p: &str, out: usize, inp: usize, k: usize, stride: usize, padding: usize) -> Result<Conv> {
         let w = self.c.get(&format!("{p}.weight"))?;
         // A Linear stored [out, in] used as a 1x1 convolution.
         let weight = if k == 1 && w.shape == [out, inp] {
@@ -490,7 +492,7 @@ impl Loader<'_> {
         };
         Ok(Conv { weight, bias: self.vec(&format!("{p}.bias"), out)?, stride, padding })
     }
-    fn resnet(&self, p: &str, inp: usize, out: usize, temb: usize) -> Result<ResnetBlock2D> {
+    pub(crate) fn resnet(&self, p: &str, inp: usize, out: usize, temb: usize) -> Result<ResnetBlock2D> {
         Ok(ResnetBlock2D {
             norm1: self.norm(&format!("{p}.norm1"), inp)?,
             conv1: self.conv(&format!("{p}.conv1"), out, inp, 3, 1, 1)?,
@@ -500,7 +502,7 @@ impl Loader<'_> {
             conv_shortcut: if inp != out { Some(self.conv(&format!("{p}.conv_shortcut"), out, inp, 1, 1, 0)?) } else { None },
         })
     }
-    fn attention(&self, p: &str, ch: usize, context: Option<usize>, heads: usize) -> Result<Attention> {
+    pub(crate) fn attention(&self, p: &str, ch: usize, context: Option<usize>, heads: usize) -> Result<Attention> {
         let kv_in = context.unwrap_or(ch);
         let q = self.matrix_t(&format!("{p}.to_q.weight"), ch, ch)?;
         let k = self.matrix_t(&format!("{p}.to_k.weight"), ch, kv_in)?;
@@ -522,7 +524,7 @@ impl Loader<'_> {
         };
         Ok(Attention { heads, q_weight_t, kv_weight_t, to_out: self.linear(&format!("{p}.to_out.0"), ch, ch, true)? })
     }
-    fn transformer(&self, p: &str, ch: usize, heads: usize, depth: usize, cfg: &UNetConfig) -> Result<Transformer2DModel> {
+    pub(crate) fn transformer(&self, p: &str, ch: usize, heads: usize, depth: usize, cfg: &UNetConfig) -> Result<Transformer2DModel> {
         if heads == 0 || !ch.is_multiple_of(heads) {
             return Err(Error::Unsupported(format!("{p}: {ch} channels in {heads} heads")));
         }
@@ -547,6 +549,42 @@ impl Loader<'_> {
             proj_out: self.conv(&format!("{p}.proj_out"), ch, ch, 1, 1, 0)?,
         })
     }
+}
+
+/// The down blocks of a UNet or ControlNet (`down_blocks.{i}`: resnets, attentions, downsampler).
+pub(crate) fn load_down_blocks(ld: &Loader, cfg: &UNetConfig) -> Result<Vec<DownBlock>> {
+    let ch = &cfg.block_out_channels;
+    let (n, c0, temb) = (ch.len(), ch[0], cfg.time_embed_dim);
+    let mut down_blocks = Vec::with_capacity(n);
+    let mut out_ch = c0;
+    for (i, &ty) in cfg.down_block_types.iter().enumerate() {
+        let in_ch = out_ch;
+        out_ch = ch[i];
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for j in 0..cfg.layers_per_block {
+            let p = format!("down_blocks.{i}");
+            resnets.push(ld.resnet(&format!("{p}.resnets.{j}"), if j == 0 { in_ch } else { out_ch }, out_ch, temb)?);
+            if ty == DownBlockType::CrossAttnDownBlock2D {
+                attentions.push(ld.transformer(&format!("{p}.attentions.{j}"), out_ch, cfg.heads[i], cfg.transformer_layers[i], cfg)?);
+            }
+        }
+        let downsampler =
+            if i + 1 < n { Some(ld.conv(&format!("down_blocks.{i}.downsamplers.0.conv"), out_ch, out_ch, 3, 2, 1)?) } else { None };
+        down_blocks.push(DownBlock { resnets, attentions, downsampler });
+    }
+    Ok(down_blocks)
+}
+
+/// `mid_block` (UNetMidBlock2DCrossAttn: resnet, attention, resnet) of a UNet or ControlNet.
+pub(crate) fn load_mid_block(ld: &Loader, cfg: &UNetConfig) -> Result<MidBlock> {
+    let ch = &cfg.block_out_channels;
+    let (n, temb) = (ch.len(), cfg.time_embed_dim);
+    let cl = ch[n - 1];
+    Ok(MidBlock {
+        resnets: vec![ld.resnet("mid_block.resnets.0", cl, cl, temb)?, ld.resnet("mid_block.resnets.1", cl, cl, temb)?],
+        attentions: vec![ld.transformer("mid_block.attentions.0", cl, cfg.heads[n - 1], cfg.transformer_layers[n - 1], cfg)?],
+    })
 }
 
 impl UNet2DConditionModel {
@@ -583,30 +621,8 @@ impl UNet2DConditionModel {
         let time_embedding_linear_2 = ld.linear("time_embedding.linear_2", temb, temb, true)?;
         let conv_in = ld.conv("conv_in", c0, cfg.in_channels, kin, 1, kin / 2)?;
 
-        let mut down_blocks = Vec::with_capacity(n);
-        let mut out_ch = c0;
-        for (i, &ty) in cfg.down_block_types.iter().enumerate() {
-            let in_ch = out_ch;
-            out_ch = ch[i];
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..cfg.layers_per_block {
-                let p = format!("down_blocks.{i}");
-                resnets.push(ld.resnet(&format!("{p}.resnets.{j}"), if j == 0 { in_ch } else { out_ch }, out_ch, temb)?);
-                if ty == DownBlockType::CrossAttnDownBlock2D {
-                    attentions.push(ld.transformer(&format!("{p}.attentions.{j}"), out_ch, cfg.heads[i], cfg.transformer_layers[i], cfg)?);
-                }
-            }
-            let downsampler =
-                if i + 1 < n { Some(ld.conv(&format!("down_blocks.{i}.downsamplers.0.conv"), out_ch, out_ch, 3, 2, 1)?) } else { None };
-            down_blocks.push(DownBlock { resnets, attentions, downsampler });
-        }
-
-        let cl = ch[n - 1];
-        let mid_block = MidBlock {
-            resnets: vec![ld.resnet("mid_block.resnets.0", cl, cl, temb)?, ld.resnet("mid_block.resnets.1", cl, cl, temb)?],
-            attentions: vec![ld.transformer("mid_block.attentions.0", cl, cfg.heads[n - 1], cfg.transformer_layers[n - 1], cfg)?],
-        };
+        let down_blocks = load_down_blocks(&ld, cfg)?;
+        let mid_block = load_mid_block(&ld, cfg)?;
 
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let mut up_blocks = Vec::with_capacity(n);
@@ -663,81 +679,64 @@ impl UNet2DConditionModel {
         sample: &Tensor,
         timesteps: &[f32],
         encoder_hidden_states: &Tensor,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, None, trace)
+    }
+
+    /// [`Self::forward`] with a ControlNet's residuals added to the skip connections and the mid
+    /// block output, as diffusers' `down_block_additional_residuals` /
+    /// `mid_block_additional_residual` (already scaled by the conditioning scale).
+    pub fn forward_controlled(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        control: Option<&ControlNetOutput>,
+    ) -> Result<Tensor> {
+        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, control, None)
+    }
+
+    fn forward_impl(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        control: Option<&ControlNetOutput>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let s = sample.shape();
-        if s.len() != 4 || s[1] != cfg.in_channels {
-            return Err(Error::Shape { op: "unet", detail: format!("sample {s:?} must be [B, {}, H, W]", cfg.in_channels) });
-        }
-        let b = s[0];
-        let down = cfg.downscale();
-        if !s[2].is_multiple_of(down) || !s[3].is_multiple_of(down) {
-            return Err(Error::Shape { op: "unet", detail: format!("sample {s:?}: H and W must be multiples of {down}") });
-        }
-        let e = encoder_hidden_states.shape();
-        if e.len() != 3 || e[0] != b || e[2] != cfg.cross_attention_dim {
-            return Err(Error::Shape {
-                op: "unet",
-                detail: format!("encoder_hidden_states {e:?} must be [{b}, L, {}]", cfg.cross_attention_dim),
-            });
-        }
-        let ts: Vec<f32> = match timesteps.len() {
-            1 => vec![timesteps[0]; b],
-            n if n == b => timesteps.to_vec(),
-            n => return Err(Error::Shape { op: "unet", detail: format!("{n} timesteps for batch {b}") }),
-        };
-        let record = |trace: &mut Option<&mut Trace>, name: &str, t: &Tensor| {
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push((name.to_string(), t.clone()));
-            }
-        };
+        let ts = check_inputs(cfg, "unet", sample, timesteps, encoder_hidden_states)?;
+        let (_, emb_act) = time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, trace.as_deref_mut())?;
 
-        // Time embedding.
-        let c0 = cfg.block_out_channels[0];
-        let t_proj = timestep_embedding(ctx, &ts, c0, cfg.flip_sin_to_cos, cfg.freq_shift, 10000.0, self.dtype)?;
-        record(&mut trace, "time_proj", &t_proj);
-        let l1 = &self.time_embedding_linear_1;
-        let h = matmul(ctx, &t_proj, &l1.weight_t, GemmOpts { bias: l1.bias.as_ref(), act: Activation::Silu, ..Default::default() })?;
-        let l2 = &self.time_embedding_linear_2;
-        let emb = matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), ..Default::default() })?;
-        record(&mut trace, "time_embedding", &emb);
-        // Every resnet applies SiLU to the embedding before its projection: do it once.
-        let emb_act = silu(ctx, &emb)?;
-
-        let mut x = self.conv_in.forward(ctx, sample)?;
+        let x = self.conv_in.forward(ctx, sample)?;
         record(&mut trace, "conv_in", &x);
         let mut skips = vec![x.clone()];
-        for (i, block) in self.down_blocks.iter().enumerate() {
-            for (j, resnet) in block.resnets.iter().enumerate() {
-                x = self.resnet(ctx, resnet, &x, &emb_act)?;
-                if let Some(attn) = block.attentions.get(j) {
-                    x = self.transformer(ctx, attn, &x, encoder_hidden_states)?;
-                }
-                skips.push(x.clone());
+        let x = down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, &mut skips, trace.as_deref_mut())?;
+        let mut x = mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states)?;
+        if let Some(c) = control {
+            if c.down.len() != skips.len() {
+                return Err(Error::Shape {
+                    op: "unet",
+                    detail: format!("{} ControlNet down residuals for {} skip connections", c.down.len(), skips.len()),
+                });
             }
-            if let Some(conv) = &block.downsampler {
-                x = conv.forward(ctx, &x)?;
-                skips.push(x.clone());
+            for (skip, r) in skips.iter_mut().zip(&c.down) {
+                *skip = add(ctx, skip, r)?;
             }
-            record(&mut trace, &format!("down_blocks.{i}"), &x);
-        }
-
-        let mid = &self.mid_block;
-        x = self.resnet(ctx, &mid.resnets[0], &x, &emb_act)?;
-        for (attn, resnet) in mid.attentions.iter().zip(&mid.resnets[1..]) {
-            x = self.transformer(ctx, attn, &x, encoder_hidden_states)?;
-            x = self.resnet(ctx, resnet, &x, &emb_act)?;
+            x = add(ctx, &x, &c.mid)?;
         }
         record(&mut trace, "mid_block", &x);
 
         for (i, block) in self.up_blocks.iter().enumerate() {
-            for (j, resnet) in block.resnets.iter().enumerate() {
+            for (j, r) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| Error::Shape { op: "unet", detail: "ran out of skip connections".into() })?;
                 x = concat_channels(ctx, &x, &skip)?;
-                x = self.resnet(ctx, resnet, &x, &emb_act)?;
+                x = resnet(ctx, cfg, r, &x, &emb_act)?;
                 if let Some(attn) = block.attentions.get(j) {
-                    x = self.transformer(ctx, attn, &x, encoder_hidden_states)?;
+                    x = transformer(ctx, cfg, attn, &x, encoder_hidden_states)?;
                 }
             }
             if let Some(conv) = &block.upsampler {
@@ -756,52 +755,141 @@ impl UNet2DConditionModel {
         let h = group_norm(ctx, &x, groups, &n.weight, &n.bias, cfg.norm_eps, true)?;
         self.conv_out.forward(ctx, &h)
     }
+}
 
-    /// ResnetBlock2D: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))`.
-    /// `emb_act` is `silu(temb)` `[B, T]`.
-    fn resnet(&self, ctx: &Context, r: &ResnetBlock2D, x: &Tensor, emb_act: &Tensor) -> Result<Tensor> {
-        let cfg = &self.config;
-        let (g, eps) = (cfg.norm_num_groups, cfg.norm_eps);
-        let h = group_norm(ctx, x, g, &r.norm1.weight, &r.norm1.bias, eps, true)?;
-        let h = r.conv1.forward(ctx, &h)?;
-        let t = matmul(ctx, emb_act, &r.time_emb_proj.weight_t, GemmOpts { bias: r.time_emb_proj.bias.as_ref(), ..Default::default() })?;
-        let hw = h.dim(2) * h.dim(3);
-        let h = binary_broadcast(ctx, BinaryOp::Add, &h, &t, hw, 1.0)?;
-        let h = group_norm(ctx, &h, g, &r.norm2.weight, &r.norm2.bias, eps, true)?;
-        let shortcut = match &r.conv_shortcut {
-            Some(c) => c.forward(ctx, x)?,
-            None => x.clone(),
-        };
-        r.conv2.forward_residual(ctx, &h, &shortcut)
+fn record(trace: &mut Option<&mut Trace>, name: &str, t: &Tensor) {
+    if let Some(tr) = trace.as_deref_mut() {
+        tr.push((name.to_string(), t.clone()));
     }
+}
 
-    /// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.
-    fn transformer(&self, ctx: &Context, t: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, c, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-        let h = group_norm(ctx, x, self.config.norm_num_groups, &t.norm.weight, &t.norm.bias, ATTN_GROUP_NORM_EPS, false)?;
-        // [B, C, HW] -> token-major [B, HW, C], then proj_in.
-        let h = transpose_last2(ctx, &h.reshape(&[b, c, hh * ww])?)?;
-        let mut h = matmul(ctx, &h, &t.proj_in.weight_t, GemmOpts { bias: t.proj_in.bias.as_ref(), ..Default::default() })?;
-        for blk in &t.transformer_blocks {
-            h = self.transformer_block(ctx, blk, &h, context)?;
+/// Checks `sample [B, in_channels, H, W]` and `encoder_hidden_states [B, L, D]` against the
+/// config; returns one timestep per batch entry.
+pub(crate) fn check_inputs(cfg: &UNetConfig, op: &'static str, sample: &Tensor, timesteps: &[f32], encoder_hidden_states: &Tensor) -> Result<Vec<f32>> {
+    let s = sample.shape();
+    if s.len() != 4 || s[1] != cfg.in_channels {
+        return Err(Error::Shape { op, detail: format!("sample {s:?} must be [B, {}, H, W]", cfg.in_channels) });
+    }
+    let b = s[0];
+    let down = cfg.downscale();
+    if !s[2].is_multiple_of(down) || !s[3].is_multiple_of(down) {
+        return Err(Error::Shape { op, detail: format!("sample {s:?}: H and W must be multiples of {down}") });
+    }
+    let e = encoder_hidden_states.shape();
+    if e.len() != 3 || e[0] != b || e[2] != cfg.cross_attention_dim {
+        return Err(Error::Shape { op, detail: format!("encoder_hidden_states {e:?} must be [{b}, L, {}]", cfg.cross_attention_dim) });
+    }
+    match timesteps.len() {
+        1 => Ok(vec![timesteps[0]; b]),
+        n if n == b => Ok(timesteps.to_vec()),
+        n => Err(Error::Shape { op, detail: format!("{n} timesteps for batch {b}") }),
+    }
+}
+
+/// `time_proj` (diffusers' sinusoidal embedding, host f32) then `time_embedding`:
+/// `linear_2(silu(linear_1(.)))`. Returns the embedding and `silu` of it (every resnet applies
+/// SiLU before its projection: done once).
+pub(crate) fn time_embedding(
+    ctx: &Context,
+    cfg: &UNetConfig,
+    dtype: DType,
+    l1: &Linear,
+    l2: &Linear,
+    ts: &[f32],
+    mut trace: Option<&mut Trace>,
+) -> Result<(Tensor, Tensor)> {
+    let t_proj = timestep_embedding(ctx, ts, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift, 10000.0, dtype)?;
+    record(&mut trace, "time_proj", &t_proj);
+    let h = matmul(ctx, &t_proj, &l1.weight_t, GemmOpts { bias: l1.bias.as_ref(), act: Activation::Silu, ..Default::default() })?;
+    let emb = matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), ..Default::default() })?;
+    record(&mut trace, "time_embedding", &emb);
+    let emb_act = silu(ctx, &emb)?;
+    Ok((emb, emb_act))
+}
+
+/// The down blocks from `x` (after `conv_in`); every resnet/attention output and downsampler
+/// output is pushed to `skips` in diffusers' order. Returns the last block's output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn down_blocks_forward(
+    ctx: &Context,
+    cfg: &UNetConfig,
+    blocks: &[DownBlock],
+    mut x: Tensor,
+    emb_act: &Tensor,
+    context: &Tensor,
+    skips: &mut Vec<Tensor>,
+    mut trace: Option<&mut Trace>,
+) -> Result<Tensor> {
+    for (i, block) in blocks.iter().enumerate() {
+        for (j, r) in block.resnets.iter().enumerate() {
+            x = resnet(ctx, cfg, r, &x, emb_act)?;
+            if let Some(attn) = block.attentions.get(j) {
+                x = transformer(ctx, cfg, attn, &x, context)?;
+            }
+            skips.push(x.clone());
         }
-        // Back to NCHW; proj_out as a 1x1 conv with the block input as residual.
-        let h = transpose_last2(ctx, &h)?.reshape(&[b, c, hh, ww])?;
-        t.proj_out.forward_residual(ctx, &h, x)
+        if let Some(conv) = &block.downsampler {
+            x = conv.forward(ctx, &x)?;
+            skips.push(x.clone());
+        }
+        record(&mut trace, &format!("down_blocks.{i}"), &x);
     }
+    Ok(x)
+}
 
-    fn transformer_block(&self, ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let n = layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?;
-        let x = attend(ctx, &blk.attn1, &n, None, x)?;
-        let n = layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?;
-        let x = attend(ctx, &blk.attn2, &n, Some(context), &x)?;
-        let n = layer_norm(ctx, &x, &blk.norm3.weight, &blk.norm3.bias, LAYER_NORM_EPS)?;
-        let p = &blk.ff_proj;
-        let h = matmul(ctx, &n, &p.weight_t, GemmOpts { bias: p.bias.as_ref(), ..Default::default() })?;
-        let h = geglu(ctx, &h)?;
-        let o = &blk.ff_out;
-        matmul(ctx, &h, &o.weight_t, GemmOpts { bias: o.bias.as_ref(), residual: Some(&x), ..Default::default() })
+/// UNetMidBlock2DCrossAttn: resnet, then (attention, resnet) pairs.
+pub(crate) fn mid_block_forward(ctx: &Context, cfg: &UNetConfig, mid: &MidBlock, x: Tensor, emb_act: &Tensor, context: &Tensor) -> Result<Tensor> {
+    let mut x = resnet(ctx, cfg, &mid.resnets[0], &x, emb_act)?;
+    for (attn, r) in mid.attentions.iter().zip(&mid.resnets[1..]) {
+        x = transformer(ctx, cfg, attn, &x, context)?;
+        x = resnet(ctx, cfg, r, &x, emb_act)?;
     }
+    Ok(x)
+}
+
+/// ResnetBlock2D: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))`.
+/// `emb_act` is `silu(temb)` `[B, T]`.
+fn resnet(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_act: &Tensor) -> Result<Tensor> {
+    let (g, eps) = (cfg.norm_num_groups, cfg.norm_eps);
+    let h = group_norm(ctx, x, g, &r.norm1.weight, &r.norm1.bias, eps, true)?;
+    let h = r.conv1.forward(ctx, &h)?;
+    let t = matmul(ctx, emb_act, &r.time_emb_proj.weight_t, GemmOpts { bias: r.time_emb_proj.bias.as_ref(), ..Default::default() })?;
+    let hw = h.dim(2) * h.dim(3);
+    let h = binary_broadcast(ctx, BinaryOp::Add, &h, &t, hw, 1.0)?;
+    let h = group_norm(ctx, &h, g, &r.norm2.weight, &r.norm2.bias, eps, true)?;
+    let shortcut = match &r.conv_shortcut {
+        Some(c) => c.forward(ctx, x)?,
+        None => x.clone(),
+    };
+    r.conv2.forward_residual(ctx, &h, &shortcut)
+}
+
+/// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.
+fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    let (b, c, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let h = group_norm(ctx, x, cfg.norm_num_groups, &t.norm.weight, &t.norm.bias, ATTN_GROUP_NORM_EPS, false)?;
+    // [B, C, HW] -> token-major [B, HW, C], then proj_in.
+    let h = transpose_last2(ctx, &h.reshape(&[b, c, hh * ww])?)?;
+    let mut h = matmul(ctx, &h, &t.proj_in.weight_t, GemmOpts { bias: t.proj_in.bias.as_ref(), ..Default::default() })?;
+    for blk in &t.transformer_blocks {
+        h = transformer_block(ctx, blk, &h, context)?;
+    }
+    // Back to NCHW; proj_out as a 1x1 conv with the block input as residual.
+    let h = transpose_last2(ctx, &h)?.reshape(&[b, c, hh, ww])?;
+    t.proj_out.forward_residual(ctx, &h, x)
+}
+
+fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    let n = layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?;
+    let x = attend(ctx, &blk.attn1, &n, None, x)?;
+    let n = layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?;
+    let x = attend(ctx, &blk.attn2, &n, Some(context), &x)?;
+    let n = layer_norm(ctx, &x, &blk.norm3.weight, &blk.norm3.bias, LAYER_NORM_EPS)?;
+    let p = &blk.ff_proj;
+    let h = matmul(ctx, &n, &p.weight_t, GemmOpts { bias: p.bias.as_ref(), ..Default::default() })?;
+    let h = geglu(ctx, &h)?;
+    let o = &blk.ff_out;
+    matmul(ctx, &h, &o.weight_t, GemmOpts { bias: o.bias.as_ref(), residual: Some(&x), ..Default::default() })
 }
 
 /// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`.

@@ -196,10 +196,16 @@ fn resnet_tail(tail: &[&str]) -> String {
 /// downsampler `input_blocks.{(L+1)(i+1)}.0.op` except on the last level; `output_blocks` has
 /// L+1 entries per level.
 pub fn map_unet(file: &SafetensorsFile, names: &[&str]) -> Result<HashMap<String, Mapped>> {
+    map_unet_keys(file, names, UNET, true)
+}
+
+/// [`map_unet`] for the keys under `root`; `with_outputs` false for a ControlNet (the encoder
+/// half only: the layout then comes from the input blocks, `levels * (L+1)` of them).
+fn map_unet_keys(file: &SafetensorsFile, names: &[&str], root: &str, with_outputs: bool) -> Result<HashMap<String, Mapped>> {
     let idx = |prefix: &str| -> Vec<usize> {
         let mut v: Vec<usize> = names
             .iter()
-            .filter_map(|n| n.strip_prefix(UNET)?.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+            .filter_map(|n| n.strip_prefix(root)?.strip_prefix(prefix)?.split('.').next()?.parse().ok())
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -208,14 +214,15 @@ pub fn map_unet(file: &SafetensorsFile, names: &[&str]) -> Result<HashMap<String
     let inputs = idx("input_blocks.");
     let outputs = idx("output_blocks.");
     // The first downsampler's block index is L+1.
-    let first_op = inputs.iter().copied().find(|&i| names.iter().any(|n| n.starts_with(&format!("{UNET}input_blocks.{i}.0.op."))));
+    let first_op = inputs.iter().copied().find(|&i| names.iter().any(|n| n.starts_with(&format!("{root}input_blocks.{i}.0.op."))));
     let arch_err = |d: String| WeightsError::Architecture { path: file.path().to_string(), detail: d };
     let (l, levels) = match first_op {
-        Some(op) if op >= 2 && !outputs.is_empty() && outputs.len() % op == 0 => (op - 1, outputs.len() / op),
+        Some(op) if op >= 2 && with_outputs && !outputs.is_empty() && outputs.len() % op == 0 => (op - 1, outputs.len() / op),
+        Some(op) if op >= 2 && !with_outputs && inputs.len() % op == 0 => (op - 1, inputs.len() / op),
         _ => return Err(arch_err(format!("cannot infer the UNet layout from {} input / {} output blocks", inputs.len(), outputs.len()))),
     };
     let mut m = HashMap::new();
-    let u = |s: &str| format!("{UNET}{s}");
+    let u = |s: &str| format!("{root}{s}");
     // Map every key under `src_prefix` to `dst_prefix` with a tail renamer.
     let mut map_prefix = |src_prefix: String, dst_prefix: String, rename: &dyn Fn(&str) -> Option<String>| {
         for n in names {
@@ -246,7 +253,7 @@ pub fn map_unet(file: &SafetensorsFile, names: &[&str]) -> Result<HashMap<String
     map_prefix(u("middle_block.0."), "mid_block.resnets.0.".into(), &resnet);
     map_prefix(u("middle_block.1."), "mid_block.attentions.0.".into(), &same);
     map_prefix(u("middle_block.2."), "mid_block.resnets.1.".into(), &resnet);
-    for i in 0..levels {
+    for i in (0..levels).filter(|_| with_outputs) {
         for j in 0..=l {
             let b = (l + 1) * i + j;
             map_prefix(u(&format!("output_blocks.{b}.0.")), format!("up_blocks.{i}.resnets.{j}."), &resnet);
@@ -277,4 +284,45 @@ fn resnet(tail: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("{d}.{wb}"))
+}
+
+/// An A1111 / original ControlNet file → diffusers `ControlNetModel` names: the UNet encoder
+/// keys (`time_embed`, `input_blocks`, `middle_block`) as in [`map_unet`], `zero_convs.N.0` →
+/// `controlnet_down_blocks.N`, `middle_block_out.0` → `controlnet_mid_block`, and the hint
+/// encoder `input_hint_block.K` (conv, SiLU, conv, ...): K = 0 → `controlnet_cond_embedding.conv_in`,
+/// the last conv → `conv_out`, the others `blocks.{K/2 - 1}`. Keys may carry a `control_model.`
+/// prefix or none.
+pub fn map_controlnet(file: &SafetensorsFile) -> Result<HashMap<String, Mapped>> {
+    let names = file.names();
+    let root = if names.iter().any(|n| n.starts_with("control_model.")) { "control_model." } else { "" };
+    let hint = format!("{root}input_hint_block.");
+    let hint_idx: Vec<usize> = names.iter().filter_map(|n| n.strip_prefix(hint.as_str())?.split('.').next()?.parse().ok()).collect();
+    let Some(&last) = hint_idx.iter().max() else {
+        let sample: Vec<&str> = names.iter().take(5).copied().collect();
+        return Err(WeightsError::Architecture {
+            path: file.path().to_string(),
+            detail: format!(
+                "not a ControlNet: no `{hint}*` (A1111) or `controlnet_cond_embedding.*` (diffusers) keys; the file has {} tensors, e.g. {sample:?}",
+                names.len()
+            ),
+        });
+    };
+    let mut m = map_unet_keys(file, &names, root, false)?;
+    for n in &names {
+        let Some(rest) = n.strip_prefix(root) else { continue };
+        let parts: Vec<&str> = rest.split('.').collect();
+        let key = match parts.as_slice() {
+            ["zero_convs", i, "0", wb] => format!("controlnet_down_blocks.{i}.{wb}"),
+            ["middle_block_out", "0", wb] => format!("controlnet_mid_block.{wb}"),
+            ["input_hint_block", k, wb] => match k.parse::<usize>() {
+                Ok(0) => format!("controlnet_cond_embedding.conv_in.{wb}"),
+                Ok(k) if k == last => format!("controlnet_cond_embedding.conv_out.{wb}"),
+                Ok(k) if k % 2 == 0 => format!("controlnet_cond_embedding.blocks.{}.{wb}", k / 2 - 1),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        m.insert(key, Mapped::plain(*n));
+    }
+    Ok(m)
 }
