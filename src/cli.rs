@@ -63,8 +63,8 @@ pub enum Command {
         /// files are numbered NAME-0001.png, ... when more than one.
         #[arg(long, default_value_t = 1)]
         batch_count: usize,
-        /// A ControlNet: a diffusers folder (config.json + diffusion_pytorch_model.safetensors)
-        /// or an A1111 .safetensors (`control_model.*`), for the same base model family.
+        /// A ControlNet: a diffusers folder (config.json + diffusion_pytorch_model.safetensors),
+        /// an A1111 .safetensors (`control_model.*`) or a hub id, for the same base model family.
         #[arg(long)]
         controlnet: Option<std::path::PathBuf>,
         /// The ControlNet's hint (PNG or JPEG, e.g. an edge or depth map), resized to the output size.
@@ -185,10 +185,7 @@ pub fn main() -> anyhow::Result<()> {
             eprintln!("adapter: {}", ctx.describe());
             let mut sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
             if let Some(cn) = controlnet {
-                if !cn.exists() {
-                    anyhow::bail!("ControlNet '{}' not found: give a diffusers ControlNet folder or an A1111 .safetensors", cn.display());
-                }
-                sd.load_controlnet(&ctx, cn)?;
+                sd.load_controlnet(&ctx, &resolve_controlnet(cn)?)?;
             }
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
@@ -304,6 +301,26 @@ fn resolve_model(model: &str) -> anyhow::Result<std::path::PathBuf> {
         root = local.ancestors().nth(depth).map(|p| p.to_path_buf());
     }
     root.ok_or_else(|| anyhow::anyhow!("empty download for {model}"))
+}
+
+/// A local ControlNet folder or file, or a hub id (`org/name`: its `config.json` and
+/// `diffusion_pytorch_model.safetensors`, downloaded into the hf-hub cache).
+fn resolve_controlnet(cn: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let s = cn.to_string_lossy();
+    if cn.exists() {
+        return Ok(cn.to_path_buf());
+    }
+    if s.ends_with(".safetensors") || s.starts_with('.') || s.starts_with('/') || s.split('/').count() != 2 {
+        anyhow::bail!("ControlNet '{s}' not found: give a diffusers ControlNet folder, an A1111 .safetensors or a hub id like lllyasviel/sd-controlnet-canny");
+    }
+    let repo = hf_hub::api::sync::Api::new()?.model(s.to_string());
+    let mut dir = None;
+    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        eprintln!("fetching {s}/{file}");
+        let local = repo.get(file).map_err(|e| anyhow::anyhow!("downloading {file} from {s}: {e}"))?;
+        dir = local.parent().map(|p| p.to_path_buf());
+    }
+    dir.ok_or_else(|| anyhow::anyhow!("empty download for {s}"))
 }
 
 /// `out.png` -> `out-0001.png` for the n-th image of a batch.

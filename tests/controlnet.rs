@@ -225,4 +225,7 @@ fn bad_controlnet_input_is_named() {
     let missing = fixtures().join("no-such.png");
     let e = fail(&[&base[..], &["--controlnet".as_ref(), cn.as_os_str(), "--control-image".as_ref(), missing.as_os_str()]].concat());
     assert!(e.contains("no-such.png"), "{e}");
+    let img = control_png();
+    let e = fail(&[&base[..], &["--controlnet".as_ref(), "/nonexistent/cn.safetensors".as_ref(), "--control-image".as_ref(), img.as_os_str()]].concat());
+    assert!(e.contains("/nonexistent/cn.safetensors") && e.contains("not found"), "{e}");
 }
