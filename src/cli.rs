@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// `Generate` carries every flag; it is built once per run, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// txt2img: write a PNG that carries the generation parameters (A1111's `parameters`).
@@ -79,6 +81,14 @@ pub enum Command {
         /// Fraction of the steps after which it stops.
         #[arg(long, default_value_t = 1.0)]
         control_end: f32,
+        /// Turn --control-image into the hint first: `canny` makes an edge map (A1111's canny
+        /// preprocessor; thresholds --canny-low/--canny-high).
+        #[arg(long, value_enum, default_value = "none")]
+        control_preprocess: Preprocess,
+        #[arg(long, default_value_t = 100.0)]
+        canny_low: f32,
+        #[arg(long, default_value_t = 200.0)]
+        canny_high: f32,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
     Adapters,
@@ -102,6 +112,14 @@ pub enum Command {
         #[arg(long)]
         model: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum Preprocess {
+    /// The image is the hint already.
+    None,
+    /// Canny edge map, white edges on black.
+    Canny,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -156,6 +174,9 @@ pub fn main() -> anyhow::Result<()> {
             control_scale,
             control_start,
             control_end,
+            control_preprocess,
+            canny_low,
+            canny_high,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
@@ -172,7 +193,11 @@ pub fn main() -> anyhow::Result<()> {
             });
             let control = match (controlnet, control_image) {
                 (Some(_), Some(img)) => {
-                    let mut c = crate::pipeline::ControlOptions::new(read_control_image(img, *width, *height)?);
+                    let mut image = read_control_image(img, *width, *height)?;
+                    if *control_preprocess == Preprocess::Canny {
+                        image = canny_map(&image, *canny_low, *canny_high)?;
+                    }
+                    let mut c = crate::pipeline::ControlOptions::new(image);
                     (c.scale, c.guidance_start, c.guidance_end) = (*control_scale, *control_start, *control_end);
                     Some(c)
                 }
@@ -217,7 +242,11 @@ pub fn main() -> anyhow::Result<()> {
                 let mut params = crate::pipeline::a1111_parameters(&opts, &sd.name);
                 if let (Some(c), Some(cn)) = (&opts.control, controlnet) {
                     let name = cn.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                    params.push_str(&crate::pipeline::controlnet::a1111_parameters(c, &name, "none"));
+                    let module = match control_preprocess {
+                        Preprocess::None => "none",
+                        Preprocess::Canny => "canny",
+                    };
+                    params.push_str(&crate::pipeline::controlnet::a1111_parameters(c, &name, module));
                 }
                 write_png(&path, &image, &params)?;
                 println!("wrote {}", path.display());
@@ -362,4 +391,20 @@ fn read_control_image(path: &std::path::Path, width: usize, height: usize) -> an
         image::imageops::resize(&img, width as u32, height as u32, image::imageops::FilterType::Lanczos3)
     };
     Ok(crate::pipeline::ControlImage { width, height, rgb: img.into_raw() })
+}
+
+/// The canny preprocessor: the image to grey, `imageproc`'s Canny (Gaussian blur σ 1.4, Sobel
+/// gradient magnitude, non-maximum suppression, hysteresis between `low` and `high`), edges white
+/// on black in all three channels. A1111 runs OpenCV's Canny (no blur, |dx|+|dy|) with the same
+/// default thresholds 100/200: edges land in the same places, weak ones may differ.
+pub fn canny_map(img: &crate::pipeline::ControlImage, low: f32, high: f32) -> anyhow::Result<crate::pipeline::ControlImage> {
+    if !(low >= 0.0 && low <= high) {
+        anyhow::bail!("canny thresholds: need 0 <= --canny-low ({low}) <= --canny-high ({high})");
+    }
+    let rgb = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.clone())
+        .ok_or_else(|| anyhow::anyhow!("control image: {} bytes for {}x{} RGB", img.rgb.len(), img.width, img.height))?;
+    let grey = image::DynamicImage::ImageRgb8(rgb).to_luma8();
+    let edges = imageproc::edges::canny(&grey, low, high);
+    let rgb = edges.pixels().flat_map(|p| [p.0[0]; 3]).collect();
+    Ok(crate::pipeline::ControlImage { width: img.width, height: img.height, rgb })
 }

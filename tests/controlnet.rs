@@ -228,4 +228,38 @@ fn bad_controlnet_input_is_named() {
     let img = control_png();
     let e = fail(&[&base[..], &["--controlnet".as_ref(), "/nonexistent/cn.safetensors".as_ref(), "--control-image".as_ref(), img.as_os_str()]].concat());
     assert!(e.contains("/nonexistent/cn.safetensors") && e.contains("not found"), "{e}");
+    let e = fail(&[&base[..], &["--controlnet".as_ref(), cn.as_os_str(), "--control-image".as_ref(), img.as_os_str(), "--control-preprocess=canny".as_ref(), "--canny-low=300".as_ref()]].concat());
+    assert!(e.contains("--canny-low (300)"), "{e}");
+}
+
+/// `--control-preprocess canny`: on a white square on black, edges (255 in all channels) lie on
+/// the square's outline, all four sides, and nowhere else; bad thresholds are an error.
+#[test]
+fn canny_preprocessor_outlines_a_square() {
+    let (w, h) = (64usize, 48usize);
+    let inside = |x: usize, y: usize| (20..44).contains(&x) && (12..36).contains(&y);
+    let rgb: Vec<u8> = (0..w * h).flat_map(|i| [if inside(i % w, i / w) { 255 } else { 0 }; 3]).collect();
+    let img = ControlImage { width: w, height: h, rgb };
+    let edges = pigment::cli::canny_map(&img, 100.0, 200.0).unwrap();
+    assert_eq!((edges.width, edges.height, edges.rgb.len()), (w, h, w * h * 3));
+    let mut sides = [false; 4];
+    for y in 0..h {
+        for x in 0..w {
+            let p = &edges.rgb[(y * w + x) * 3..][..3];
+            assert!(p[0] == p[1] && p[1] == p[2] && (p[0] == 0 || p[0] == 255), "({x}, {y}): {p:?}");
+            if p[0] == 255 {
+                // Within 2 px of the outline (the boundary runs between pixels 19|20, 43|44, ...).
+                let near = |v: usize, a: usize, b: usize| v + 2 >= a && v <= a + 1 || v + 2 >= b && v <= b + 1;
+                let on_v = near(x, 20, 44) && (10..38).contains(&y);
+                let on_h = near(y, 12, 36) && (18..46).contains(&x);
+                assert!(on_v || on_h, "edge at ({x}, {y}) away from the square's outline");
+                sides[0] |= x < 22 && on_v;
+                sides[1] |= x > 40 && on_v;
+                sides[2] |= y < 14 && on_h;
+                sides[3] |= y > 32 && on_h;
+            }
+        }
+    }
+    assert_eq!(sides, [true; 4], "every side of the square has edges");
+    assert!(pigment::cli::canny_map(&img, 200.0, 100.0).unwrap_err().to_string().contains("--canny-low"));
 }
