@@ -265,24 +265,36 @@ impl ControlNetModel {
         controlnet_cond: &Tensor,
         conditioning_scale: f32,
     ) -> Result<ControlNetOutput> {
+        let hint = self.cond_embedding(ctx, controlnet_cond)?;
+        self.forward_embedded(ctx, sample, timesteps, encoder_hidden_states, &hint, conditioning_scale)
+    }
+
+    /// [`Self::forward`] with the hint already through [`Self::cond_embedding`] (it does not
+    /// change between steps: the pipeline embeds it once).
+    pub fn forward_embedded(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        hint: &Tensor,
+        conditioning_scale: f32,
+    ) -> Result<ControlNetOutput> {
         let cfg = &self.config.unet;
         let ts = unet::check_inputs(cfg, "controlnet", sample, timesteps, encoder_hidden_states)?;
         let (_, emb_act) = unet::time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, None)?;
-
-        let hint = self.cond_embedding(ctx, controlnet_cond)?;
         let s = sample.shape();
         if hint.shape() != [s[0], cfg.block_out_channels[0], s[2], s[3]] {
             return Err(Error::Shape {
                 op: "controlnet",
                 detail: format!(
-                    "control image {:?} embeds to {:?}, which does not fit the latent {s:?}: give the image at 8x the latent size",
-                    controlnet_cond.shape(),
+                    "the control image embeds to {:?}, which does not fit the latent {s:?}: give the image at 8x the latent size",
                     hint.shape()
                 ),
             });
         }
         // sample = conv_in(sample) + controlnet_cond_embedding(cond), the sum fused into the conv.
-        let x = self.conv_in.forward_residual(ctx, sample, &hint)?;
+        let x = self.conv_in.forward_residual(ctx, sample, hint)?;
         let mut skips = vec![x.clone()];
         let x = unet::down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, &mut skips, None)?;
         let x = unet::mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states)?;

@@ -64,7 +64,8 @@ impl StableDiffusion {
 pub(super) struct Control<'a> {
     model: &'a ControlNetModel,
     opts: &'a ControlOptions,
-    cond: Tensor,
+    /// The hint through `controlnet_cond_embedding`, batch [uncond, cond].
+    hint: Tensor,
 }
 
 /// `None` when the options ask for no control (a loaded ControlNet then sits idle).
@@ -85,7 +86,8 @@ pub(super) fn prepare<'a>(ctx: &Context, sd: &'a StableDiffusion, o: &'a Generat
         return Err(Error::Unsupported(format!("control guidance start {s} / end {e}: need 0 <= start < end <= 1")));
     }
     let cond = model.prepare_cond(ctx, &img.rgb, img.width, img.height, 2)?;
-    Ok(Some(Control { model, opts, cond }))
+    let hint = model.cond_embedding(ctx, &cond)?;
+    Ok(Some(Control { model, opts, hint }))
 }
 
 impl Control<'_> {
@@ -97,7 +99,7 @@ impl Control<'_> {
         if !keep || self.opts.scale == 0.0 {
             return Ok(None);
         }
-        self.model.forward(ctx, sample, &[t], text, &self.cond, self.opts.scale).map(Some)
+        self.model.forward_embedded(ctx, sample, &[t], text, &self.hint, self.opts.scale).map(Some)
     }
 }
 
