@@ -48,10 +48,15 @@ pub enum Command {
         /// Classifier-free guidance scale.
         #[arg(long, default_value_t = 7.5)]
         cfg: f32,
-        /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m.
+        /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc, lcm
+        /// (LCM-distilled models only), ddpm.
         #[arg(long, default_value = "euler-a")]
         sampler: String,
-        /// Karras sigmas (lms, euler, heun, dpmpp-2m).
+        /// Sigma schedule (A1111's "Schedule type"): normal, karras or exponential; karras and
+        /// exponential work with lms, euler, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc.
+        #[arg(long, default_value = "normal")]
+        scheduler: String,
+        /// Same as `--scheduler karras`.
         #[arg(long)]
         karras: bool,
         /// CLIP skip as A1111 counts it (1 = last layer, 2 = penultimate).
@@ -131,6 +136,7 @@ pub fn main() -> anyhow::Result<()> {
             steps,
             cfg,
             sampler,
+            scheduler,
             karras,
             clip_skip,
             output,
@@ -143,8 +149,25 @@ pub fn main() -> anyhow::Result<()> {
             };
             crate::pipeline::check_size(*width, *height)?;
             let sampler = crate::schedulers::SamplerKind::parse(sampler)?;
-            if *karras && !sampler.supports_karras() {
-                anyhow::bail!("--karras is not available for {}; use lms, euler, heun or dpmpp-2m", sampler.name());
+            let mut schedule = crate::schedulers::SigmaSchedule::parse(scheduler)?;
+            if *karras {
+                if schedule != crate::schedulers::SigmaSchedule::Normal && schedule != crate::schedulers::SigmaSchedule::Karras {
+                    anyhow::bail!("--karras contradicts --scheduler {}", schedule.name());
+                }
+                schedule = crate::schedulers::SigmaSchedule::Karras;
+            }
+            if !sampler.supports_schedule(schedule) {
+                let with: Vec<&str> = crate::schedulers::SamplerKind::ALL
+                    .iter()
+                    .filter(|k| k.supports_schedule(schedule))
+                    .map(|k| k.name())
+                    .collect();
+                anyhow::bail!(
+                    "--scheduler {} is not available for {} (it has a fixed schedule); use {}",
+                    schedule.name(),
+                    sampler.name(),
+                    with.join(", ")
+                );
             }
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)
@@ -162,7 +185,7 @@ pub fn main() -> anyhow::Result<()> {
                 steps: *steps,
                 guidance: *cfg,
                 sampler,
-                karras: *karras,
+                schedule,
                 clip_skip: (*clip_skip).max(1),
             };
             for n in 0..(*batch_count).max(1) {

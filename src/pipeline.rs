@@ -10,7 +10,7 @@ use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::prompt;
 use crate::rng::TorchRng;
-use crate::schedulers::{self, SamplerKind, SchedulerConfig};
+use crate::schedulers::{self, SamplerKind, SchedulerConfig, SigmaSchedule};
 use crate::tokenizer::{ClipTokenizer, PadToken};
 use crate::weights::{self, OpenOptions, TextEncoderKind, Weights};
 use crate::{DType, Error, Result, Tensor};
@@ -27,7 +27,8 @@ pub struct GenerateOptions {
     pub steps: usize,
     pub guidance: f32,
     pub sampler: SamplerKind,
-    pub karras: bool,
+    /// Sigma spacing (A1111's "Schedule type"); Karras/Exponential only where the sampler has them.
+    pub schedule: SigmaSchedule,
     /// A1111 counting: 1 = last layer, 2 = penultimate (followed by the final layer norm).
     pub clip_skip: usize,
 }
@@ -43,7 +44,7 @@ impl Default for GenerateOptions {
             steps: 20,
             guidance: 7.5,
             sampler: SamplerKind::Euler,
-            karras: false,
+            schedule: SigmaSchedule::Normal,
             clip_skip: 1,
         }
     }
@@ -147,7 +148,7 @@ impl StableDiffusion {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
         let text = self.encode(ctx, o).await?;
-        let mut sched = schedulers::build(o.sampler, o.karras, &self.scheduler_config, o.steps)?;
+        let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
         let latent_shape = [1, self.unet.in_channels(), h, w];
         let n: usize = latent_shape.iter().product();
@@ -175,16 +176,19 @@ impl StableDiffusion {
     }
 }
 
-/// A1111's `parameters` text, as its PNG info tab shows and parses it.
+/// A1111's `parameters` text, as its PNG info tab shows and parses it. Current A1111 style:
+/// `Sampler: DPM++ 2M, Schedule type: Karras`; the schedule type is written for every sampler
+/// that has a choice (so A1111's "Automatic", which is Karras for DPM++, does not replace an
+/// explicit Normal) and left out for those that have none (DDIM, PLMS, Euler a, LCM, DDPM).
 pub fn a1111_parameters(o: &GenerateOptions, model: &str) -> String {
     let mut s = o.prompt.clone();
     if !o.negative_prompt.is_empty() {
         s.push_str(&format!("\nNegative prompt: {}", o.negative_prompt));
     }
-    let sampler = match (o.sampler, o.karras) {
-        (k, true) => format!("{} Karras", k.a1111_name()),
-        (k, false) => k.a1111_name().to_string(),
-    };
+    let mut sampler = o.sampler.a1111_name().to_string();
+    if o.sampler.supports_karras() {
+        sampler.push_str(&format!(", Schedule type: {}", o.schedule.a1111_name()));
+    }
     s.push_str(&format!(
         "\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}",
         o.steps, o.guidance, o.seed, o.width, o.height

@@ -7,7 +7,7 @@
 
 use super::{
     check_len, discrete_sigma_schedule, scale_by_sigma, sigma_init_noise, sigma_pred_x0, PredictionType, Scheduler,
-    SchedulerConfig,
+    SchedulerConfig, SigmaSchedule,
 };
 use crate::rng::TorchRng;
 use crate::Result;
@@ -27,8 +27,8 @@ pub struct Lms {
 }
 
 impl Lms {
-    pub fn new(c: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
-        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, karras, false)?;
+    pub fn new(c: &SchedulerConfig, steps: usize, schedule: SigmaSchedule) -> Result<Self> {
+        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, schedule, false)?;
         let init_sigma = sigma_init_noise(&sigmas, spacing);
         Ok(Lms {
             timesteps,
