@@ -36,6 +36,13 @@ impl Ddpm {
     }
 }
 
+impl Ddpm {
+    /// ᾱ over the training timesteps (what `add_noise` needs: `√ᾱ_t·x0 + √(1−ᾱ_t)·ε`).
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        &self.alphas_cumprod
+    }
+}
+
 impl Scheduler for Ddpm {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps

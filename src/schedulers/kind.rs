@@ -43,7 +43,7 @@ impl SamplerKind {
     /// `pndm`/`plms`, `euler-a`, `dpmpp-2m`/`dpm++2m`, `dpmpp-2m-sde`/`dpm++2m-sde`,
     /// `dpmpp-sde`/`dpm++sde`, `unipc`, `lcm`, `ddpm`.
     pub fn parse(s: &str) -> Result<Self> {
-        let k = s.trim().to_ascii_lowercase().replace('_', "-").replace(' ', "-");
+        let k = s.trim().to_ascii_lowercase().replace(['_', ' '], "-");
         Ok(match k.as_str() {
             "ddim" => SamplerKind::Ddim,
             "pndm" | "plms" => SamplerKind::Pndm,

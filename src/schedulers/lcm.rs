@@ -3,6 +3,9 @@
 //! condition scalings `c_skip`, `c_out`, then re-noises it to the next timestep with fresh noise
 //! from the generator (not after the last step).
 //!
+//! With `timestep_scaling` 10, `c_skip ≈ 0` and `c_out ≈ 1` for all but the smallest timesteps,
+//! so "denoised" is essentially the x0 prediction.
+//!
 //! Only LCM-distilled models (or an LCM LoRA) give good images with it, typically with 2–8 steps
 //! and low guidance; with an ordinary SD checkpoint it runs but makes poor images.
 
@@ -49,6 +52,13 @@ impl Lcm {
             clip: if c.clip_sample.unwrap_or(false) { Some(c.clip_sample_range as f32) } else { None },
             steps,
         })
+    }
+}
+
+impl Lcm {
+    /// ᾱ over the training timesteps (what `add_noise` needs: `√ᾱ_t·x0 + √(1−ᾱ_t)·ε`).
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        &self.alphas_cumprod
     }
 }
 
