@@ -425,6 +425,10 @@ fn dpmpp_sde_brownian_noise_statistics() {
     let corr = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb)).sum::<f64>() / (n as f64 * sa * sb);
     let (s0, s1) = (sig[0] as f64, sig[1] as f64);
     let mid = (s0 * s1).sqrt();
+    // unit-variance noise times σ_up = √(σ_to²(σ_from² − σ_to²)/σ_from²)
+    let up = |from: f64, to: f64| (to * to * (from * from - to * to) / (from * from)).sqrt().min(to);
+    assert!((sa / up(s0, mid) - 1.0).abs() < 0.03, "std {sa} vs {}", up(s0, mid));
+    assert!((sb / up(s0, s1) - 1.0).abs() < 0.03, "std {sb} vs {}", up(s0, s1));
     let want = ((s0 - mid) / (s0 - s1)).sqrt();
     assert!((corr - want).abs() < 0.03, "corr {corr} vs {want}");
 }
