@@ -47,6 +47,7 @@ fn options(sampler: SamplerKind, karras: bool) -> GenerateOptions {
         sampler,
         karras,
         clip_skip: 1,
+        ..Default::default()
     }
 }
 
