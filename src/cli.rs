@@ -162,6 +162,12 @@ pub fn main() -> anyhow::Result<()> {
             };
             let init_image = init_image.as_deref().map(read_png_rgb).transpose()?;
             let mask = mask.as_deref().map(read_png_rgb).transpose()?;
+            if init_image.is_none() && strength.is_some() {
+                anyhow::bail!("--strength needs --init-image (the image to start from)");
+            }
+            if mask.is_none() && *mask_blur > 0 {
+                anyhow::bail!("--mask-blur needs --mask");
+            }
             if mask.is_some() && init_image.is_none() {
                 anyhow::bail!("--mask needs --init-image (the image to inpaint)");
             }

@@ -194,6 +194,8 @@ fn bad_img2img_input_is_rejected_clearly() {
     assert!(e.contains("/nonexistent/init.png"), "{e}");
     let e = cli(&["generate", "--model", model, "a cat", "--init-image", model]);
     assert!(e.contains(model), "{e}");
+    let e = cli(&["generate", "--model", model, "a cat", "--strength", "0.5"]);
+    assert!(e.contains("--strength needs --init-image"), "{e}");
     let init = golden_dir().join("init.png");
     let e = cli(&["generate", "--model", model, "a cat", "--init-image", init.to_str().unwrap(), "--width", "128"]);
     assert!(e.contains("64x64") && e.contains("128x64"), "{e}");
