@@ -39,10 +39,12 @@ pub enum Command {
         /// Random seed (a random one is chosen and printed when absent).
         #[arg(long)]
         seed: Option<u64>,
-        #[arg(long, default_value_t = 512)]
-        width: usize,
-        #[arg(long, default_value_t = 512)]
-        height: usize,
+        /// Output width (default 512, or the init image's width).
+        #[arg(long)]
+        width: Option<usize>,
+        /// Output height (default 512, or the init image's height).
+        #[arg(long)]
+        height: Option<usize>,
         #[arg(long, default_value_t = 20)]
         steps: usize,
         /// Classifier-free guidance scale.
@@ -68,6 +70,19 @@ pub enum Command {
         /// files are numbered NAME-0001.png, ... when more than one.
         #[arg(long, default_value_t = 1)]
         batch_count: usize,
+        /// img2img: start from this PNG (its size must equal the output size).
+        #[arg(long, value_name = "FILE")]
+        init_image: Option<std::path::PathBuf>,
+        /// Inpainting: PNG mask, white = repaint, black = keep (needs --init-image).
+        #[arg(long, value_name = "FILE")]
+        mask: Option<std::path::PathBuf>,
+        /// Denoising strength in (0, 1]: the share of the steps run from the noised init image
+        /// (default 0.8 for img2img, 1.0 with --mask, as diffusers' pipelines).
+        #[arg(long)]
+        strength: Option<f32>,
+        /// Gaussian blur radius for the mask before it is binarised (PIL's GaussianBlur).
+        #[arg(long, default_value_t = 0)]
+        mask_blur: usize,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
     Adapters,
@@ -141,13 +156,32 @@ pub fn main() -> anyhow::Result<()> {
             clip_skip,
             output,
             batch_count,
+            init_image,
+            mask,
+            strength,
+            mask_blur,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
                 (Some(_), Some(_)) => anyhow::bail!("give the prompt once: positionally or with --prompt"),
                 (None, None) => anyhow::bail!("no prompt: `pigment generate --model M \"a photo of a cat\"`"),
             };
+            let init_image = init_image.as_deref().map(read_png_rgb).transpose()?;
+            let mask = mask.as_deref().map(read_png_rgb).transpose()?;
+            if init_image.is_none() && strength.is_some() {
+                anyhow::bail!("--strength needs --init-image (the image to start from)");
+            }
+            if mask.is_none() && *mask_blur > 0 {
+                anyhow::bail!("--mask-blur needs --mask");
+            }
+            if mask.is_some() && init_image.is_none() {
+                anyhow::bail!("--mask needs --init-image (the image to inpaint)");
+            }
+            // With an init image the size defaults to the image's.
+            let (dw, dh) = init_image.as_ref().map(|i| (i.width, i.height)).unwrap_or((512, 512));
+            let (width, height) = (&width.unwrap_or(dw), &height.unwrap_or(dh));
             crate::pipeline::check_size(*width, *height)?;
+            let strength = strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
             let sampler = crate::schedulers::SamplerKind::parse(sampler)?;
             let mut schedule = crate::schedulers::SigmaSchedule::parse(scheduler)?;
             if *karras {
@@ -187,6 +221,10 @@ pub fn main() -> anyhow::Result<()> {
                 sampler,
                 schedule,
                 clip_skip: (*clip_skip).max(1),
+                init_image,
+                mask,
+                strength,
+                mask_blur: *mask_blur,
             };
             for n in 0..(*batch_count).max(1) {
                 opts.seed = seed.wrapping_add(n as u64);
@@ -290,6 +328,27 @@ fn resolve_model(model: &str) -> anyhow::Result<std::path::PathBuf> {
 fn numbered(path: &std::path::Path, n: usize) -> std::path::PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
     path.with_file_name(format!("{stem}-{n:04}.png"))
+}
+
+/// A PNG (any colour type and bit depth) as 8-bit RGB; errors name the file.
+fn read_png_rgb(path: &std::path::Path) -> anyhow::Result<crate::pipeline::Image> {
+    let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot read image {}: {e} (give a PNG file)", path.display());
+    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
+    buf.truncate(info.buffer_size());
+    // Alpha is dropped, as PIL's convert("RGB") does.
+    let rgb: Vec<u8> = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => buf.iter().flat_map(|&v| [v, v, v]).collect(),
+        png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::Indexed => return Err(bad(&"unexpanded palette")),
+    };
+    Ok(crate::pipeline::Image { width: info.width as usize, height: info.height as usize, rgb })
 }
 
 /// PNG with A1111's `parameters` tEXt chunk, so its PNG-info tab (and ComfyUI) reads the settings.

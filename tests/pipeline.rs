@@ -47,6 +47,7 @@ fn options(sampler: SamplerKind, schedule: SigmaSchedule) -> GenerateOptions {
         sampler,
         schedule,
         clip_skip: 1,
+        ..Default::default()
     }
 }
 

@@ -228,6 +228,12 @@ impl Scheduler for DpmPlusPlus2M {
     fn num_inference_steps(&self) -> usize {
         self.steps
     }
+    /// VP form: `α_t·x + σ_t·n` with `(α_t, σ_t)` of `sigmas[step]`.
+    fn add_noise(&self, original: &[f32], noise: &[f32], step: usize) -> Result<Vec<f32>> {
+        check_len("dpmpp-2m add_noise", original, noise);
+        let (a, s) = alpha_sigma(self.sigmas[step]);
+        Ok(original.iter().zip(noise).map(|(&x, &n)| a * x + s * n).collect())
+    }
     fn reset(&mut self) {
         self.model_outputs = [None, None];
         self.lower_order_nums = 0;

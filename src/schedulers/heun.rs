@@ -95,6 +95,9 @@ impl Scheduler for Heun {
     fn num_inference_steps(&self) -> usize {
         self.steps
     }
+    fn order(&self) -> usize {
+        2
+    }
     fn reset(&mut self) {
         self.saved = None;
     }

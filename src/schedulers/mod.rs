@@ -62,6 +62,50 @@ pub trait Scheduler: Send {
     fn num_inference_steps(&self) -> usize;
     /// Forgets multistep history so the same schedule can be run again.
     fn reset(&mut self);
+
+    // --- Starting part-way (img2img, inpainting). Provided methods: override where the
+    // diffusers class differs. A run that starts at evaluation `b` calls `step(_, b, …)`,
+    // `step(_, b + 1, …)`, … on a fresh scheduler (diffusers' `set_begin_index(b)`).
+
+    /// diffusers' `scheduler.order`: evaluations per user step (Heun 2). img2img starts at
+    /// evaluation `t_start · order`.
+    fn order(&self) -> usize {
+        1
+    }
+    /// `alphas_cumprod` (training schedule) for DDPM-style `add_noise`; `None` for sigma samplers.
+    fn alphas_cumprod(&self) -> Option<&[f32]> {
+        None
+    }
+    /// diffusers' `scheduler.add_noise(original, noise, t)` for the timestep of evaluation
+    /// `step` (with a begin index set, diffusers' sigma samplers use `sigmas[step_index]`).
+    /// Default: `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·n` when [`Scheduler::alphas_cumprod`] is given
+    /// (DDIM, PNDM, DDPM, LCM), else `x + σ·n` from [`Scheduler::sigmas`] (Euler, LMS, Heun,
+    /// DPM++ SDE). Schedulers whose latents live in VP form (DPM++ 2M, UniPC: `α_t·x + σ_t·n`)
+    /// override it.
+    fn add_noise(&self, original: &[f32], noise: &[f32], step: usize) -> Result<Vec<f32>> {
+        check_len("add_noise", original, noise);
+        if let Some(ac) = self.alphas_cumprod() {
+            let a = ac[self.timesteps()[step] as usize];
+            let (sa, sb) = (a.sqrt(), (1.0f32 - a).sqrt());
+            return Ok(original.iter().zip(noise).map(|(&x, &n)| sa * x + sb * n).collect());
+        }
+        if let Some(s) = self.sigmas() {
+            let sigma = s[step];
+            return Ok(original.iter().zip(noise).map(|(&x, &n)| x + n * sigma).collect());
+        }
+        Err(Error::Unsupported("this sampler cannot start from an image (no add_noise)".into()))
+    }
+}
+
+/// diffusers' img2img `get_timesteps`: with `steps` user steps and `strength` in (0, 1],
+/// `init = min(int(steps · strength), steps)`, `t_start = steps − init`; returns the first
+/// evaluation index `t_start · order`, or `None` when no step is left (`init = 0`, which
+/// diffusers rejects too). `strength` is read back as the shortest decimal that gives the f32
+/// (what the user typed) so that e.g. 0.7 · 10 is 7, as in Python's float64.
+pub fn begin_index(steps: usize, strength: f32, order: usize) -> Option<usize> {
+    let s: f64 = format!("{strength}").parse().unwrap_or(strength as f64);
+    let init = ((steps as f64 * s) as usize).min(steps);
+    (init > 0).then(|| (steps - init) * order)
 }
 
 /// Classifier-free guidance: `uncond + g · (cond − uncond)`, elementwise in f32 exactly as
