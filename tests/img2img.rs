@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use pigment::pipeline::{GenerateOptions, Image, StableDiffusion};
 use pigment::rng::TorchRng;
-use pigment::schedulers::{self, SamplerKind};
+use pigment::schedulers::{self, SamplerKind, SigmaSchedule};
 use std::path::Path;
 
 fn read_png(path: &Path) -> Image {
@@ -81,7 +81,7 @@ fn check_image(sd: &StableDiffusion, o: &GenerateOptions, golden: &str) {
 #[test]
 fn img2img_matches_diffusers_png() {
     let sd = StableDiffusion::load(ctx(), &fixtures().join("sd15-tiny"), false).unwrap();
-    for s in ["ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m"] {
+    for s in ["ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m", "unipc", "dpmpp_2m_sde", "lcm", "ddpm"] {
         check_image(&sd, &options(s, 0.6, false), &format!("img2img_{s}"));
     }
 }
@@ -121,9 +121,13 @@ fn start_latents_match_diffusers() {
         ("euler_a", 0.6, "img2img_euler_a"),
         ("heun", 0.6, "img2img_heun"),
         ("dpmpp_2m", 0.6, "img2img_dpmpp_2m"),
+        ("unipc", 0.6, "img2img_unipc"),
+        ("dpmpp_2m_sde", 0.6, "img2img_dpmpp_2m_sde"),
+        ("lcm", 0.6, "img2img_lcm"),
+        ("ddpm", 0.6, "img2img_ddpm"),
         ("heun", 0.75, "inpaint4_heun"),
     ] {
-        let sched = schedulers::build(kind(s), false, &sd.scheduler_config, 5).unwrap();
+        let sched = schedulers::build(kind(s), SigmaSchedule::Normal, &sd.scheduler_config, 5).unwrap();
         let begin = schedulers::begin_index(5, strength, sched.order()).unwrap();
         let mut rng = TorchRng::new(42);
         let eps = rng.randn(mean.len());

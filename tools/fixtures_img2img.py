@@ -30,13 +30,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_fixtures as mf  # noqa: E402
 from diffusers import (  # noqa: E402
     DDIMScheduler,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
+    LCMScheduler,
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
+    UniPCMultistepScheduler,
     StableDiffusionInpaintPipeline,
     UNet2DConditionModel,
 )
@@ -52,6 +55,14 @@ SCHEDS = {
     "euler_a": EulerAncestralDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
+}
+# The samplers added after img2img (tools/fixtures_samplers.py): start latents and images. DPM++ SDE
+# is left out: its Brownian noise is not diffusers' (see src/schedulers/dpm_sde.rs).
+EXTRA_SCHEDS = {
+    "unipc": UniPCMultistepScheduler,
+    "dpmpp_2m_sde": functools.partial(DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++"),
+    "lcm": LCMScheduler,
+    "ddpm": DDPMScheduler,
 }
 
 
@@ -90,7 +101,11 @@ def make_inpaint_unet(folder):
 
 
 def run(pipe, name, sched_name, **kw):
-    sched = SCHEDS[sched_name].from_config(pipe.scheduler.config)
+    cls = {**SCHEDS, **EXTRA_SCHEDS}[sched_name]
+    if isinstance(cls, functools.partial):
+        sched = cls.func.from_config(pipe.scheduler.config, **cls.keywords)
+    else:
+        sched = cls.from_config(pipe.scheduler.config)
     pipe.scheduler = sched
     rec = dict(latents=[], t=[])
     orig_step = sched.step
@@ -158,6 +173,8 @@ def main():
     i2i.set_progress_bar_config(disable=True)
     imgs = {}
     for s in SCHEDS:
+        imgs[s] = run(i2i, f"img2img_{s}", s, image=init, strength=0.6)
+    for s in EXTRA_SCHEDS:
         imgs[s] = run(i2i, f"img2img_{s}", s, image=init, strength=0.6)
     inp4 = StableDiffusionInpaintPipeline.from_pretrained(sd15, torch_dtype=torch.float32, safety_checker=None)
     inp4.set_progress_bar_config(disable=True)

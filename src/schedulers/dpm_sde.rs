@@ -146,6 +146,10 @@ impl Scheduler for DpmPlusPlusSde {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
+    /// Two evaluations per step (diffusers' `order = 2`): img2img starts at `t_start · 2`.
+    fn order(&self) -> usize {
+        2
+    }
     fn init_noise_sigma(&self) -> f32 {
         self.init_sigma
     }

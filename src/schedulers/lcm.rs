@@ -66,6 +66,10 @@ impl Scheduler for Lcm {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
+    /// img2img noises with `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·n` (the trait's default).
+    fn alphas_cumprod(&self) -> Option<&[f32]> {
+        Some(Lcm::alphas_cumprod(self))
+    }
     fn init_noise_sigma(&self) -> f32 {
         1.0
     }

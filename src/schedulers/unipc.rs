@@ -189,6 +189,12 @@ impl Scheduler for UniPc {
     fn sigmas(&self) -> Option<&[f32]> {
         Some(&self.sigmas)
     }
+    /// VP form, as DPM++ 2M: `α_t·x + σ_t·n` with `(α_t, σ_t)` of `sigmas[step]`.
+    fn add_noise(&self, original: &[f32], noise: &[f32], step: usize) -> Result<Vec<f32>> {
+        check_len("unipc add_noise", original, noise);
+        let (a, s) = alpha_sigma(self.sigmas[step]);
+        Ok(original.iter().zip(noise).map(|(&x, &n)| a * x + s * n).collect())
+    }
     fn num_inference_steps(&self) -> usize {
         self.steps
     }
