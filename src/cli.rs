@@ -63,6 +63,13 @@ pub enum Command {
         /// files are numbered NAME-0001.png, ... when more than one.
         #[arg(long, default_value_t = 1)]
         batch_count: usize,
+        /// A LoRA to merge, kohya/A1111 or diffusers/PEFT `.safetensors`, with an optional
+        /// multiplier (default 1); repeat for several.
+        #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+        loras: Vec<String>,
+        /// Folder of LoRAs for A1111 prompt tags `<lora:NAME:SCALE>` (NAME = file stem).
+        #[arg(long, value_name = "DIR")]
+        lora_dir: Option<std::path::PathBuf>,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
     Adapters,
@@ -135,6 +142,8 @@ pub fn main() -> anyhow::Result<()> {
             clip_skip,
             output,
             batch_count,
+            loras,
+            lora_dir,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
@@ -152,7 +161,10 @@ pub fn main() -> anyhow::Result<()> {
             let path = resolve_model(model)?;
             let ctx = open(&cli)?;
             eprintln!("adapter: {}", ctx.describe());
-            let sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            let mut sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            for w in sd.set_loras(&ctx, &crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?)? {
+                eprintln!("warning: {w}");
+            }
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
                 negative_prompt: negative_prompt.clone(),
