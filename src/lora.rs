@@ -35,8 +35,8 @@ use crate::error::Result;
 use crate::gpu::Context;
 use crate::models::unet::UNet2DConditionModel;
 use crate::pipeline::StableDiffusion;
-use crate::weights::{Component, SafetensorsFile, TensorView, WeightsError};
-use std::collections::HashMap;
+use crate::weights::{Component, Override, SafetensorsFile, TensorView, WeightsError};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -228,27 +228,35 @@ impl<'a> Table<'a> {
     }
 }
 
-/// `w [out, …] += s · up [out, r, (1, 1)] @ down [r, …]`, after checking the shapes fit.
-fn add_delta(w: &mut [f32], target: &str, wshape: &[usize], down: &TensorView, up: &TensorView, s: f32) -> Result<()> {
-    let out = wshape.first().copied().unwrap_or(0);
-    let inner = if out == 0 { 0 } else { w.len() / out };
-    let r = down.shape.first().copied().unwrap_or(0);
-    let fits = down.shape.len() >= 2
-        && up.shape.len() >= 2
-        && up.shape[0] == out
-        && up.shape[1] == r
-        && up.shape[2..].iter().all(|&d| d == 1)
-        && down.numel() == r * inner;
+/// Error unless `up [out, r, (1, 1)] @ down [r, …]` has the target's shape `[out, …]`.
+fn check_fit(path: &str, down: (&str, &[usize]), up: (&str, &[usize]), target: &str, wshape: &[usize]) -> Result<()> {
+    let (out, numel) = (wshape.first().copied().unwrap_or(0), wshape.iter().product::<usize>());
+    let r = down.1.first().copied().unwrap_or(0);
+    let fits = r > 0
+        && out > 0
+        && down.1.len() >= 2
+        && up.1.len() >= 2
+        && up.1[0] == out
+        && up.1[1] == r
+        && up.1[2..].iter().all(|&d| d == 1)
+        && down.1.iter().product::<usize>() * out == r * numel;
     if !fits {
         return Err(err(
-            down.path,
+            path,
             format!(
                 "LoRA tensors '{}' {:?} and '{}' {:?} do not fit the model's '{target}' {wshape:?} (a LoRA for another model architecture?)",
-                down.name, down.shape, up.name, up.shape
+                down.0, down.1, up.0, up.1
             ),
         )
         .into());
     }
+    Ok(())
+}
+
+/// `w [out, inner] += s · up [out, r] @ down [r, inner]` (shapes checked by [`check_fit`]).
+fn add_delta(w: &mut [f32], down: &TensorView, up: &TensorView, s: f32) -> Result<()> {
+    let (r, out) = (down.shape[0], up.shape[0]);
+    let inner = w.len() / out;
     let (d, u) = (down.to_f32()?, up.to_f32()?);
     for o in 0..out {
         let row = &mut w[o * inner..(o + 1) * inner];
@@ -264,25 +272,53 @@ fn add_delta(w: &mut [f32], target: &str, wshape: &[usize], down: &TensorView, u
     Ok(())
 }
 
-/// Merge `uses` into copies of the text encoder's and UNet's weights (see the module docs for
-/// what is an error and what a warning). Only touched tensors are returned.
-pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Result<Merged> {
+/// One pair to merge: target weight name → (LoRA, pair, multiplier · alpha / rank).
+type Item<'a> = (&'a Lora, &'a Pair, f32);
+
+/// Every pair of every LoRA resolved to a target and checked against its shape (no tensor data
+/// read, so errors come before anything is rebuilt), grouped by part and target.
+struct Plan<'a> {
+    text_encoder: BTreeMap<String, Vec<Item<'a>>>,
+    unet: BTreeMap<String, Vec<Item<'a>>>,
+    warnings: Vec<String>,
+}
+
+fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> Result<Plan<'a>> {
     let te_table = Table::new(text_encoder);
     let unet_table = Table::new(unet);
-    let mut merged = Merged::default();
+    let mut plan = Plan { text_encoder: BTreeMap::new(), unet: BTreeMap::new(), warnings: Vec::new() };
     for u in uses {
-        let lora = &u.lora;
+        let lora: &Lora = &u.lora;
         let path = lora.path();
-        let mut matched = Vec::new();
+        let mut matched = 0;
         let mut unmatched: Vec<&str> = lora.unrecognized.iter().map(String::as_str).collect();
         for p in &lora.pairs {
-            let table = if p.part == Part::TextEncoder { &te_table } else { &unet_table };
-            match table.resolve(&p.module) {
-                Some(target) => matched.push((p, target)),
-                None => unmatched.push(&p.down),
+            let (table, comp, group, mult) = match p.part {
+                Part::TextEncoder => (&te_table, text_encoder, &mut plan.text_encoder, u.te_scale),
+                Part::Unet => (&unet_table, unet, &mut plan.unet, u.unet_scale),
+            };
+            let Some(target) = table.resolve(&p.module) else {
+                unmatched.push(&p.down);
+                continue;
+            };
+            matched += 1;
+            let shape_of = |k: &str| lora.file.info(k).map(|(_, s)| s.to_vec()).unwrap_or_default();
+            let (down, up) = (shape_of(&p.down), shape_of(&p.up));
+            check_fit(path, (&p.down, &down), (&p.up, &up), &target, &comp.shape(&target).unwrap_or_default())?;
+            let alpha = match &p.alpha {
+                Some(a) => {
+                    let v = lora.file.get(a)?.to_f32()?;
+                    let [alpha] = v[..] else { return Err(err(path, format!("'{a}' has {} values, expected one", v.len())).into()) };
+                    alpha / down[0] as f32
+                }
+                None => 1.0,
+            };
+            // A zero multiplier is still checked above (an error should not depend on it).
+            if mult != 0.0 {
+                group.entry(target).or_default().push((lora, p, mult * alpha));
             }
         }
-        if matched.is_empty() {
+        if matched == 0 {
             let sample: Vec<&&str> = unmatched.iter().take(5).collect();
             return Err(err(
                 path,
@@ -295,37 +331,38 @@ pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Re
         }
         if !unmatched.is_empty() {
             let sample: Vec<&&str> = unmatched.iter().take(5).collect();
-            merged.warnings.push(format!(
-                "{path}: {} LoRA keys match no layer of this model and are ignored ({} pairs merged), e.g. {sample:?}",
-                unmatched.len(),
-                matched.len()
+            plan.warnings.push(format!(
+                "{path}: {} LoRA keys match no layer of this model and are ignored ({matched} pairs merged), e.g. {sample:?}",
+                unmatched.len()
             ));
         }
-        for (p, target) in matched {
-            let (comp, out, mult) = match p.part {
-                Part::TextEncoder => (text_encoder, &mut merged.text_encoder, u.te_scale),
-                Part::Unet => (unet, &mut merged.unet, u.unet_scale),
-            };
-            let down = lora.file.get(&p.down)?;
-            let up = lora.file.get(&p.up)?;
-            let rank = down.shape.first().copied().unwrap_or(1).max(1);
-            let alpha = match &p.alpha {
-                Some(a) => {
-                    let v = lora.file.get(a)?.to_f32()?;
-                    let [alpha] = v[..] else { return Err(err(path, format!("'{a}' has {} values, expected one", v.len())).into()) };
-                    alpha / rank as f32
-                }
-                None => 1.0,
-            };
-            let wshape = comp.shape(&target).unwrap_or_default();
-            if !out.contains_key(&target) {
-                out.insert(target.clone(), comp.get(&target)?.to_f32()?);
-            }
-            let w = out.get_mut(&target).expect("inserted above");
-            // A zero multiplier still checks the shapes (an error should not depend on it).
-            add_delta(w, &target, &wshape, &down, &up, mult * alpha)?;
-        }
     }
+    Ok(plan)
+}
+
+/// Merge one part's planned pairs, handing each merged tensor (f32) to `sink` as it is done.
+fn merge_part(comp: &Component, group: &BTreeMap<String, Vec<Item>>, mut sink: impl FnMut(String, Vec<f32>)) -> Result<()> {
+    for (target, items) in group {
+        let mut w = comp.get(target)?.to_f32()?;
+        for (lora, p, s) in items {
+            add_delta(&mut w, &lora.file.get(&p.down)?, &lora.file.get(&p.up)?, *s)?;
+        }
+        sink(target.clone(), w);
+    }
+    Ok(())
+}
+
+/// Merge `uses` into copies of the text encoder's and UNet's weights (see the module docs for
+/// what is an error and what a warning). Only touched tensors are returned.
+pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Result<Merged> {
+    let plan = plan(text_encoder, unet, uses)?;
+    let mut merged = Merged { warnings: plan.warnings.clone(), ..Default::default() };
+    merge_part(text_encoder, &plan.text_encoder, |k, v| {
+        merged.text_encoder.insert(k, v);
+    })?;
+    merge_part(unet, &plan.unet, |k, v| {
+        merged.unet.insert(k, v);
+    })?;
     Ok(merged)
 }
 
@@ -357,20 +394,30 @@ impl StableDiffusion {
         }
         let te = self.weights.text_encoder()?.base();
         let unet = self.weights.unet()?.base();
-        let merged = merge(&te, &unet, uses)?;
+        let plan = plan(&te, &unet, uses)?;
         // Until both rebuilds succeed, the state is unknown: force a rebuild next time.
         let (te_was, unet_was) = (self.loras.te_merged, self.loras.unet_merged);
         self.loras = Applied { set: Vec::new(), te_merged: true, unet_merged: true };
-        let (te_now, unet_now) = (!merged.text_encoder.is_empty(), !merged.unet.is_empty());
+        let (te_now, unet_now) = (!plan.text_encoder.is_empty(), !plan.unet.is_empty());
+        // One part at a time, each merged tensor kept in the storage dtype (what the upload would
+        // round it to anyway), so at most one f32 copy of a tensor is alive at once.
         if te_now || te_was {
-            self.clip.reload_weights(ctx, &te.with_overrides(merged.text_encoder))?;
+            let mut o = HashMap::new();
+            merge_part(&te, &plan.text_encoder, |k, v| {
+                o.insert(k, Override::new(v, self.clip.dtype));
+            })?;
+            self.clip.reload_weights(ctx, &te.with_overrides(o))?;
         }
         if unet_now || unet_was {
+            let mut o = HashMap::new();
+            merge_part(&unet, &plan.unet, |k, v| {
+                o.insert(k, Override::new(v, self.unet.dtype));
+            })?;
             let (config, dtype) = (self.unet.config.clone(), self.unet.dtype);
-            self.unet = UNet2DConditionModel::load_with(ctx, &unet.with_overrides(merged.unet), config, dtype)?;
+            self.unet = UNet2DConditionModel::load_with(ctx, &unet.with_overrides(o), config, dtype)?;
         }
         self.loras = Applied { set, te_merged: te_now, unet_merged: unet_now };
-        Ok(merged.warnings)
+        Ok(plan.warnings)
     }
 
     /// The LoRAs currently merged.

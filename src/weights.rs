@@ -494,7 +494,27 @@ pub struct Component {
     pub text_kind: Option<TextEncoderKind>,
     /// Replacement values (f32, the base tensor's shape) by diffusers name: LoRA-merged weights
     /// ([`crate::lora`]). The file itself is never modified, so the base stays exact.
-    overrides: Option<Arc<HashMap<String, Vec<f32>>>>,
+    overrides: Option<Arc<HashMap<String, Override>>>,
+}
+
+/// A replacement tensor for [`Component::with_overrides`]: values in F32 or F16 (the storage
+/// dtype they will be uploaded in, so F16 halves the memory without changing the result).
+#[derive(Clone, Debug)]
+pub struct Override {
+    dtype: StoredDtype,
+    bytes: Vec<u8>,
+}
+
+impl Override {
+    pub fn new(values: Vec<f32>, dtype: DType) -> Override {
+        match dtype {
+            DType::F32 => Override { dtype: StoredDtype::F32, bytes: bytemuck::cast_slice(&values).to_vec() },
+            DType::F16 => Override {
+                dtype: StoredDtype::F16,
+                bytes: values.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for Component {
@@ -551,7 +571,7 @@ impl Component {
 
     /// This component with some tensors replaced (same names and shapes, f32 values): what
     /// [`crate::lora`] makes. Replaces any earlier overrides.
-    pub fn with_overrides(&self, overrides: HashMap<String, Vec<f32>>) -> Component {
+    pub fn with_overrides(&self, overrides: HashMap<String, Override>) -> Component {
         let mut c = self.clone();
         c.overrides = if overrides.is_empty() { None } else { Some(Arc::new(overrides)) };
         c
@@ -559,8 +579,16 @@ impl Component {
 
     /// This component as stored in its file (no overrides).
     pub fn base(&self) -> Component {
+        self.retain_overrides(|_| false)
+    }
+
+    /// This component keeping only the overrides whose name passes `keep`.
+    pub fn retain_overrides(&self, keep: impl Fn(&str) -> bool) -> Component {
         let mut c = self.clone();
-        c.overrides = None;
+        c.overrides = self.overrides.as_ref().and_then(|o| {
+            let kept: HashMap<String, Override> = o.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            (!kept.is_empty()).then(|| Arc::new(kept))
+        });
         c
     }
 
@@ -570,9 +598,9 @@ impl Component {
             return Ok(TensorView {
                 name: format!("{name} (LoRA-merged)"),
                 path: &self.file.path,
-                dtype: StoredDtype::F32,
-                shape: self.shape(name).unwrap_or_else(|| vec![v.len()]),
-                data: bytemuck::cast_slice(v),
+                dtype: v.dtype.clone(),
+                shape: self.shape(name).unwrap_or_else(|| vec![v.bytes.len() / v.dtype.size()]),
+                data: &v.bytes,
             });
         }
         let Some(map) = &self.map else {

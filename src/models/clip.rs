@@ -278,6 +278,8 @@ impl ClipTextModel {
     pub fn reload_weights(&mut self, ctx: &Context, c: &Component) -> Result<()> {
         let mut new = Self::load_with(ctx, c, self.config.clone(), self.dtype)?;
         new.extra_embeddings = std::mem::take(&mut self.extra_embeddings);
+        // Kept for the CPU embedding lookup only: drop the other merged tensors' memory.
+        new.weights = c.retain_overrides(|n| n == TOKEN_EMBEDDING);
         *self = new;
         Ok(())
     }
