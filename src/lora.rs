@@ -5,8 +5,9 @@
 //! * kohya / A1111: `lora_unet_<module with . as _>` and `lora_te_<module>`, each with
 //!   `.lora_down.weight`, `.lora_up.weight` and an optional `.alpha` (scale alpha/rank; 1 without
 //!   it). LoCon conv layers: `lora_down` `[r, in, k, k]`, `lora_up` `[out, r, 1, 1]`;
-//! * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>…`
-//!   (no alpha: scale 1, as diffusers' loader without `network_alphas`);
+//! * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>…`;
+//!   scale from the `LoraConfig` diffusers saves in the metadata (`lora_adapter_metadata`:
+//!   `lora_alpha / r`, `alpha_pattern` by literal module name, rsLoRA `alpha / sqrt(r)`), else 1;
 //! * older diffusers: `….lora.down.weight` / `….lora.up.weight`, attention processors
 //!   (`attn1.processor.to_q_lora.down.weight`, `to_out_lora` = `to_out.0`, with or without the
 //!   `unet.` prefix), and the text encoder's `….lora_linear_layer.down.weight`.
@@ -73,6 +74,50 @@ pub struct Lora {
     pairs: Vec<Pair>,
     /// Keys that are not part of any recognised pair (reported with the unmatched ones).
     unrecognized: Vec<String>,
+    /// PEFT `LoraConfig`s from the metadata, by part.
+    peft: HashMap<Part, PeftConfig>,
+}
+
+/// What a diffusers-saved PEFT file's `LoraConfig` (safetensors metadata
+/// `lora_adapter_metadata`: `unet.lora_alpha`, `unet.alpha_pattern`, `unet.use_rslora`, ...)
+/// says about scaling: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+#[derive(Clone, Debug, Default)]
+struct PeftConfig {
+    alpha: Option<f32>,
+    /// Module name (or dotted suffix) → alpha, as PEFT's `alpha_pattern` (literal names only).
+    alpha_pattern: Vec<(String, f32)>,
+    rslora: bool,
+}
+
+impl PeftConfig {
+    fn from_metadata(file: &SafetensorsFile) -> HashMap<Part, PeftConfig> {
+        let mut out = HashMap::new();
+        let Some(v) = file.metadata().get("lora_adapter_metadata").and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()) else {
+            return out;
+        };
+        for (part, prefix) in [(Part::Unet, "unet"), (Part::TextEncoder, "text_encoder")] {
+            let get = |k: &str| v.get(format!("{prefix}.{k}"));
+            let cfg = PeftConfig {
+                alpha: get("lora_alpha").and_then(serde_json::Value::as_f64).map(|a| a as f32),
+                alpha_pattern: get("alpha_pattern")
+                    .and_then(serde_json::Value::as_object)
+                    .map(|m| m.iter().filter_map(|(k, a)| Some((k.clone(), a.as_f64()? as f32))).collect())
+                    .unwrap_or_default(),
+                rslora: get("use_rslora").and_then(serde_json::Value::as_bool).unwrap_or(false),
+            };
+            if cfg.alpha.is_some() || !cfg.alpha_pattern.is_empty() || cfg.rslora {
+                out.insert(part, cfg);
+            }
+        }
+        out
+    }
+
+    /// The scale of a pair of rank `r` on `module`.
+    fn scale(&self, module: &str, r: usize) -> f32 {
+        let pattern = self.alpha_pattern.iter().find(|(p, _)| module == p || module.ends_with(&format!(".{p}")));
+        let alpha = pattern.map(|(_, a)| *a).or(self.alpha).unwrap_or(r as f32);
+        alpha / if self.rslora { (r as f32).sqrt() } else { r as f32 }
+    }
 }
 
 /// (down suffix, up suffix) of each pair naming, longest first where one ends another.
@@ -165,7 +210,8 @@ impl Lora {
             )
             .into());
         }
-        Ok(Lora { name: name.into(), file, pairs, unrecognized })
+        let peft = PeftConfig::from_metadata(&file);
+        Ok(Lora { name: name.into(), file, pairs, unrecognized, peft })
     }
 
     /// The file it came from.
@@ -311,7 +357,10 @@ fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> 
                     let [alpha] = v[..] else { return Err(err(path, format!("'{a}' has {} values, expected one", v.len())).into()) };
                     alpha / down[0] as f32
                 }
-                None => 1.0,
+                None => match (lora.peft.get(&p.part), &p.module) {
+                    (Some(cfg), Module::Dotted(m)) => cfg.scale(m, down[0]),
+                    _ => 1.0,
+                },
             };
             // A zero multiplier is still checked above (an error should not depend on it).
             if mult != 0.0 {

@@ -109,6 +109,29 @@ fn merged_weights_match_diffusers_fuse_lora() {
     }
 }
 
+/// A diffusers-saved PEFT file with its `LoraConfig` in the metadata (lora_alpha 8 ≠ r 4, an
+/// alpha_pattern entry, rsLoRA for the text encoder) merges as diffusers fuses it.
+#[test]
+fn peft_lora_config_metadata_scales_like_diffusers() {
+    let g = Golden::load("sd15-tiny", "lora_peft_alpha.safetensors");
+    let w = pigment::weights::Weights::open(fixtures().join("sd15-tiny")).unwrap();
+    let lora = Arc::new(Lora::open(lora_dir().join("sd15-tiny-peft-alpha.safetensors")).unwrap());
+    let merged = lora::merge(w.text_encoder().unwrap(), w.unet().unwrap(), &[LoraUse::new(lora, 1.0)]).unwrap();
+    assert!(merged.warnings.is_empty(), "{:?}", merged.warnings);
+    for (part, name) in [
+        ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),
+        ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"),
+        ("unet", "up_blocks.1.resnets.0.conv1"),
+        ("text_encoder", "text_model.encoder.layers.1.self_attn.v_proj"),
+    ] {
+        let (want, _) = g.f32(&format!("fused.{part}.{name}.weight"));
+        let map = if part == "unet" { &merged.unet } else { &merged.text_encoder };
+        let e = rel_err(&map[&format!("{name}.weight")], &want);
+        eprintln!("peft alpha {name}: rel err {e:.2e}");
+        assert!(e <= 1e-5, "{name}: rel err {e:.2e}");
+    }
+}
+
 /// The older diffusers namings (`unet.X.lora.down.weight`, attention processors
 /// `X.processor.to_q_lora.down.weight` without prefix, `to_out_lora`, text encoder
 /// `X.lora_linear_layer.down.weight`) merge exactly as the PEFT file they were renamed from.

@@ -106,6 +106,47 @@ def make_peft(pipe, g):
     return sd, pairs
 
 
+# A diffusers-saved PEFT file whose LoraConfig (in the safetensors metadata
+# `lora_adapter_metadata`) has lora_alpha != r, a per-module alpha_pattern, and rsLoRA.
+ALPHA_UNET = dict(r=RANK, lora_alpha=8, alpha_pattern={"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": 2})
+ALPHA_TE = dict(r=RANK, lora_alpha=4, use_rslora=True)  # scale alpha / sqrt(r)
+ALPHA_CHECK = [
+    "unet:down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "unet:down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k",
+    "unet:up_blocks.1.resnets.0.conv1",
+    "text_encoder:text_model.encoder.layers.1.self_attn.v_proj",
+]
+
+
+def make_peft_alpha(pipe, g, path):
+    from peft import LoraConfig
+
+    layers, pairs = {"unet": {}, "text_encoder": {}}, []
+    for which, name, m in targets(pipe, "unet") + targets(pipe, "text_encoder"):
+        if not name.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "v_proj", "resnets.0.conv1")):
+            continue
+        down, up = random_pair(m, g, 0.8)
+        layers[which][f"{name}.lora_A.weight"] = down
+        layers[which][f"{name}.lora_B.weight"] = up
+        cfg = ALPHA_UNET if which == "unet" else ALPHA_TE
+        alpha = cfg.get("alpha_pattern", {}).get(name, cfg["lora_alpha"])
+        pairs.append((which, name, down, up, alpha / (RANK**0.5 if cfg.get("use_rslora") else RANK)))
+    meta = {}
+    for which, cfg in (("unet", ALPHA_UNET), ("text_encoder", ALPHA_TE)):
+        targets_ = sorted({k.rsplit(".lora_", 1)[0] for k in layers[which]})
+        meta[which] = LoraConfig(target_modules=targets_, **cfg).to_dict()
+    d = os.path.dirname(path)
+    StableDiffusionPipeline.save_lora_weights(
+        d,
+        unet_lora_layers=layers["unet"],
+        text_encoder_lora_layers=layers["text_encoder"],
+        unet_lora_adapter_metadata=meta["unet"],
+        text_encoder_lora_adapter_metadata=meta["text_encoder"],
+        weight_name=os.path.basename(path),
+    )
+    return pairs
+
+
 def module(pipe, which, name):
     return (pipe.unet if which == "unet" else pipe.text_encoder).get_submodule(name)
 
@@ -152,13 +193,17 @@ def main():
     peft_path = os.path.join(ldir, f"{VARIANT}-peft.safetensors")
     save_file({k: v.contiguous() for k, v in kohya.items()}, kohya_path, metadata={"format": "pt"})
     save_file({k: v.contiguous() for k, v in peft.items()}, peft_path, metadata={"format": "pt"})
-    print(f"kohya: {len(kohya_pairs)} pairs, peft: {len(peft_pairs)} pairs")
+    alpha_path = os.path.join(ldir, f"{VARIANT}-peft-alpha.safetensors")
+    alpha_pairs = make_peft_alpha(pipe, g, alpha_path)
+    print(f"kohya: {len(kohya_pairs)} pairs, peft: {len(peft_pairs)} pairs, peft-alpha: {len(alpha_pairs)} pairs")
 
     gdir = os.path.join(fixtures, "golden", VARIANT)
     cases = [
         ("lora_kohya", [(kohya_path, "kohya", kohya_pairs, KOHYA_SCALE)]),
         ("lora_both", [(kohya_path, "kohya", kohya_pairs, KOHYA_SCALE), (peft_path, "peft", peft_pairs, PEFT_SCALE)]),
     ]
+    # Weights only (no image) for the LoraConfig-metadata file.
+    cases.append(("lora_peft_alpha", [(alpha_path, "alpha", alpha_pairs, 1.0)]))
     for case, loras in cases:
         for path, adapter, _, _ in loras:
             pipe.load_lora_weights(path, adapter_name=adapter)
@@ -172,10 +217,19 @@ def main():
                 want[(which, name)] += scale * s * delta(down, up, want[(which, name)].shape)
         worst = 0.0
         for (which, name), w in want.items():
-            got = module(pipe, which, name).base_layer.weight
+            m = module(pipe, which, name)
+            got = m.base_layer.weight if hasattr(m, "base_layer") else m.weight
             err = ((got - w).abs().max() / w.abs().max()).item()
             assert err < 1e-5, f"{case}: {which}.{name} not fused as expected (rel err {err})"
             worst = max(worst, err)
+        if case == "lora_peft_alpha":
+            out = {}
+            for c in ALPHA_CHECK:
+                which, name = c.split(":")
+                out[f"fused.{which}.{name}.weight"] = module(pipe, which, name).base_layer.weight.detach().float()
+            save(out, os.path.join(gdir, f"{case}.safetensors"), {"loras": [{"file": os.path.basename(alpha_path), "scale": 1.0}]})
+            print(f"{case}: fused worst rel err {worst:.2e}")
+            continue
         pe, ne, u8 = run(pipe)
         out = {"prompt.last_hidden_state": pe, "negative.last_hidden_state": ne, "image_u8": torch.from_numpy(u8)}
         for c in CHECK:
