@@ -205,6 +205,26 @@ fn generation_with_loras_matches_diffusers() {
     assert_image(&image.rgb, "sampler_euler.png", "LoRAs removed");
 }
 
+/// Textual-inversion vectors survive the text encoder being rebuilt for LoRAs, and removing the
+/// LoRAs gives bit-identical embeddings back (merged from the base, nothing subtracted).
+#[test]
+fn textual_inversion_survives_lora_changes() {
+    let c = ctx();
+    let mut sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
+    let dir = tmp_dir("ti");
+    let ti = dir.join("tiword.safetensors");
+    write_safetensors(&ti, &[("emb_params", vec![2, 48], rand_vec(96, 7))]);
+    sd.clip.load_textual_inversion(&mut sd.tokenizer, &ti, "tiword").unwrap();
+    let encode = |sd: &StableDiffusion| sd.clip.encode_prompt(c, &sd.tokenizer, "a tiword riding a horse", 1).unwrap().to_vec(c).unwrap();
+    let base = encode(&sd);
+    sd.set_loras(c, &[LoraUse::new(kohya(), 0.8)]).unwrap();
+    let with = encode(&sd);
+    assert!(rel_err(&with, &base) > 1e-2, "the LoRA did not change the embeddings");
+    sd.set_loras(c, &[]).unwrap();
+    assert_eq!(encode(&sd), base);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The CLI: `--lora FILE:SCALE` plus an A1111 `<lora:name:w>` tag from `--lora-dir`, in f16 where
 /// the adapter has it; the PNG's parameters keep the tag in the prompt, as A1111 does.
 #[test]
