@@ -159,10 +159,15 @@ pub fn main() -> anyhow::Result<()> {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)
             });
             let path = resolve_model(model)?;
+            // LoRA files and prompt tags first: a missing one fails before the model loads.
+            let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
             let ctx = open(&cli)?;
             eprintln!("adapter: {}", ctx.describe());
             let mut sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
-            for w in sd.set_loras(&ctx, &crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?)? {
+            for u in &uses {
+                eprintln!("lora: {} ({} pairs; text encoder ×{}, UNet ×{})", u.lora.path(), u.lora.len(), u.te_scale, u.unet_scale);
+            }
+            for w in sd.set_loras(&ctx, &uses)? {
                 eprintln!("warning: {w}");
             }
             let mut opts = crate::pipeline::GenerateOptions {

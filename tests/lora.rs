@@ -253,6 +253,16 @@ fn cli_lora_file_and_prompt_tag() {
     let reader = decoder.read_info().unwrap();
     let text = &reader.info().uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters").unwrap().text;
     assert!(text.starts_with(&format!("{prompt}\nNegative prompt:")), "{text}");
+    // A tag that is not in the folder fails (before the model loads), listing what is there.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_pigment"))
+        .args(["generate", "--model"])
+        .arg(fixtures().join("sd15-tiny"))
+        .args(["a cat <lora:nope:0.5>", "--lora-dir"])
+        .arg(lora_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("<lora:nope>") && stderr.contains("sd15-tiny-kohya"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
