@@ -466,6 +466,9 @@ impl StableDiffusion {
             self.unet = UNet2DConditionModel::load_with(ctx, &unet.with_overrides(o), config, dtype)?;
         }
         self.loras = Applied { set, te_merged: te_now, unet_merged: unet_now };
+        // The replaced models' buffers went back to the pool's free list: release them. (While a
+        // model is rebuilt, the old and new weights are both on the GPU for a moment.)
+        ctx.trim_pool();
         Ok(plan.warnings)
     }
 
