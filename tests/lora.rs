@@ -205,6 +205,62 @@ fn generation_with_loras_matches_diffusers() {
     assert_image(&image.rgb, "sampler_euler.png", "LoRAs removed");
 }
 
+/// SD 2.x: the single file's text encoder is OpenCLIP (q/k/v are row slices of one
+/// `in_proj_weight`) and its UNet projections are Linear. A kohya LoRA on those layers merges to
+/// base + s·alpha/r·up@down (computed here) from the folder and from the single file alike, and
+/// both pipelines then give the same text embeddings.
+#[test]
+fn sd21_single_file_and_folder_merge_alike() {
+    let dir = tmp_dir("sd21");
+    let path = dir.join("sd21.safetensors");
+    let (r, d, c0) = (2usize, 64usize, 40usize);
+    let mods = [
+        ("lora_te_text_model_encoder_layers_1_self_attn_k_proj", "text_model.encoder.layers.1.self_attn.k_proj.weight", d, d),
+        ("lora_te_text_model_encoder_layers_4_mlp_fc1", "text_model.encoder.layers.4.mlp.fc1.weight", 256, d),
+        ("lora_unet_down_blocks_0_attentions_0_proj_in", "down_blocks.0.attentions.0.proj_in.weight", c0, c0),
+    ];
+    let mut tensors = Vec::new();
+    for (i, (key, _, out, inp)) in mods.iter().enumerate() {
+        tensors.push((format!("{key}.lora_down.weight"), vec![r, *inp], rand_vec(r * inp, 10 + i as u64)));
+        tensors.push((format!("{key}.lora_up.weight"), vec![*out, r], rand_vec(out * r, 20 + i as u64)));
+        tensors.push((format!("{key}.alpha"), vec![], vec![1.0]));
+    }
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.clone())).collect();
+    write_safetensors(&path, &refs);
+    let lora = Arc::new(Lora::open(&path).unwrap());
+    let uses = [LoraUse { lora: lora.clone(), te_scale: 0.7, unet_scale: 0.4 }];
+    for (source, w) in sources("sd21-tiny") {
+        let (te, unet) = (w.text_encoder().unwrap(), w.unet().unwrap());
+        let m = lora::merge(te, unet, &uses).unwrap();
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        for (i, (_, target, out, inp)) in mods.iter().enumerate() {
+            let (comp, map, mult) = if i < 2 { (te, &m.text_encoder, 0.7) } else { (unet, &m.unet, 0.4) };
+            let mut want = comp.get(target).unwrap().to_f32().unwrap();
+            let (down, up) = (&tensors[3 * i].2, &tensors[3 * i + 1].2);
+            for o in 0..*out {
+                for j in 0..*inp {
+                    let dot: f32 = (0..r).map(|k| up[o * r + k] * down[k * inp + j]).sum();
+                    want[o * inp + j] += mult * 0.5 * dot; // alpha 1 / rank 2
+                }
+            }
+            let e = rel_err(&map[*target], &want);
+            assert!(e <= 1e-6, "{source} {target}: rel err {e:.2e}");
+        }
+    }
+    let c = ctx();
+    let folder = fixtures().join("sd21-tiny");
+    let mut a = StableDiffusion::load(c, &folder, false).unwrap();
+    let mut b = StableDiffusion::load_with_config(c, &fixtures().join("sd21-tiny.safetensors"), Some(&folder), false).unwrap();
+    let base = a.clip.encode_prompt(c, &a.tokenizer, PROMPT, 1).unwrap().to_vec(c).unwrap();
+    a.set_loras(c, &uses).unwrap();
+    b.set_loras(c, &uses).unwrap();
+    let ea = a.clip.encode_prompt(c, &a.tokenizer, PROMPT, 1).unwrap().to_vec(c).unwrap();
+    let eb = b.clip.encode_prompt(c, &b.tokenizer, PROMPT, 1).unwrap().to_vec(c).unwrap();
+    assert!(rel_err(&ea, &base) > 1e-3, "the LoRA did not change the sd21 embeddings");
+    assert!(rel_err(&eb, &ea) <= 1e-6, "single file vs folder: {:.2e}", rel_err(&eb, &ea));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Textual-inversion vectors survive the text encoder being rebuilt for LoRAs, and removing the
 /// LoRAs gives bit-identical embeddings back (merged from the base, nothing subtracted).
 #[test]
