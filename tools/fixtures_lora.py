@@ -11,6 +11,9 @@ Writes (overwriting):
                                                       .lora_down/.lora_up/.alpha), LoCon 3x3 convs
     tests/fixtures/lora/sd15-tiny-peft.safetensors    diffusers / PEFT keys (unet.*.lora_A/B.weight,
                                                       text_encoder.*), no alpha (= rank, scale 1)
+    tests/fixtures/lora/sd15-tiny-peft-alpha.safetensors  PEFT keys saved by diffusers'
+                                                      save_lora_weights with LoraConfig metadata
+                                                      (lora_alpha != r, alpha_pattern, rsLoRA)
     tests/fixtures/golden/sd15-tiny/lora_*.safetensors + .png   goldens, see tests/fixtures/README.md
 
 The goldens come from diffusers itself: `pipe.load_lora_weights(file, adapter_name=...)`,
