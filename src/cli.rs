@@ -83,6 +83,13 @@ pub enum Command {
         /// Gaussian blur radius for the mask before it is binarised (PIL's GaussianBlur).
         #[arg(long, default_value_t = 0)]
         mask_blur: usize,
+        /// A LoRA to merge, kohya/A1111 or diffusers/PEFT `.safetensors`, with an optional
+        /// multiplier (default 1); repeat for several.
+        #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+        loras: Vec<String>,
+        /// Folder of LoRAs for A1111 prompt tags `<lora:NAME:SCALE>` (NAME = file stem).
+        #[arg(long, value_name = "DIR")]
+        lora_dir: Option<std::path::PathBuf>,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
     Adapters,
@@ -160,6 +167,8 @@ pub fn main() -> anyhow::Result<()> {
             mask,
             strength,
             mask_blur,
+            loras,
+            lora_dir,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
@@ -207,9 +216,17 @@ pub fn main() -> anyhow::Result<()> {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)
             });
             let path = resolve_model(model)?;
+            // LoRA files and prompt tags first: a missing one fails before the model loads.
+            let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
             let ctx = open(&cli)?;
             eprintln!("adapter: {}", ctx.describe());
-            let sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            let mut sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            for u in &uses {
+                eprintln!("lora: {} ({} pairs; text encoder ×{}, UNet ×{})", u.lora.path(), u.lora.len(), u.te_scale, u.unet_scale);
+            }
+            for w in sd.set_loras(&ctx, &uses)? {
+                eprintln!("warning: {w}");
+            }
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
                 negative_prompt: negative_prompt.clone(),

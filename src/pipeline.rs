@@ -103,6 +103,9 @@ pub struct StableDiffusion {
     pub scheduler_config: SchedulerConfig,
     /// Shown in the PNG parameters (`Model: ...`).
     pub name: String,
+    /// The base weights, kept to merge LoRAs from ([`StableDiffusion::set_loras`]).
+    pub(crate) weights: Weights,
+    pub(crate) loras: crate::lora::Applied,
 }
 
 impl StableDiffusion {
@@ -142,6 +145,8 @@ impl StableDiffusion {
             vae: AutoencoderKL::load(ctx, weights.vae()?, dtype)?,
             scheduler_config,
             name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            weights,
+            loras: Default::default(),
         })
     }
 
