@@ -41,19 +41,26 @@ pub enum Command {
         /// Random seed (a random one is chosen and printed when absent).
         #[arg(long)]
         seed: Option<u64>,
-        #[arg(long, default_value_t = 512)]
-        width: usize,
-        #[arg(long, default_value_t = 512)]
-        height: usize,
+        /// Output width (default 512, or the init image's width).
+        #[arg(long)]
+        width: Option<usize>,
+        /// Output height (default 512, or the init image's height).
+        #[arg(long)]
+        height: Option<usize>,
         #[arg(long, default_value_t = 20)]
         steps: usize,
         /// Classifier-free guidance scale.
         #[arg(long, default_value_t = 7.5)]
         cfg: f32,
-        /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m.
+        /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc, lcm
+        /// (LCM-distilled models only), ddpm.
         #[arg(long, default_value = "euler-a")]
         sampler: String,
-        /// Karras sigmas (lms, euler, heun, dpmpp-2m).
+        /// Sigma schedule (A1111's "Schedule type"): normal, karras or exponential; karras and
+        /// exponential work with lms, euler, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc.
+        #[arg(long, default_value = "normal")]
+        scheduler: String,
+        /// Same as `--scheduler karras`.
         #[arg(long)]
         karras: bool,
         /// CLIP skip as A1111 counts it (1 = last layer, 2 = penultimate).
@@ -65,6 +72,26 @@ pub enum Command {
         /// files are numbered NAME-0001.png, ... when more than one.
         #[arg(long, default_value_t = 1)]
         batch_count: usize,
+        /// img2img: start from this PNG (its size must equal the output size).
+        #[arg(long, value_name = "FILE")]
+        init_image: Option<std::path::PathBuf>,
+        /// Inpainting: PNG mask, white = repaint, black = keep (needs --init-image).
+        #[arg(long, value_name = "FILE")]
+        mask: Option<std::path::PathBuf>,
+        /// Denoising strength in (0, 1]: the share of the steps run from the noised init image
+        /// (default 0.8 for img2img, 1.0 with --mask, as diffusers' pipelines).
+        #[arg(long)]
+        strength: Option<f32>,
+        /// Gaussian blur radius for the mask before it is binarised (PIL's GaussianBlur).
+        #[arg(long, default_value_t = 0)]
+        mask_blur: usize,
+        /// A LoRA to merge, kohya/A1111 or diffusers/PEFT `.safetensors`, with an optional
+        /// multiplier (default 1); repeat for several.
+        #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+        loras: Vec<String>,
+        /// Folder of LoRAs for A1111 prompt tags `<lora:NAME:SCALE>` (NAME = file stem).
+        #[arg(long, value_name = "DIR")]
+        lora_dir: Option<std::path::PathBuf>,
         /// A ControlNet: a diffusers folder (config.json + diffusion_pytorch_model.safetensors),
         /// an A1111 .safetensors (`control_model.*`) or a hub id, for the same base model family.
         #[arg(long)]
@@ -165,10 +192,17 @@ pub fn main() -> anyhow::Result<()> {
             steps,
             cfg,
             sampler,
+            scheduler,
             karras,
             clip_skip,
             output,
             batch_count,
+            init_image,
+            mask,
+            strength,
+            mask_blur,
+            loras,
+            lora_dir,
             controlnet,
             control_image,
             control_scale,
@@ -183,10 +217,42 @@ pub fn main() -> anyhow::Result<()> {
                 (Some(_), Some(_)) => anyhow::bail!("give the prompt once: positionally or with --prompt"),
                 (None, None) => anyhow::bail!("no prompt: `pigment generate --model M \"a photo of a cat\"`"),
             };
+            let init_image = init_image.as_deref().map(read_png_rgb).transpose()?;
+            let mask = mask.as_deref().map(read_png_rgb).transpose()?;
+            if init_image.is_none() && strength.is_some() {
+                anyhow::bail!("--strength needs --init-image (the image to start from)");
+            }
+            if mask.is_none() && *mask_blur > 0 {
+                anyhow::bail!("--mask-blur needs --mask");
+            }
+            if mask.is_some() && init_image.is_none() {
+                anyhow::bail!("--mask needs --init-image (the image to inpaint)");
+            }
+            // With an init image the size defaults to the image's.
+            let (dw, dh) = init_image.as_ref().map(|i| (i.width, i.height)).unwrap_or((512, 512));
+            let (width, height) = (&width.unwrap_or(dw), &height.unwrap_or(dh));
             crate::pipeline::check_size(*width, *height)?;
+            let strength = strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
             let sampler = crate::schedulers::SamplerKind::parse(sampler)?;
-            if *karras && !sampler.supports_karras() {
-                anyhow::bail!("--karras is not available for {}; use lms, euler, heun or dpmpp-2m", sampler.name());
+            let mut schedule = crate::schedulers::SigmaSchedule::parse(scheduler)?;
+            if *karras {
+                if schedule != crate::schedulers::SigmaSchedule::Normal && schedule != crate::schedulers::SigmaSchedule::Karras {
+                    anyhow::bail!("--karras contradicts --scheduler {}", schedule.name());
+                }
+                schedule = crate::schedulers::SigmaSchedule::Karras;
+            }
+            if !sampler.supports_schedule(schedule) {
+                let with: Vec<&str> = crate::schedulers::SamplerKind::ALL
+                    .iter()
+                    .filter(|k| k.supports_schedule(schedule))
+                    .map(|k| k.name())
+                    .collect();
+                anyhow::bail!(
+                    "--scheduler {} is not available for {} (it has a fixed schedule); use {}",
+                    schedule.name(),
+                    sampler.name(),
+                    with.join(", ")
+                );
             }
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)
@@ -206,9 +272,17 @@ pub fn main() -> anyhow::Result<()> {
                 (None, None) => None,
             };
             let path = resolve_model(model)?;
+            // LoRA files and prompt tags first: a missing one fails before the model loads.
+            let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
             let ctx = open(&cli)?;
             eprintln!("adapter: {}", ctx.describe());
             let mut sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            for u in &uses {
+                eprintln!("lora: {} ({} pairs; text encoder ×{}, UNet ×{})", u.lora.path(), u.lora.len(), u.te_scale, u.unet_scale);
+            }
+            for w in sd.set_loras(&ctx, &uses)? {
+                eprintln!("warning: {w}");
+            }
             if let Some(cn) = controlnet {
                 sd.load_controlnet(&ctx, &resolve_controlnet(cn)?)?;
             }
@@ -221,8 +295,12 @@ pub fn main() -> anyhow::Result<()> {
                 steps: *steps,
                 guidance: *cfg,
                 sampler,
-                karras: *karras,
+                schedule,
                 clip_skip: (*clip_skip).max(1),
+                init_image,
+                mask,
+                strength,
+                mask_blur: *mask_blur,
                 control,
             };
             for n in 0..(*batch_count).max(1) {
@@ -358,6 +436,27 @@ fn numbered(path: &std::path::Path, n: usize) -> std::path::PathBuf {
     path.with_file_name(format!("{stem}-{n:04}.png"))
 }
 
+/// A PNG (any colour type and bit depth) as 8-bit RGB; errors name the file.
+fn read_png_rgb(path: &std::path::Path) -> anyhow::Result<crate::pipeline::Image> {
+    let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot read image {}: {e} (give a PNG file)", path.display());
+    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
+    buf.truncate(info.buffer_size());
+    // Alpha is dropped, as PIL's convert("RGB") does.
+    let rgb: Vec<u8> = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Grayscale => buf.iter().flat_map(|&v| [v, v, v]).collect(),
+        png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::Indexed => return Err(bad(&"unexpanded palette")),
+    };
+    Ok(crate::pipeline::Image { width: info.width as usize, height: info.height as usize, rgb })
+}
+
 /// PNG with A1111's `parameters` tEXt chunk, so its PNG-info tab (and ComfyUI) reads the settings.
 fn write_png(path: &std::path::Path, image: &crate::pipeline::Image, parameters: &str) -> anyhow::Result<()> {
     let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
@@ -378,7 +477,7 @@ fn write_png(path: &std::path::Path, image: &crate::pipeline::Image, parameters:
 
 /// A PNG/JPEG as RGB8 at `width` x `height`: resized with Lanczos3 when its size differs (diffusers'
 /// `VaeImageProcessor` resizes with PIL's Lanczos).
-fn read_control_image(path: &std::path::Path, width: usize, height: usize) -> anyhow::Result<crate::pipeline::ControlImage> {
+fn read_control_image(path: &std::path::Path, width: usize, height: usize) -> anyhow::Result<crate::pipeline::Image> {
     let img = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| anyhow::anyhow!("cannot read control image {}: {e}", path.display()))?
@@ -390,14 +489,14 @@ fn read_control_image(path: &std::path::Path, width: usize, height: usize) -> an
     } else {
         image::imageops::resize(&img, width as u32, height as u32, image::imageops::FilterType::Lanczos3)
     };
-    Ok(crate::pipeline::ControlImage { width, height, rgb: img.into_raw() })
+    Ok(crate::pipeline::Image { width, height, rgb: img.into_raw() })
 }
 
 /// The canny preprocessor: the image to grey, `imageproc`'s Canny (Gaussian blur σ 1.4, Sobel
 /// gradient magnitude, non-maximum suppression, hysteresis between `low` and `high`), edges white
 /// on black in all three channels. A1111 runs OpenCV's Canny (no blur, |dx|+|dy|) with the same
 /// default thresholds 100/200: edges land in the same places, weak ones may differ.
-pub fn canny_map(img: &crate::pipeline::ControlImage, low: f32, high: f32) -> anyhow::Result<crate::pipeline::ControlImage> {
+pub fn canny_map(img: &crate::pipeline::Image, low: f32, high: f32) -> anyhow::Result<crate::pipeline::Image> {
     if !(low >= 0.0 && low <= high) {
         anyhow::bail!("canny thresholds: need 0 <= --canny-low ({low}) <= --canny-high ({high})");
     }
@@ -406,5 +505,5 @@ pub fn canny_map(img: &crate::pipeline::ControlImage, low: f32, high: f32) -> an
     let grey = image::DynamicImage::ImageRgb8(rgb).to_luma8();
     let edges = imageproc::edges::canny(&grey, low, high);
     let rgb = edges.pixels().flat_map(|p| [p.0[0]; 3]).collect();
-    Ok(crate::pipeline::ControlImage { width: img.width, height: img.height, rgb })
+    Ok(crate::pipeline::Image { width: img.width, height: img.height, rgb })
 }

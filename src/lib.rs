@@ -13,6 +13,7 @@ pub mod prompt;
 pub mod tokenizer;
 pub mod weights;
 pub mod models;
+pub mod lora;
 pub mod pipeline;
 
 #[cfg(feature = "cli")]

@@ -10,14 +10,16 @@ use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::prompt;
 use crate::rng::TorchRng;
-use crate::schedulers::{self, SamplerKind, SchedulerConfig};
+use crate::schedulers::{self, SamplerKind, SchedulerConfig, SigmaSchedule};
 use crate::tokenizer::{ClipTokenizer, PadToken};
 use crate::weights::{self, OpenOptions, TextEncoderKind, Weights};
 use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
 pub mod controlnet;
-pub use controlnet::{ControlImage, ControlOptions};
+mod img2img;
+pub mod inpaint;
+pub use controlnet::ControlOptions;
 
 /// Everything a generation needs besides the model.
 #[derive(Clone, Debug)]
@@ -30,9 +32,20 @@ pub struct GenerateOptions {
     pub steps: usize,
     pub guidance: f32,
     pub sampler: SamplerKind,
-    pub karras: bool,
+    /// Sigma spacing (A1111's "Schedule type"); Karras/Exponential only where the sampler has them.
+    pub schedule: SigmaSchedule,
     /// A1111 counting: 1 = last layer, 2 = penultimate (followed by the final layer norm).
     pub clip_skip: usize,
+    /// img2img / inpainting source, `width`×`height` RGB; `None` = txt2img.
+    pub init_image: Option<Image>,
+    /// Inpainting mask, `width`×`height` RGB, white = repaint (grayscale ≥ 128 after the blur);
+    /// needs `init_image`.
+    pub mask: Option<Image>,
+    /// How much of the schedule runs from the noised init image, in (0, 1] (A1111's
+    /// "denoising strength"; 1 = start from pure noise).
+    pub strength: f32,
+    /// Gaussian blur radius applied to the mask before binarising (PIL's `GaussianBlur`).
+    pub mask_blur: usize,
     /// ControlNet conditioning (needs [`StableDiffusion::load_controlnet`]).
     pub control: Option<ControlOptions>,
 }
@@ -48,18 +61,29 @@ impl Default for GenerateOptions {
             steps: 20,
             guidance: 7.5,
             sampler: SamplerKind::Euler,
-            karras: false,
+            schedule: SigmaSchedule::Normal,
             clip_skip: 1,
+            init_image: None,
+            mask: None,
+            strength: 0.8,
+            mask_blur: 0,
             control: None,
         }
     }
 }
 
 /// An RGB image, row-major, 3 bytes per pixel.
+#[derive(Clone)]
 pub struct Image {
     pub width: usize,
     pub height: usize,
     pub rgb: Vec<u8>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Image({}x{}, {} bytes)", self.width, self.height, self.rgb.len())
+    }
 }
 
 /// Width and height must be multiples of 8 (the VAE's factor); name the nearest valid sizes.
@@ -86,6 +110,9 @@ pub struct StableDiffusion {
     pub scheduler_config: SchedulerConfig,
     /// Shown in the PNG parameters (`Model: ...`).
     pub name: String,
+    /// The base weights, kept to merge LoRAs from ([`StableDiffusion::set_loras`]).
+    pub(crate) weights: Weights,
+    pub(crate) loras: crate::lora::Applied,
 }
 
 impl StableDiffusion {
@@ -121,10 +148,13 @@ impl StableDiffusion {
             tokenizer,
             clip: ClipTextModel::load(ctx, te, dtype)?,
             unet: UNet2DConditionModel::load(ctx, weights.unet()?, dtype)?,
-            vae: AutoencoderKL::load_decoder(ctx, weights.vae()?, dtype)?,
+            // with the encoder (when the checkpoint has one) for img2img and inpainting
+            vae: AutoencoderKL::load(ctx, weights.vae()?, dtype)?,
             controlnet: None,
             scheduler_config,
             name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            weights,
+            loras: Default::default(),
         })
     }
 
@@ -142,7 +172,7 @@ impl StableDiffusion {
         Tensor::from_f32(ctx, &data, &shape, c.dtype())
     }
 
-    /// Run txt2img, blocking (native); `progress(step, total)` is called after each model
+    /// Run txt2img (img2img / inpainting with `init_image` / `mask`), blocking (native); `progress(step, total)` is called after each model
     /// evaluation.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn generate(&self, ctx: &Context, o: &GenerateOptions, progress: impl FnMut(usize, usize)) -> Result<Image> {
@@ -155,24 +185,29 @@ impl StableDiffusion {
         if o.steps == 0 {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
+        img2img::check(self, o)?;
         let text = self.encode(ctx, o).await?;
-        let mut sched = schedulers::build(o.sampler, o.karras, &self.scheduler_config, o.steps)?;
+        let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
-        let latent_shape = [1, self.unet.in_channels(), h, w];
+        let latent_shape = [1, self.vae.config.latent_channels, h, w];
         let n: usize = latent_shape.iter().product();
         let mut rng = TorchRng::new(o.seed);
-        let sigma0 = sched.init_noise_sigma();
-        let mut x: Vec<f32> = rng.randn(n).into_iter().map(|v| v * sigma0).collect();
+        // txt2img: randn · init_noise_sigma from evaluation 0; img2img/inpainting: the noised
+        // image from the strength's begin index.
+        let start = img2img::prepare(self, ctx, o, sched.as_ref(), &mut rng).await?;
+        let (begin, mut x, inpaint) = (start.begin, start.latents, start.inpaint);
         let total = sched.timesteps().len();
         let dtype = text.dtype();
         let control = controlnet::prepare(ctx, self, o)?;
-        for i in 0..total {
+        for i in begin..total {
             let t = sched.timesteps()[i];
-            let xin = sched.scale_model_input(&x, i);
+            let mut xin = sched.scale_model_input(&x, i);
+            if let Some(p) = &inpaint {
+                p.extend_input(&mut xin);
+            }
             let mut batch = xin.clone();
             batch.extend_from_slice(&xin);
-            let mut shape = latent_shape;
-            shape[0] = 2;
+            let shape = [2, self.unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
             let res = match &control {
                 Some(c) => c.residuals(ctx, &sample, t, &text, i, total)?,
@@ -181,7 +216,10 @@ impl StableDiffusion {
             let out = self.unet.forward_controlled(ctx, &sample, &[t], &text, res.as_ref())?.to_f32(ctx).await?;
             let guided = schedulers::cfg_combine(&out[..n], &out[n..], o.guidance);
             x = sched.step(&guided, i, &x, &mut rng);
-            progress(i + 1, total);
+            if let Some(p) = &inpaint {
+                p.blend(&mut x, sched.as_ref(), i)?;
+            }
+            progress(i + 1 - begin, total - begin);
         }
         let latents = Tensor::from_f32(ctx, &x, &latent_shape, DType::F32)?;
         let rgb = self.vae.latents_to_image_u8_async(ctx, &latents).await?;
@@ -189,22 +227,31 @@ impl StableDiffusion {
     }
 }
 
-/// A1111's `parameters` text, as its PNG info tab shows and parses it.
+/// A1111's `parameters` text, as its PNG info tab shows and parses it. Current A1111 style:
+/// `Sampler: DPM++ 2M, Schedule type: Karras`; the schedule type is written for every sampler
+/// that has a choice (so A1111's "Automatic", which is Karras for DPM++, does not replace an
+/// explicit Normal) and left out for those that have none (DDIM, PLMS, Euler a, LCM, DDPM).
 pub fn a1111_parameters(o: &GenerateOptions, model: &str) -> String {
     let mut s = o.prompt.clone();
     if !o.negative_prompt.is_empty() {
         s.push_str(&format!("\nNegative prompt: {}", o.negative_prompt));
     }
-    let sampler = match (o.sampler, o.karras) {
-        (k, true) => format!("{} Karras", k.a1111_name()),
-        (k, false) => k.a1111_name().to_string(),
-    };
+    let mut sampler = o.sampler.a1111_name().to_string();
+    if o.sampler.supports_karras() {
+        sampler.push_str(&format!(", Schedule type: {}", o.schedule.a1111_name()));
+    }
     s.push_str(&format!(
         "\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {model}",
         o.steps, o.guidance, o.seed, o.width, o.height
     ));
     if o.clip_skip > 1 {
         s.push_str(&format!(", Clip skip: {}", o.clip_skip));
+    }
+    if o.init_image.is_some() {
+        s.push_str(&format!(", Denoising strength: {}", o.strength));
+        if o.mask.is_some() {
+            s.push_str(&format!(", Mask blur: {}", o.mask_blur));
+        }
     }
     s
 }

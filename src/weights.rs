@@ -495,6 +495,29 @@ pub struct Component {
     pub config: Option<Value>,
     /// For the text encoder: which family (from key prefixes, or the folder's config).
     pub text_kind: Option<TextEncoderKind>,
+    /// Replacement values (f32, the base tensor's shape) by diffusers name: LoRA-merged weights
+    /// ([`crate::lora`]). The file itself is never modified, so the base stays exact.
+    overrides: Option<Arc<HashMap<String, Override>>>,
+}
+
+/// A replacement tensor for [`Component::with_overrides`]: values in F32 or F16 (the storage
+/// dtype they will be uploaded in, so F16 halves the memory without changing the result).
+#[derive(Clone, Debug)]
+pub struct Override {
+    dtype: StoredDtype,
+    bytes: Vec<u8>,
+}
+
+impl Override {
+    pub fn new(values: Vec<f32>, dtype: DType) -> Override {
+        match dtype {
+            DType::F32 => Override { dtype: StoredDtype::F32, bytes: bytemuck::cast_slice(&values).to_vec() },
+            DType::F16 => Override {
+                dtype: StoredDtype::F16,
+                bytes: values.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for Component {
@@ -549,8 +572,40 @@ impl Component {
         }
     }
 
+    /// This component with some tensors replaced (same names and shapes, f32 values): what
+    /// [`crate::lora`] makes. Replaces any earlier overrides.
+    pub fn with_overrides(&self, overrides: HashMap<String, Override>) -> Component {
+        let mut c = self.clone();
+        c.overrides = if overrides.is_empty() { None } else { Some(Arc::new(overrides)) };
+        c
+    }
+
+    /// This component as stored in its file (no overrides).
+    pub fn base(&self) -> Component {
+        self.retain_overrides(|_| false)
+    }
+
+    /// This component keeping only the overrides whose name passes `keep`.
+    pub fn retain_overrides(&self, keep: impl Fn(&str) -> bool) -> Component {
+        let mut c = self.clone();
+        c.overrides = self.overrides.as_ref().and_then(|o| {
+            let kept: HashMap<String, Override> = o.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            (!kept.is_empty()).then(|| Arc::new(kept))
+        });
+        c
+    }
+
     /// A tensor by diffusers name (e.g. `text_model.encoder.layers.0.self_attn.q_proj.weight`).
     pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
+        if let Some(v) = self.overrides.as_ref().and_then(|o| o.get(name)) {
+            return Ok(TensorView {
+                name: format!("{name} (LoRA-merged)"),
+                path: &self.file.path,
+                dtype: v.dtype.clone(),
+                shape: self.shape(name).unwrap_or_else(|| vec![v.bytes.len() / v.dtype.size()]),
+                data: &v.bytes,
+            });
+        }
         let Some(map) = &self.map else {
             return self.file.get(name).map_err(|e| match e {
                 WeightsError::Missing { path, name, .. } => WeightsError::Missing {
@@ -709,6 +764,7 @@ impl Weights {
                 map: None,
                 config,
                 text_kind,
+                overrides: None,
             };
             match kind {
                 ComponentKind::TextEncoder => w.text_encoder = Some(comp),
@@ -725,7 +781,7 @@ impl Weights {
         let file = Arc::new(file);
         let parts = single_file::map_checkpoint(&file)?;
         let make = |kind, map: Option<HashMap<String, Mapped>>, text_kind| {
-            map.map(|m| Component { kind, file: file.clone(), map: Some(Arc::new(m)), config: None, text_kind })
+            map.map(|m| Component { kind, file: file.clone(), map: Some(Arc::new(m)), config: None, text_kind, overrides: None })
         };
         Ok(Weights {
             source: Source::SingleFile(PathBuf::from(&file.path)),
@@ -806,7 +862,7 @@ pub fn open_controlnet(path: impl AsRef<Path>) -> Result<Component> {
     } else {
         Some(Arc::new(single_file::map_controlnet(&file)?))
     };
-    Ok(Component { kind: ComponentKind::ControlNet, file: Arc::new(file), map, config, text_kind: None })
+    Ok(Component { kind: ComponentKind::ControlNet, file: Arc::new(file), map, config, text_kind: None, overrides: None })
 }
 
 /// The storage dtype to upload weights in: f16 when asked for and the adapter can, else f32.

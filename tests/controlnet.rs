@@ -23,7 +23,7 @@ mod common;
 use common::*;
 use pigment::models::controlnet::{ControlNetConfig, ControlNetModel};
 use pigment::models::unet::UNet2DConditionModel;
-use pigment::pipeline::{ControlImage, ControlOptions, GenerateOptions, StableDiffusion};
+use pigment::pipeline::{ControlOptions, Image, GenerateOptions, StableDiffusion};
 use pigment::schedulers::SamplerKind;
 use pigment::weights::{self, Weights};
 use pigment::DType;
@@ -121,7 +121,7 @@ fn residuals_match_diffusers() {
 
 fn control_options() -> GenerateOptions {
     let (w, h, rgb) = read_png(&control_png());
-    let mut control = ControlOptions::new(ControlImage { width: w, height: h, rgb });
+    let mut control = ControlOptions::new(Image { width: w, height: h, rgb });
     control.scale = 0.8;
     GenerateOptions {
         prompt: "a photograph of an astronaut riding a horse".into(),
@@ -252,7 +252,7 @@ fn canny_preprocessor_outlines_a_square() {
     let (w, h) = (64usize, 48usize);
     let inside = |x: usize, y: usize| (20..44).contains(&x) && (12..36).contains(&y);
     let rgb: Vec<u8> = (0..w * h).flat_map(|i| [if inside(i % w, i / w) { 255 } else { 0 }; 3]).collect();
-    let img = ControlImage { width: w, height: h, rgb };
+    let img = Image { width: w, height: h, rgb };
     let edges = pigment::cli::canny_map(&img, 100.0, 200.0).unwrap();
     assert_eq!((edges.width, edges.height, edges.rgb.len()), (w, h, w * h * 3));
     let mut sides = [false; 4];

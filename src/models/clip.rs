@@ -273,6 +273,17 @@ impl ClipTextModel {
         })
     }
 
+    /// Rebuild the layers from another component of the same model (e.g. LoRA-merged weights,
+    /// [`crate::lora`]), keeping the config, dtype and textual-inversion vectors.
+    pub fn reload_weights(&mut self, ctx: &Context, c: &Component) -> Result<()> {
+        let mut new = Self::load_with(ctx, c, self.config.clone(), self.dtype)?;
+        new.extra_embeddings = std::mem::take(&mut self.extra_embeddings);
+        // Kept for the CPU embedding lookup only: drop the other merged tensors' memory.
+        new.weights = c.retain_overrides(|n| n == TOKEN_EMBEDDING);
+        *self = new;
+        Ok(())
+    }
+
     /// Token + position embeddings for `ids` (B sequences of equal length L ≤ max_positions),
     /// computed on the CPU in f32, uploaded as `[B, L, D]`.
     pub fn embed(&self, ctx: &Context, ids: &[u32], seq_len: usize) -> Result<Tensor> {

@@ -6,33 +6,19 @@
 //! `[guidance_start, guidance_end]` (fractions of the schedule, diffusers'
 //! `control_guidance_start/end`) run the UNet alone.
 
-use super::{GenerateOptions, StableDiffusion};
+use super::{GenerateOptions, Image, StableDiffusion};
 use crate::gpu::Context;
 use crate::models::controlnet::{ControlNetConfig, ControlNetModel, ControlNetOutput};
 use crate::weights;
 use crate::{Error, Result, Tensor};
 use std::path::Path;
 
-/// A control image: RGB8, row-major, exactly the generation's width × height (resize it first;
-/// the CLI does).
-#[derive(Clone)]
-pub struct ControlImage {
-    pub width: usize,
-    pub height: usize,
-    pub rgb: Vec<u8>,
-}
-
-impl std::fmt::Debug for ControlImage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ControlImage({}x{})", self.width, self.height)
-    }
-}
-
 /// What [`GenerateOptions::control`] holds; needs a ControlNet loaded with
 /// [`StableDiffusion::load_controlnet`].
 #[derive(Clone, Debug)]
 pub struct ControlOptions {
-    pub image: ControlImage,
+    /// The hint, RGB8 at exactly the generation's width × height (resize it first; the CLI does).
+    pub image: Image,
     /// `controlnet_conditioning_scale` (A1111 "Weight"), default 1.
     pub scale: f32,
     /// `control_guidance_start` / `control_guidance_end`: the part of the schedule the
@@ -42,7 +28,7 @@ pub struct ControlOptions {
 }
 
 impl ControlOptions {
-    pub fn new(image: ControlImage) -> ControlOptions {
+    pub fn new(image: Image) -> ControlOptions {
         ControlOptions { image, scale: 1.0, guidance_start: 0.0, guidance_end: 1.0 }
     }
 }

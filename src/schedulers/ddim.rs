@@ -110,5 +110,8 @@ impl Scheduler for Ddim {
     fn num_inference_steps(&self) -> usize {
         self.steps
     }
+    fn alphas_cumprod(&self) -> Option<&[f32]> {
+        Some(&self.alphas_cumprod)
+    }
     fn reset(&mut self) {}
 }

@@ -3,7 +3,7 @@
 
 use super::{
     check_len, discrete_sigma_schedule, scale_by_sigma, sigma_init_noise, sigma_pred_x0, PredictionType, Scheduler,
-    SchedulerConfig,
+    SchedulerConfig, SigmaSchedule,
 };
 use crate::rng::TorchRng;
 use crate::Result;
@@ -18,8 +18,8 @@ pub struct Euler {
 }
 
 impl Euler {
-    pub fn new(c: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
-        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, karras, true)?;
+    pub fn new(c: &SchedulerConfig, steps: usize, schedule: SigmaSchedule) -> Result<Self> {
+        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, schedule, true)?;
         let init_sigma = sigma_init_noise(&sigmas, spacing);
         Ok(Euler { timesteps, sigmas, init_sigma, prediction: c.prediction_type, steps })
     }
@@ -71,7 +71,7 @@ pub struct EulerAncestral {
 
 impl EulerAncestral {
     pub fn new(c: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, false, false)?;
+        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, SigmaSchedule::Normal, false)?;
         let init_sigma = sigma_init_noise(&sigmas, spacing);
         Ok(EulerAncestral { timesteps, sigmas, init_sigma, prediction: c.prediction_type, steps })
     }

@@ -6,7 +6,7 @@
 
 use super::{
     check_len, discrete_sigma_schedule, scale_by_sigma, sigma_init_noise, sigma_pred_x0, PredictionType, Scheduler,
-    SchedulerConfig,
+    SchedulerConfig, SigmaSchedule,
 };
 use crate::rng::TorchRng;
 use crate::Result;
@@ -23,8 +23,8 @@ pub struct Heun {
 }
 
 impl Heun {
-    pub fn new(c: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
-        let (ts, sig, spacing) = discrete_sigma_schedule(c, steps, karras, true)?;
+    pub fn new(c: &SchedulerConfig, steps: usize, schedule: SigmaSchedule) -> Result<Self> {
+        let (ts, sig, spacing) = discrete_sigma_schedule(c, steps, schedule, true)?;
         // sigmas: [s0, s1, s1, s2, s2, …, s_{n-1}, s_{n-1}, 0]; timesteps: [t0, t1, t1, …].
         let mut sigmas = vec![sig[0]];
         for &s in &sig[1..sig.len() - 1] {
@@ -94,6 +94,9 @@ impl Scheduler for Heun {
     }
     fn num_inference_steps(&self) -> usize {
         self.steps
+    }
+    fn order(&self) -> usize {
+        2
     }
     fn reset(&mut self) {
         self.saved = None;

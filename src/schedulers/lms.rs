@@ -7,7 +7,7 @@
 
 use super::{
     check_len, discrete_sigma_schedule, scale_by_sigma, sigma_init_noise, sigma_pred_x0, PredictionType, Scheduler,
-    SchedulerConfig,
+    SchedulerConfig, SigmaSchedule,
 };
 use crate::rng::TorchRng;
 use crate::Result;
@@ -27,8 +27,8 @@ pub struct Lms {
 }
 
 impl Lms {
-    pub fn new(c: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
-        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, karras, false)?;
+    pub fn new(c: &SchedulerConfig, steps: usize, schedule: SigmaSchedule) -> Result<Self> {
+        let (timesteps, sigmas, spacing) = discrete_sigma_schedule(c, steps, schedule, false)?;
         let init_sigma = sigma_init_noise(&sigmas, spacing);
         Ok(Lms {
             timesteps,
@@ -98,9 +98,11 @@ impl Scheduler for Lms {
         }
         let order = (step + 1).min(self.order);
         let coeffs: Vec<f32> = (0..order).map(|j| Self::lms_coefficient(&self.sigmas, order, step, j) as f32).collect();
-        // prev = sample + Σ_j coeff_j · d_{t−j} (newest derivative first), summed in that order.
+        // prev = sample + Σ_j coeff_j · d_{t−j} (newest derivative first), summed in that order;
+        // `zip` with the stored derivatives as diffusers does: a run started part-way (img2img)
+        // has fewer derivatives than the order its absolute step index allows.
         let mut acc: Vec<f32> = vec![0.0; sample.len()];
-        for (j, &cf) in coeffs.iter().enumerate() {
+        for (j, &cf) in coeffs.iter().enumerate().take(self.derivatives.len()) {
             let d = &self.derivatives[self.derivatives.len() - 1 - j];
             if j == 0 {
                 for (a, &v) in acc.iter_mut().zip(d) {

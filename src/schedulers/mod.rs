@@ -11,7 +11,7 @@
 //!
 //! ```ignore
 //! let mut rng = TorchRng::new(seed);
-//! let mut s = schedulers::build(kind, karras, &config, steps)?;
+//! let mut s = schedulers::build(kind, SigmaSchedule::Normal, &config, steps)?;
 //! let mut x: Vec<f32> = rng.randn(n).iter().map(|v| v * s.init_noise_sigma()).collect();
 //! for i in 0..s.timesteps().len() {
 //!     let t = s.timesteps()[i];
@@ -23,11 +23,18 @@
 //! ```
 
 pub mod ddim;
+pub mod ddpm;
 pub mod dpm;
+pub mod dpm_sde;
 pub mod euler;
 pub mod heun;
+mod kind;
+pub mod lcm;
 pub mod lms;
 pub mod pndm;
+pub mod unipc;
+
+pub use kind::{SamplerKind, SigmaSchedule};
 
 use crate::rng::TorchRng;
 use crate::{Error, Result};
@@ -55,6 +62,50 @@ pub trait Scheduler: Send {
     fn num_inference_steps(&self) -> usize;
     /// Forgets multistep history so the same schedule can be run again.
     fn reset(&mut self);
+
+    // --- Starting part-way (img2img, inpainting). Provided methods: override where the
+    // diffusers class differs. A run that starts at evaluation `b` calls `step(_, b, …)`,
+    // `step(_, b + 1, …)`, … on a fresh scheduler (diffusers' `set_begin_index(b)`).
+
+    /// diffusers' `scheduler.order`: evaluations per user step (Heun 2). img2img starts at
+    /// evaluation `t_start · order`.
+    fn order(&self) -> usize {
+        1
+    }
+    /// `alphas_cumprod` (training schedule) for DDPM-style `add_noise`; `None` for sigma samplers.
+    fn alphas_cumprod(&self) -> Option<&[f32]> {
+        None
+    }
+    /// diffusers' `scheduler.add_noise(original, noise, t)` for the timestep of evaluation
+    /// `step` (with a begin index set, diffusers' sigma samplers use `sigmas[step_index]`).
+    /// Default: `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·n` when [`Scheduler::alphas_cumprod`] is given
+    /// (DDIM, PNDM, DDPM, LCM), else `x + σ·n` from [`Scheduler::sigmas`] (Euler, LMS, Heun,
+    /// DPM++ SDE). Schedulers whose latents live in VP form (DPM++ 2M, UniPC: `α_t·x + σ_t·n`)
+    /// override it.
+    fn add_noise(&self, original: &[f32], noise: &[f32], step: usize) -> Result<Vec<f32>> {
+        check_len("add_noise", original, noise);
+        if let Some(ac) = self.alphas_cumprod() {
+            let a = ac[self.timesteps()[step] as usize];
+            let (sa, sb) = (a.sqrt(), (1.0f32 - a).sqrt());
+            return Ok(original.iter().zip(noise).map(|(&x, &n)| sa * x + sb * n).collect());
+        }
+        if let Some(s) = self.sigmas() {
+            let sigma = s[step];
+            return Ok(original.iter().zip(noise).map(|(&x, &n)| x + n * sigma).collect());
+        }
+        Err(Error::Unsupported("this sampler cannot start from an image (no add_noise)".into()))
+    }
+}
+
+/// diffusers' img2img `get_timesteps`: with `steps` user steps and `strength` in (0, 1],
+/// `init = min(int(steps · strength), steps)`, `t_start = steps − init`; returns the first
+/// evaluation index `t_start · order`, or `None` when no step is left (`init = 0`, which
+/// diffusers rejects too). `strength` is read back as the shortest decimal that gives the f32
+/// (what the user typed) so that e.g. 0.7 · 10 is 7, as in Python's float64.
+pub fn begin_index(steps: usize, strength: f32, order: usize) -> Option<usize> {
+    let s: f64 = format!("{strength}").parse().unwrap_or(strength as f64);
+    let init = ((steps as f64 * s) as usize).min(steps);
+    (init > 0).then(|| (steps - init) * order)
 }
 
 /// Classifier-free guidance: `uncond + g · (cond − uncond)`, elementwise in f32 exactly as
@@ -62,82 +113,6 @@ pub trait Scheduler: Send {
 pub fn cfg_combine(uncond: &[f32], cond: &[f32], guidance: f32) -> Vec<f32> {
     assert_eq!(uncond.len(), cond.len(), "cfg_combine: uncond and cond lengths differ");
     uncond.iter().zip(cond).map(|(&u, &c)| u + guidance * (c - u)).collect()
-}
-
-/// The sampler families Pigment implements (each optionally with Karras sigmas where diffusers
-/// supports them: LMS, Euler, Heun, DPM++ 2M).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SamplerKind {
-    Ddim,
-    Pndm,
-    Lms,
-    Euler,
-    EulerAncestral,
-    Heun,
-    DpmPlusPlus2M,
-}
-
-impl SamplerKind {
-    pub const ALL: [SamplerKind; 7] = [
-        SamplerKind::Ddim,
-        SamplerKind::Pndm,
-        SamplerKind::Lms,
-        SamplerKind::Euler,
-        SamplerKind::EulerAncestral,
-        SamplerKind::Heun,
-        SamplerKind::DpmPlusPlus2M,
-    ];
-
-    /// Parses `ddim`, `pndm`/`plms`, `lms`, `euler`, `euler-a`/`euler_a`, `heun`,
-    /// `dpmpp-2m`/`dpmpp_2m`/`dpm++2m` (case-insensitive).
-    pub fn parse(s: &str) -> Result<Self> {
-        let k = s.trim().to_ascii_lowercase().replace('_', "-");
-        Ok(match k.as_str() {
-            "ddim" => SamplerKind::Ddim,
-            "pndm" | "plms" => SamplerKind::Pndm,
-            "lms" => SamplerKind::Lms,
-            "euler" => SamplerKind::Euler,
-            "euler-a" | "euler-ancestral" | "eulera" => SamplerKind::EulerAncestral,
-            "heun" => SamplerKind::Heun,
-            "dpmpp-2m" | "dpm++2m" | "dpm++-2m" | "dpmpp2m" => SamplerKind::DpmPlusPlus2M,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "sampler '{s}' (choose ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m)"
-                )))
-            }
-        })
-    }
-
-    /// The canonical CLI name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SamplerKind::Ddim => "ddim",
-            SamplerKind::Pndm => "pndm",
-            SamplerKind::Lms => "lms",
-            SamplerKind::Euler => "euler",
-            SamplerKind::EulerAncestral => "euler-a",
-            SamplerKind::Heun => "heun",
-            SamplerKind::DpmPlusPlus2M => "dpmpp-2m",
-        }
-    }
-
-    /// Whether diffusers offers `use_karras_sigmas` for this class.
-    /// The sampler's name in A1111's UI and PNG parameters.
-    pub fn a1111_name(self) -> &'static str {
-        match self {
-            SamplerKind::Ddim => "DDIM",
-            SamplerKind::Pndm => "PLMS",
-            SamplerKind::Lms => "LMS",
-            SamplerKind::Euler => "Euler",
-            SamplerKind::EulerAncestral => "Euler a",
-            SamplerKind::Heun => "Heun",
-            SamplerKind::DpmPlusPlus2M => "DPM++ 2M",
-        }
-    }
-
-    pub fn supports_karras(self) -> bool {
-        matches!(self, SamplerKind::Lms | SamplerKind::Euler | SamplerKind::Heun | SamplerKind::DpmPlusPlus2M)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,8 +158,11 @@ pub struct SchedulerConfig {
     pub timestep_spacing: Option<TimestepSpacing>,
     /// PNDM default false (SD configs set true; the PRK warm-up is not implemented).
     pub skip_prk_steps: Option<bool>,
-    /// `use_karras_sigmas` from the file (OR-ed with `build`'s `karras`).
+    /// `use_karras_sigmas` from the file (used by `build` when asked for the normal schedule
+    /// and the sampler supports Karras sigmas).
     pub use_karras_sigmas: bool,
+    /// `use_exponential_sigmas` from the file (as `use_karras_sigmas`).
+    pub use_exponential_sigmas: bool,
     /// DDIM/DPM++ option (default false): rescale betas to zero terminal SNR.
     pub rescale_betas_zero_snr: bool,
 }
@@ -206,6 +184,7 @@ impl Default for SchedulerConfig {
             timestep_spacing: None,
             skip_prk_steps: Some(true),
             use_karras_sigmas: false,
+            use_exponential_sigmas: false,
             rescale_betas_zero_snr: false,
         }
     }
@@ -253,6 +232,7 @@ impl SchedulerConfig {
             timestep_spacing: None,
             skip_prk_steps: None,
             use_karras_sigmas: false,
+            use_exponential_sigmas: false,
             rescale_betas_zero_snr: false,
         };
         let get = |k: &str| obj.get(k).filter(|x| !x.is_null());
@@ -313,10 +293,13 @@ impl SchedulerConfig {
         if let Some(x) = get("use_karras_sigmas") {
             c.use_karras_sigmas = x.as_bool().ok_or_else(|| bad("use_karras_sigmas", x))?;
         }
+        if let Some(x) = get("use_exponential_sigmas") {
+            c.use_exponential_sigmas = x.as_bool().ok_or_else(|| bad("use_exponential_sigmas", x))?;
+        }
         if let Some(x) = get("rescale_betas_zero_snr") {
             c.rescale_betas_zero_snr = x.as_bool().ok_or_else(|| bad("rescale_betas_zero_snr", x))?;
         }
-        for key in ["thresholding", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas"] {
+        for key in ["thresholding", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas"] {
             if get(key).and_then(|x| x.as_bool()) == Some(true) {
                 return Err(Error::Unsupported(format!("scheduler config: {key} = true")));
             }
@@ -330,29 +313,52 @@ impl SchedulerConfig {
 }
 
 /// Builds a sampler for `steps` inference steps from a config, applying the class defaults
-/// diffusers' `X.from_config(config[, use_karras_sigmas=True])` would.
-pub fn build(kind: SamplerKind, karras: bool, config: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler>> {
+/// diffusers' `X.from_config(config[, use_karras_sigmas=True | use_exponential_sigmas=True])`
+/// would. `Normal` takes the file's `use_karras_sigmas` / `use_exponential_sigmas` where the
+/// sampler supports them; an explicit Karras/Exponential the sampler lacks is an error.
+pub fn build(kind: SamplerKind, schedule: SigmaSchedule, config: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler>> {
     if steps == 0 || steps > config.num_train_timesteps {
         return Err(Error::Unsupported(format!(
             "{steps} inference steps (must be 1..={})",
             config.num_train_timesteps
         )));
     }
-    let karras = karras || (config.use_karras_sigmas && kind.supports_karras());
-    if karras && !kind.supports_karras() {
+    if !kind.supports_schedule(schedule) {
+        let names: Vec<&str> = kind.supported_schedules().iter().map(|s| s.name()).collect();
+        let with: Vec<&str> = SamplerKind::ALL
+            .iter()
+            .filter(|k| k.supports_schedule(schedule))
+            .map(|k| k.name())
+            .collect();
         return Err(Error::Unsupported(format!(
-            "Karras sigmas with {} (only lms, euler, heun, dpmpp-2m)",
-            kind.name()
+            "{} sigmas with sampler {} (it supports only: {}; {} sigmas work with {})",
+            schedule.a1111_name(),
+            kind.name(),
+            names.join(", "),
+            schedule.name(),
+            with.join(", ")
         )));
     }
+    let schedule = match schedule {
+        SigmaSchedule::Normal if config.use_karras_sigmas && kind.supports_karras() => SigmaSchedule::Karras,
+        SigmaSchedule::Normal if config.use_exponential_sigmas && kind.supports_schedule(SigmaSchedule::Exponential) => {
+            SigmaSchedule::Exponential
+        }
+        s => s,
+    };
     Ok(match kind {
         SamplerKind::Ddim => Box::new(ddim::Ddim::new(config, steps, 0.0)?),
         SamplerKind::Pndm => Box::new(pndm::Pndm::new(config, steps)?),
-        SamplerKind::Lms => Box::new(lms::Lms::new(config, steps, karras)?),
-        SamplerKind::Euler => Box::new(euler::Euler::new(config, steps, karras)?),
+        SamplerKind::Lms => Box::new(lms::Lms::new(config, steps, schedule)?),
+        SamplerKind::Euler => Box::new(euler::Euler::new(config, steps, schedule)?),
         SamplerKind::EulerAncestral => Box::new(euler::EulerAncestral::new(config, steps)?),
-        SamplerKind::Heun => Box::new(heun::Heun::new(config, steps, karras)?),
-        SamplerKind::DpmPlusPlus2M => Box::new(dpm::DpmPlusPlus2M::new(config, steps, karras)?),
+        SamplerKind::Heun => Box::new(heun::Heun::new(config, steps, schedule)?),
+        SamplerKind::DpmPlusPlus2M => Box::new(dpm::DpmPlusPlus2M::new(config, steps, schedule)?),
+        SamplerKind::DpmPlusPlus2MSde => Box::new(dpm::DpmPlusPlus2M::new_sde(config, steps, schedule)?),
+        SamplerKind::DpmPlusPlusSde => Box::new(dpm_sde::DpmPlusPlusSde::new(config, steps, schedule)?),
+        SamplerKind::UniPc => Box::new(unipc::UniPc::new(config, steps, schedule)?),
+        SamplerKind::Lcm => Box::new(lcm::Lcm::new(config, steps)?),
+        SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(config, steps)?),
     })
 }
 
@@ -524,6 +530,11 @@ pub(crate) fn np_interp(x: f64, fp: &[f32]) -> f64 {
     slope * (x - j as f64) + fp[j] as f64
 }
 
+/// `exp(linspace(ln σmax, ln σmin, n))` (float64), diffusers' `_convert_to_exponential`.
+pub(crate) fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    np_linspace(sigma_max.ln(), sigma_min.ln(), n).into_iter().map(f64::exp).collect()
+}
+
 /// Karras et al. (2022) sigmas, rho = 7, from `sigma_max` down to `sigma_min` (float64).
 pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
     let rho = 7.0f64;
@@ -566,9 +577,23 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
 pub(crate) fn discrete_sigma_schedule(
     c: &SchedulerConfig,
     steps: usize,
-    karras: bool,
+    schedule: SigmaSchedule,
     linspace_f32: bool,
 ) -> Result<(Vec<f32>, Vec<f32>, TimestepSpacing)> {
+    let (ts, sigmas, spacing) = discrete_sigma_schedule_f64(c, steps, schedule, linspace_f32)?;
+    let mut sig32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
+    sig32.push(0.0);
+    Ok((ts.iter().map(|&t| t as f32).collect(), sig32, spacing))
+}
+
+/// As [`discrete_sigma_schedule`] before the f32 cast, without the final 0 (DPM++ SDE derives
+/// its midpoint timesteps from these float64 sigmas).
+pub(crate) fn discrete_sigma_schedule_f64(
+    c: &SchedulerConfig,
+    steps: usize,
+    schedule: SigmaSchedule,
+    linspace_f32: bool,
+) -> Result<(Vec<f64>, Vec<f64>, TimestepSpacing)> {
     let sched = NoiseSchedule::new(c)?;
     let n = c.num_train_timesteps;
     let spacing = c.spacing_or(TimestepSpacing::Linspace);
@@ -597,14 +622,15 @@ pub(crate) fn discrete_sigma_schedule(
     let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
     let mut sigmas: Vec<f64> = ts.iter().map(|&t| np_interp(t, &train_sigmas)).collect();
     let mut ts = ts;
-    if karras {
+    if schedule != SigmaSchedule::Normal {
         let (smin, smax) = (*sigmas.last().unwrap(), sigmas[0]);
-        sigmas = karras_sigmas(smin, smax, steps);
+        sigmas = match schedule {
+            SigmaSchedule::Karras => karras_sigmas(smin, smax, steps),
+            _ => exponential_sigmas(smin, smax, steps),
+        };
         ts = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
     }
-    let mut sig32: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
-    sig32.push(0.0);
-    Ok((ts.iter().map(|&t| t as f32).collect(), sig32, spacing))
+    Ok((ts, sigmas, spacing))
 }
 
 /// Euler/LMS/Heun/Euler a initial noise scale: σmax for "linspace"/"trailing", else

@@ -138,6 +138,9 @@ impl Scheduler for Pndm {
     fn num_inference_steps(&self) -> usize {
         self.steps
     }
+    fn alphas_cumprod(&self) -> Option<&[f32]> {
+        Some(&self.alphas_cumprod)
+    }
     fn reset(&mut self) {
         self.ets.clear();
         self.counter = 0;

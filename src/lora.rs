@@ -1,0 +1,560 @@
+//! LoRA: low-rank weight deltas merged into the text encoder and UNet,
+//! `W += multiplier · alpha/rank · up @ down` for every Linear and Conv layer the file covers.
+//!
+//! Key formats read ([`Lora::from_file`]):
+//! * kohya / A1111: `lora_unet_<module with . as _>` and `lora_te_<module>`, each with
+//!   `.lora_down.weight`, `.lora_up.weight` and an optional `.alpha` (scale alpha/rank; 1 without
+//!   it). LoCon conv layers: `lora_down` `[r, in, k, k]`, `lora_up` `[out, r, 1, 1]`;
+//! * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>…`;
+//!   scale from the `LoraConfig` diffusers saves in the metadata (`lora_adapter_metadata`:
+//!   `lora_alpha / r`, `alpha_pattern` by literal module name, rsLoRA `alpha / sqrt(r)`), else 1;
+//! * older diffusers: `….lora.down.weight` / `….lora.up.weight`, attention processors
+//!   (`attn1.processor.to_q_lora.down.weight`, `to_out_lora` = `to_out.0`, with or without the
+//!   `unet.` prefix), and the text encoder's `….lora_linear_layer.down.weight`.
+//!
+//! kohya names are matched against the model's own diffusers names with `.` replaced by `_`
+//! (unambiguous, unlike turning `_` back into `.`), so they work on diffusers folders and single
+//! files alike. Module paths in the UNet are diffusers' (what kohya's sd-scripts uses for SD 1.x/2.x);
+//! SDXL-style LDM names (`lora_unet_input_blocks_…`) and LyCORIS LoHa/LoKr/DoRA are not supported.
+//!
+//! Matching rules: a file whose pairs match no layer is an error (naming the file and a few keys:
+//! it is for another model family or naming); a file where only some pairs match is merged with a
+//! warning listing the rest (real files carry keys for layers a model lacks, e.g. SD 2.x's 24th text
+//! layer, which A1111 and diffusers skip too); a pair that matches a layer by name but not by shape is
+//! an error naming both tensors and shapes (a LoRA for another architecture would otherwise give a
+//! wrong image).
+//!
+//! Merging happens on the host in f32, from the base weights in the checkpoint (memory-mapped,
+//! never modified): the merged tensors override the file's in a [`Component`]
+//! ([`Component::with_overrides`]) from which the affected models are rebuilt. Changing the set
+//! (e.g. `<lora:name:w>` tags that differ per prompt) merges again from the base instead of
+//! subtracting the old deltas: with f16 weights `(W + d) - d != W`, and the drift would build up
+//! with every change; from the base, each merged weight is rounded to the storage dtype once, as
+//! diffusers' `fuse_lora` does.
+
+use crate::error::Result;
+use crate::gpu::Context;
+use crate::models::unet::UNet2DConditionModel;
+use crate::pipeline::StableDiffusion;
+use crate::weights::{Component, Override, SafetensorsFile, TensorView, WeightsError};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which model part a LoRA pair targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Part {
+    TextEncoder,
+    Unet,
+}
+
+#[derive(Clone, Debug)]
+enum Module {
+    /// kohya: the diffusers module path with `.` as `_`.
+    Flat(String),
+    /// diffusers: the module path itself.
+    Dotted(String),
+}
+
+/// One down/up pair of a file.
+#[derive(Clone, Debug)]
+struct Pair {
+    part: Part,
+    module: Module,
+    down: String,
+    up: String,
+    alpha: Option<String>,
+}
+
+/// A LoRA file, parsed (tensor data stays in the file until merged).
+pub struct Lora {
+    /// The file stem: what `<lora:NAME:w>` refers to.
+    pub name: String,
+    file: SafetensorsFile,
+    pairs: Vec<Pair>,
+    /// Keys that are not part of any recognised pair (reported with the unmatched ones).
+    unrecognized: Vec<String>,
+    /// PEFT `LoraConfig`s from the metadata, by part.
+    peft: HashMap<Part, PeftConfig>,
+}
+
+/// What a diffusers-saved PEFT file's `LoraConfig` (safetensors metadata
+/// `lora_adapter_metadata`: `unet.lora_alpha`, `unet.alpha_pattern`, `unet.use_rslora`, ...)
+/// says about scaling: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+#[derive(Clone, Debug, Default)]
+struct PeftConfig {
+    alpha: Option<f32>,
+    /// Module name (or dotted suffix) → alpha, as PEFT's `alpha_pattern` (literal names only).
+    alpha_pattern: Vec<(String, f32)>,
+    rslora: bool,
+}
+
+impl PeftConfig {
+    fn from_metadata(file: &SafetensorsFile) -> HashMap<Part, PeftConfig> {
+        let mut out = HashMap::new();
+        let Some(v) = file.metadata().get("lora_adapter_metadata").and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()) else {
+            return out;
+        };
+        for (part, prefix) in [(Part::Unet, "unet"), (Part::TextEncoder, "text_encoder")] {
+            let get = |k: &str| v.get(format!("{prefix}.{k}"));
+            let cfg = PeftConfig {
+                alpha: get("lora_alpha").and_then(serde_json::Value::as_f64).map(|a| a as f32),
+                alpha_pattern: get("alpha_pattern")
+                    .and_then(serde_json::Value::as_object)
+                    .map(|m| m.iter().filter_map(|(k, a)| Some((k.clone(), a.as_f64()? as f32))).collect())
+                    .unwrap_or_default(),
+                rslora: get("use_rslora").and_then(serde_json::Value::as_bool).unwrap_or(false),
+            };
+            if cfg.alpha.is_some() || !cfg.alpha_pattern.is_empty() || cfg.rslora {
+                out.insert(part, cfg);
+            }
+        }
+        out
+    }
+
+    /// The scale of a pair of rank `r` on `module`.
+    fn scale(&self, module: &str, r: usize) -> f32 {
+        let pattern = self.alpha_pattern.iter().find(|(p, _)| module == p || module.ends_with(&format!(".{p}")));
+        let alpha = pattern.map(|(_, a)| *a).or(self.alpha).unwrap_or(r as f32);
+        alpha / if self.rslora { (r as f32).sqrt() } else { r as f32 }
+    }
+}
+
+/// (down suffix, up suffix) of each pair naming, longest first where one ends another.
+const PAIR_SUFFIXES: &[(&str, &str)] = &[
+    (".lora_down.weight", ".lora_up.weight"),
+    (".lora_A.weight", ".lora_B.weight"),
+    (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),
+    ("_lora.down.weight", "_lora.up.weight"),
+    (".lora.down.weight", ".lora.up.weight"),
+];
+
+/// LyCORIS variants that are not a plain down/up product.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("hada_w1_a", "LoHa"),
+    ("lokr_w1", "LoKr"),
+    ("lora_mid.weight", "LoCon with a Tucker mid weight"),
+    ("dora_scale", "DoRA"),
+];
+
+fn err(path: &str, detail: String) -> WeightsError {
+    WeightsError::Architecture { path: path.to_string(), detail }
+}
+
+/// Part and module of a pair's key stem.
+fn classify(stem: &str) -> (Part, Module) {
+    let dotted = |s: &str| {
+        let mut m = s.replace(".processor.", ".");
+        if m.ends_with(".to_out") {
+            m.push_str(".0"); // `to_out_lora` is the Linear `to_out.0`
+        }
+        Module::Dotted(m)
+    };
+    if let Some(r) = stem.strip_prefix("lora_unet_") {
+        (Part::Unet, Module::Flat(r.to_string()))
+    } else if let Some(r) = stem.strip_prefix("lora_te_") {
+        (Part::TextEncoder, Module::Flat(r.to_string()))
+    } else if let Some(r) = stem.strip_prefix("unet.") {
+        (Part::Unet, dotted(r))
+    } else if let Some(r) = stem.strip_prefix("text_encoder.") {
+        (Part::TextEncoder, dotted(r))
+    } else {
+        // Old diffusers attention-processor files have bare UNet module paths.
+        (Part::Unet, dotted(stem))
+    }
+}
+
+impl Lora {
+    /// Open a `.safetensors` LoRA (memory-mapped on native targets).
+    pub fn open(path: impl AsRef<Path>) -> Result<Lora> {
+        let path = path.as_ref();
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Self::from_file(name, SafetensorsFile::open(path)?)
+    }
+
+    /// A LoRA already opened (e.g. [`SafetensorsFile::from_bytes`] on wasm32); `name` is what
+    /// prompt tags call it.
+    pub fn from_file(name: impl Into<String>, file: SafetensorsFile) -> Result<Lora> {
+        let path = file.path().to_string();
+        let names = file.names();
+        let mut pairs = Vec::new();
+        let mut used = std::collections::HashSet::new();
+        for key in &names {
+            if let Some((_, what)) = UNSUPPORTED.iter().find(|(s, _)| key.contains(s)) {
+                return Err(err(&path, format!("'{key}' is a LyCORIS {what} weight; only plain LoRA / LoCon (down·up) files are supported")).into());
+            }
+            let Some((down_sfx, up_sfx)) = PAIR_SUFFIXES.iter().find(|(d, _)| key.ends_with(d)) else { continue };
+            let stem = &key[..key.len() - down_sfx.len()];
+            let up = format!("{stem}{up_sfx}");
+            if !file.contains(&up) {
+                return Err(err(&path, format!("'{key}' has no matching '{up}' (a truncated or malformed LoRA)")).into());
+            }
+            let alpha = [format!("{stem}.alpha"), format!("{stem}.lora.alpha")].into_iter().find(|a| file.contains(a));
+            let (part, module) = classify(stem);
+            used.insert(key.to_string());
+            used.insert(up.clone());
+            if let Some(a) = &alpha {
+                used.insert(a.clone());
+            }
+            pairs.push(Pair { part, module, down: key.to_string(), up, alpha });
+        }
+        let unrecognized: Vec<String> = names.iter().filter(|k| !used.contains(**k)).map(|k| k.to_string()).collect();
+        if pairs.is_empty() {
+            let sample: Vec<&String> = unrecognized.iter().take(5).collect();
+            return Err(err(
+                &path,
+                format!(
+                    "not a LoRA: no `.lora_down/.lora_up`, `.lora_A/.lora_B` or `.lora.down/.lora.up` weight pairs among its {} tensors, e.g. {sample:?}",
+                    names.len()
+                ),
+            )
+            .into());
+        }
+        let peft = PeftConfig::from_metadata(&file);
+        Ok(Lora { name: name.into(), file, pairs, unrecognized, peft })
+    }
+
+    /// The file it came from.
+    pub fn path(&self) -> &str {
+        self.file.path()
+    }
+
+    /// Number of down/up pairs.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// One LoRA in use with A1111's two multipliers (`<lora:name:te[:unet]>`).
+#[derive(Clone)]
+pub struct LoraUse {
+    pub lora: Arc<Lora>,
+    pub te_scale: f32,
+    pub unet_scale: f32,
+}
+
+impl LoraUse {
+    /// The same multiplier for text encoder and UNet.
+    pub fn new(lora: Arc<Lora>, scale: f32) -> LoraUse {
+        LoraUse { lora, te_scale: scale, unet_scale: scale }
+    }
+}
+
+/// Merged weights for each part, and warnings about keys that matched nothing.
+#[derive(Default)]
+pub struct Merged {
+    pub text_encoder: HashMap<String, Vec<f32>>,
+    pub unet: HashMap<String, Vec<f32>>,
+    pub warnings: Vec<String>,
+}
+
+/// Weight names of a component, and the same with `.` as `_` (kohya) → the real name.
+struct Table<'a> {
+    c: &'a Component,
+    flat: HashMap<String, String>,
+}
+
+impl<'a> Table<'a> {
+    fn new(c: &'a Component) -> Table<'a> {
+        let flat = c
+            .names()
+            .into_iter()
+            .filter_map(|n| Some((n.strip_suffix(".weight")?.replace('.', "_"), n.clone())))
+            .collect();
+        Table { c, flat }
+    }
+    fn resolve(&self, m: &Module) -> Option<String> {
+        match m {
+            Module::Flat(f) => self.flat.get(f).cloned(),
+            Module::Dotted(d) => Some(format!("{d}.weight")).filter(|n| self.c.contains(n)),
+        }
+    }
+}
+
+/// Error unless `up [out, r, (1, 1)] @ down [r, …]` has the target's shape `[out, …]`.
+fn check_fit(path: &str, down: (&str, &[usize]), up: (&str, &[usize]), target: &str, wshape: &[usize]) -> Result<()> {
+    let (out, numel) = (wshape.first().copied().unwrap_or(0), wshape.iter().product::<usize>());
+    let r = down.1.first().copied().unwrap_or(0);
+    let fits = r > 0
+        && out > 0
+        && down.1.len() >= 2
+        && up.1.len() >= 2
+        && up.1[0] == out
+        && up.1[1] == r
+        && up.1[2..].iter().all(|&d| d == 1)
+        && down.1.iter().product::<usize>() * out == r * numel;
+    if !fits {
+        return Err(err(
+            path,
+            format!(
+                "LoRA tensors '{}' {:?} and '{}' {:?} do not fit the model's '{target}' {wshape:?} (a LoRA for another model architecture?)",
+                down.0, down.1, up.0, up.1
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `w [out, inner] += s · up [out, r] @ down [r, inner]` (shapes checked by [`check_fit`]).
+fn add_delta(w: &mut [f32], down: &TensorView, up: &TensorView, s: f32) -> Result<()> {
+    let (r, out) = (down.shape[0], up.shape[0]);
+    let inner = w.len() / out;
+    let (d, u) = (down.to_f32()?, up.to_f32()?);
+    for o in 0..out {
+        let row = &mut w[o * inner..(o + 1) * inner];
+        for k in 0..r {
+            let a = s * u[o * r + k];
+            if a != 0.0 {
+                for (x, &y) in row.iter_mut().zip(&d[k * inner..(k + 1) * inner]) {
+                    *x += a * y;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One pair to merge: target weight name → (LoRA, pair, multiplier · alpha / rank).
+type Item<'a> = (&'a Lora, &'a Pair, f32);
+
+/// Every pair of every LoRA resolved to a target and checked against its shape (no tensor data
+/// read, so errors come before anything is rebuilt), grouped by part and target.
+struct Plan<'a> {
+    text_encoder: BTreeMap<String, Vec<Item<'a>>>,
+    unet: BTreeMap<String, Vec<Item<'a>>>,
+    warnings: Vec<String>,
+}
+
+fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> Result<Plan<'a>> {
+    let te_table = Table::new(text_encoder);
+    let unet_table = Table::new(unet);
+    let mut plan = Plan { text_encoder: BTreeMap::new(), unet: BTreeMap::new(), warnings: Vec::new() };
+    for u in uses {
+        let lora: &Lora = &u.lora;
+        let path = lora.path();
+        let mut matched = 0;
+        let mut unmatched: Vec<&str> = lora.unrecognized.iter().map(String::as_str).collect();
+        for p in &lora.pairs {
+            let (table, comp, group, mult) = match p.part {
+                Part::TextEncoder => (&te_table, text_encoder, &mut plan.text_encoder, u.te_scale),
+                Part::Unet => (&unet_table, unet, &mut plan.unet, u.unet_scale),
+            };
+            let Some(target) = table.resolve(&p.module) else {
+                unmatched.push(&p.down);
+                continue;
+            };
+            matched += 1;
+            let shape_of = |k: &str| lora.file.info(k).map(|(_, s)| s.to_vec()).unwrap_or_default();
+            let (down, up) = (shape_of(&p.down), shape_of(&p.up));
+            check_fit(path, (&p.down, &down), (&p.up, &up), &target, &comp.shape(&target).unwrap_or_default())?;
+            let alpha = match &p.alpha {
+                Some(a) => {
+                    let v = lora.file.get(a)?.to_f32()?;
+                    let [alpha] = v[..] else { return Err(err(path, format!("'{a}' has {} values, expected one", v.len())).into()) };
+                    alpha / down[0] as f32
+                }
+                None => match (lora.peft.get(&p.part), &p.module) {
+                    (Some(cfg), Module::Dotted(m)) => cfg.scale(m, down[0]),
+                    _ => 1.0,
+                },
+            };
+            // A zero multiplier is still checked above (an error should not depend on it).
+            if mult != 0.0 {
+                group.entry(target).or_default().push((lora, p, mult * alpha));
+            }
+        }
+        if matched == 0 {
+            let sample: Vec<&&str> = unmatched.iter().take(5).collect();
+            return Err(err(
+                path,
+                format!(
+                    "this LoRA matches no layer of the model ({} pairs), e.g. {sample:?}; it is for another model family (SDXL?) or uses a key naming Pigment does not know",
+                    lora.pairs.len()
+                ),
+            )
+            .into());
+        }
+        if !unmatched.is_empty() {
+            let sample: Vec<&&str> = unmatched.iter().take(5).collect();
+            plan.warnings.push(format!(
+                "{path}: {} LoRA keys match no layer of this model and are ignored ({matched} pairs merged), e.g. {sample:?}",
+                unmatched.len()
+            ));
+        }
+    }
+    Ok(plan)
+}
+
+/// Merge one part's planned pairs, handing each merged tensor (f32) to `sink` as it is done.
+fn merge_part(comp: &Component, group: &BTreeMap<String, Vec<Item>>, mut sink: impl FnMut(String, Vec<f32>)) -> Result<()> {
+    for (target, items) in group {
+        let mut w = comp.get(target)?.to_f32()?;
+        for (lora, p, s) in items {
+            add_delta(&mut w, &lora.file.get(&p.down)?, &lora.file.get(&p.up)?, *s)?;
+        }
+        sink(target.clone(), w);
+    }
+    Ok(())
+}
+
+/// Merge `uses` into copies of the text encoder's and UNet's weights (see the module docs for
+/// what is an error and what a warning). Only touched tensors are returned.
+pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Result<Merged> {
+    let plan = plan(text_encoder, unet, uses)?;
+    let mut merged = Merged { warnings: plan.warnings.clone(), ..Default::default() };
+    merge_part(text_encoder, &plan.text_encoder, |k, v| {
+        merged.text_encoder.insert(k, v);
+    })?;
+    merge_part(unet, &plan.unet, |k, v| {
+        merged.unet.insert(k, v);
+    })?;
+    Ok(merged)
+}
+
+/// Which LoRAs a [`StableDiffusion`] has merged (kept in the pipeline by [`StableDiffusion::set_loras`]).
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// (file, te multiplier, unet multiplier) in order.
+    set: Vec<(String, f32, f32)>,
+    te_merged: bool,
+    unet_merged: bool,
+}
+
+impl Applied {
+    /// The LoRAs in use: (file, text-encoder multiplier, UNet multiplier).
+    pub fn files(&self) -> &[(String, f32, f32)] {
+        &self.set
+    }
+}
+
+impl StableDiffusion {
+    /// Use exactly these LoRAs from now on (an empty list restores the base model). The text
+    /// encoder and/or UNet are rebuilt from the base weights with the LoRAs merged (see the
+    /// [module docs](crate::lora)); nothing is done when the set is unchanged. Returns warnings
+    /// (keys that matched no layer) for the caller to show.
+    pub fn set_loras(&mut self, ctx: &Context, uses: &[LoraUse]) -> Result<Vec<String>> {
+        let set: Vec<(String, f32, f32)> = uses.iter().map(|u| (u.lora.path().to_string(), u.te_scale, u.unet_scale)).collect();
+        if set == self.loras.set {
+            return Ok(Vec::new());
+        }
+        let te = self.weights.text_encoder()?.base();
+        let unet = self.weights.unet()?.base();
+        let plan = plan(&te, &unet, uses)?;
+        // Until both rebuilds succeed, the state is unknown: force a rebuild next time.
+        let (te_was, unet_was) = (self.loras.te_merged, self.loras.unet_merged);
+        self.loras = Applied { set: Vec::new(), te_merged: true, unet_merged: true };
+        let (te_now, unet_now) = (!plan.text_encoder.is_empty(), !plan.unet.is_empty());
+        // One part at a time, each merged tensor kept in the storage dtype (what the upload would
+        // round it to anyway), so at most one f32 copy of a tensor is alive at once.
+        if te_now || te_was {
+            let mut o = HashMap::new();
+            merge_part(&te, &plan.text_encoder, |k, v| {
+                o.insert(k, Override::new(v, self.clip.dtype));
+            })?;
+            self.clip.reload_weights(ctx, &te.with_overrides(o))?;
+        }
+        if unet_now || unet_was {
+            let mut o = HashMap::new();
+            merge_part(&unet, &plan.unet, |k, v| {
+                o.insert(k, Override::new(v, self.unet.dtype));
+            })?;
+            let (config, dtype) = (self.unet.config.clone(), self.unet.dtype);
+            self.unet = UNet2DConditionModel::load_with(ctx, &unet.with_overrides(o), config, dtype)?;
+        }
+        self.loras = Applied { set, te_merged: te_now, unet_merged: unet_now };
+        // The replaced models' buffers went back to the pool's free list: release them. (While a
+        // model is rebuilt, the old and new weights are both on the GPU for a moment.)
+        ctx.trim_pool();
+        Ok(plan.warnings)
+    }
+
+    /// The LoRAs currently merged.
+    pub fn loras(&self) -> &Applied {
+        &self.loras
+    }
+}
+
+/// `FILE[:SCALE]` (scale 1 when absent; a suffix that is not a number is part of the path).
+pub fn parse_file_arg(s: &str) -> (PathBuf, f32) {
+    if let Some((p, sc)) = s.rsplit_once(':') {
+        if let Ok(v) = sc.trim().parse::<f32>() {
+            return (PathBuf::from(p), v);
+        }
+    }
+    (PathBuf::from(s), 1.0)
+}
+
+/// The command line's LoRAs: `--lora FILE[:SCALE]` files first, then the prompt's tags from
+/// `--lora-dir`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn uses_for_cli(files: &[String], dir: Option<&Path>, prompt: &str) -> Result<Vec<LoraUse>> {
+    let mut uses = Vec::new();
+    for f in files {
+        let (path, scale) = parse_file_arg(f);
+        uses.push(LoraUse::new(Arc::new(Lora::open(&path)?), scale));
+    }
+    uses.extend(uses_for_prompt(prompt, dir)?);
+    Ok(uses)
+}
+
+/// Every `.safetensors` under `dir` (recursively, as A1111's Lora folder), by file stem.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    fn walk(d: &Path, depth: usize, out: &mut Vec<(String, PathBuf)>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(d)? {
+            let p = e?.path();
+            if p.is_dir() && depth < 8 {
+                walk(&p, depth + 1, out)?;
+            } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("safetensors")) {
+                if let Some(stem) = p.file_stem() {
+                    out.push((stem.to_string_lossy().into_owned(), p.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, 0, &mut out).map_err(|source| WeightsError::Io { path: dir.display().to_string(), source })?;
+    out.sort();
+    Ok(out)
+}
+
+/// The LoRAs a prompt's `<lora:name:te[:unet]>` tags ask for, found by file stem under
+/// `dir` (`--lora-dir`). A tag with no such file is an error listing what the folder has.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn uses_for_prompt(prompt: &str, dir: Option<&Path>) -> Result<Vec<LoraUse>> {
+    let (_, tags) = crate::prompt::extract_extra_networks(prompt);
+    if tags.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(dir) = dir else {
+        return Err(crate::Error::Unsupported(format!(
+            "the prompt asks for <lora:{}>, but no LoRA folder was given (--lora-dir DIR)",
+            tags[0].name
+        )));
+    };
+    let files = list_dir(dir)?;
+    let mut uses = Vec::new();
+    for t in tags {
+        let Some((_, path)) = files.iter().find(|(stem, _)| *stem == t.name) else {
+            let have: Vec<&str> = files.iter().map(|(s, _)| s.as_str()).take(30).collect();
+            return Err(err(
+                &dir.display().to_string(),
+                format!(
+                    "<lora:{}> in the prompt: no {}.safetensors in this LoRA folder (it has {}: {})",
+                    t.name,
+                    t.name,
+                    files.len(),
+                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                ),
+            )
+            .into());
+        };
+        uses.push(LoraUse { lora: Arc::new(Lora::open(path)?), te_scale: t.weight, unet_scale: t.unet_weight });
+    }
+    Ok(uses)
+}
