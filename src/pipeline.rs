@@ -210,7 +210,7 @@ impl StableDiffusion {
             let shape = [2, self.unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
             let res = match &control {
-                Some(c) => c.residuals(ctx, &sample, t, &text, i, total)?,
+                Some(c) => c.residuals(ctx, &sample, t, &text, i - begin, total - begin)?,
                 None => None,
             };
             let out = self.unet.forward_controlled(ctx, &sample, &[t], &text, res.as_ref())?.to_f32(ctx).await?;

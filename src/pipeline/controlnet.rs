@@ -77,8 +77,9 @@ pub(super) fn prepare<'a>(ctx: &Context, sd: &'a StableDiffusion, o: &'a Generat
 }
 
 impl Control<'_> {
-    /// The residuals for evaluation `i` of `total` (`None` outside the guidance window, where
-    /// diffusers multiplies them by 0).
+    /// The residuals for evaluation `i` of the `total` that run (img2img counts from its begin
+    /// index, as diffusers' ControlNet img2img pipeline); `None` outside the guidance window,
+    /// where diffusers multiplies them by 0.
     pub(super) fn residuals(&self, ctx: &Context, sample: &Tensor, t: f32, text: &Tensor, i: usize, total: usize) -> Result<Option<ControlNetOutput>> {
         let (i, n) = (i as f64, total as f64);
         let keep = !(i / n < self.opts.guidance_start as f64 || (i + 1.0) / n > self.opts.guidance_end as f64);
