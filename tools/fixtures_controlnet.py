@@ -13,6 +13,7 @@ Writes (overwriting):
     tests/fixtures/golden/sd15-tiny/controlnet_control.png       the 64x64 control image
     tests/fixtures/golden/sd15-tiny/controlnet_residuals.safetensors
     tests/fixtures/golden/sd15-tiny/controlnet_txt2img.safetensors (+ .png)
+    tests/fixtures/golden/sd15-tiny/controlnet_img2img.png       (reads golden/img2img/init.png)
 
 The ControlNet is ControlNetModel.from_unet(sd15-tiny's UNet) with EVERY parameter re-drawn at
 random (make_fixtures.randomize), including the zero convolutions (`controlnet_down_blocks.N`,
@@ -193,6 +194,36 @@ def main():
     meta = {"prompt": mf.PROMPT, "negative_prompt": mf.NEGATIVE, "seed": mf.SEED, "steps": mf.STEPS, "guidance_scale": mf.GUIDANCE, "controlnet_conditioning_scale": PIPE_SCALE, "scheduler": type(pipe.scheduler).__name__, **stats}
     mf.save({"latents": mf.t32(lat), "image_u8": torch.from_numpy(out)}, os.path.join(gdir, "controlnet_txt2img.safetensors"), meta)
     mf.save_png(out, os.path.join(gdir, "controlnet_txt2img.png"))
+    # 3. StableDiffusionControlNetImg2ImgPipeline: DDIM, 5 steps at strength 0.6 (3 run), the
+    #    img2img fixtures' init.png, control_guidance_end 0.7: the ControlNet acts on the first two
+    #    of the three steps that run (the window counts those, not the whole schedule).
+    from diffusers import DDIMScheduler, StableDiffusionControlNetImg2ImgPipeline
+
+    init = Image.open(os.path.join(fixtures, "golden", "img2img", "init.png")).convert("RGB")
+    ipipe = StableDiffusionControlNetImg2ImgPipeline(
+        **{k: v for k, v in pipe.components.items() if k != "image_encoder"}, controlnet=cn, requires_safety_checker=False
+    )
+    ipipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    ipipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        i2i = ipipe(
+            mf.PROMPT,
+            image=init,
+            control_image=img,
+            negative_prompt=mf.NEGATIVE,
+            height=mf.HEIGHT,
+            width=mf.WIDTH,
+            num_inference_steps=5,
+            strength=0.6,
+            guidance_scale=mf.GUIDANCE,
+            controlnet_conditioning_scale=PIPE_SCALE,
+            control_guidance_end=0.7,
+            generator=torch.Generator("cpu").manual_seed(mf.SEED),
+        ).images[0]
+    i2i = np.asarray(i2i).copy()
+    mf.save_png(i2i, os.path.join(gdir, "controlnet_img2img.png"))
+    print(f"img2img: std {i2i.std():.1f}")
+
     for p in [folder, sf] + [os.path.join(gdir, f) for f in sorted(os.listdir(gdir)) if f.startswith("controlnet_")]:
         if os.path.isdir(p):
             for f in sorted(os.listdir(p)):
