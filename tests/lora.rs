@@ -183,8 +183,8 @@ fn generation_with_loras_matches_diffusers() {
         steps: 4,
         guidance: 7.5,
         sampler: SamplerKind::Euler,
-        karras: false,
         clip_skip: 1,
+        ..Default::default()
     };
     for (case, uses) in [("lora_kohya", vec![LoraUse::new(kohya(), 0.8)]), ("lora_both", both())] {
         assert!(sd.set_loras(c, &uses).unwrap().is_empty());
