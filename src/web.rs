@@ -45,6 +45,12 @@ pub const NO_WEBGPU: &str = "This browser has no WebGPU (navigator.gpu is undefi
      (on Linux start it with --enable-unsafe-webgpu, or enable chrome://flags/#enable-unsafe-webgpu), \
      Safari 26+, or Firefox 141+ on Windows; pages must be served over https or from localhost.";
 
+/// [`NO_WEBGPU`], for pages that check `navigator.gpu` themselves.
+#[wasm_bindgen]
+pub fn no_webgpu_message() -> String {
+    NO_WEBGPU.to_string()
+}
+
 /// The GPU: a WebGPU device with Pigment's pipeline cache and buffer pool.
 #[wasm_bindgen]
 pub struct Pigment {
