@@ -6,6 +6,7 @@
 // image; without WebGPU the page says so.
 import { chromium } from 'playwright-core';
 import path from 'node:path';
+import fs from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { serve } from './serve.mjs';
 
@@ -83,6 +84,13 @@ try {
   await waitFor(page, 'load', () => document.body.dataset.model || document.getElementById('error').textContent);
   check(/3 files downloaded/.test(await page.textContent('#status')), `first load downloads: ${await page.textContent('#status')}`);
   await generateAndCompare(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png', 'folder URL, PNDM');
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+  const png = await fs.readFile(await dl.path());
+  const text = png.toString('latin1');
+  check(dl.suggestedFilename() === 'pigment-42.png' && png.subarray(1, 4).toString() === 'PNG'
+    && text.includes('parameters\0a photograph of an astronaut riding a horse\nNegative prompt: blurry, low quality\n'
+      + 'Steps: 4, Sampler: PLMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: sd15-tiny'),
+  `download: ${dl.suggestedFilename()}, ${png.length} bytes with A1111 parameters`);
 
   // 2. A reload loads from the browser cache: no weights requested again.
   const before = weightHits();
