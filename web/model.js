@@ -62,7 +62,9 @@ async function toWasm(wasm, size, read, onProgress) {
 const blobReader = (blob) => async (off, len) => new Uint8Array(await blob.slice(off, off + len).arrayBuffer());
 
 /** Original-layout key prefixes of each component of a single-file checkpoint. */
-const SINGLE_PARTS = [['text_encoder', 'cond_stage_model.'], ['unet', 'model.diffusion_model.'], ['vae', 'first_stage_model.']];
+// UNet first: the biggest part takes wasm memory while it is still empty; the later parts reuse
+// the freed space, so the peak is the UNet alone.
+const SINGLE_PARTS = [['unet', 'model.diffusion_model.'], ['vae', 'first_stage_model.'], ['text_encoder', 'cond_stage_model.']];
 
 async function safetensorsHeader(blob) {
   if (blob.size < 8) throw new Error('not a safetensors file (shorter than 8 bytes)');
@@ -165,7 +167,7 @@ export async function loadModel(wasm, gpu, source, report) {
     } else {
       await setConfigs((f) => fetchOptionalText(`${url}/${f}`));
       const suffix = source.fp16 ? 'fp16.safetensors' : 'safetensors';
-      for (const [part, file] of [['text_encoder', 'model'], ['unet', 'diffusion_pytorch_model'], ['vae', 'diffusion_pytorch_model']]) {
+      for (const [part, file] of [['unet', 'diffusion_pytorch_model'], ['vae', 'diffusion_pytorch_model'], ['text_encoder', 'model']]) {
         const blob = await get(part, `${url}/${part}/${file}.${suffix}`);
         const bytes = await toWasm(wasm, blob.size, blobReader(blob), (l, t) => report(`copying ${part} into wasm`, l, t));
         report(`uploading ${part} to the GPU`);
@@ -183,7 +185,8 @@ export async function loadModel(wasm, gpu, source, report) {
       await setConfigs((f) => fetchOptionalText(`${base}/${f}`));
     }
     await setConfigs(async (p) => (byPath(p) ? byPath(p).text() : null));
-    const weights = files.filter((f) => f.name.endsWith('.safetensors'));
+    const order = (f) => ['unet', 'vae', 'text_encoder'].indexOf(rel(f).slice(-2, -1)[0]);
+    const weights = files.filter((f) => f.name.endsWith('.safetensors')).sort((a, b) => order(a) - order(b));
     if (!weights.length) throw new Error('no .safetensors file among the picked files');
     name = rel(weights[0])[0].replace(/\.safetensors$/, '');
     for (const f of weights) {
