@@ -128,10 +128,6 @@ impl Bytes {
         self.0[offset..end].copy_from_slice(chunk);
         Ok(())
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 fn parse_kind(part: &str) -> Result<ComponentKind, JsError> {

@@ -127,7 +127,14 @@ try {
   await page.goto(`${base}/web/index.html`);
   await waitFor(page, 'no WebGPU', () => document.getElementById('error').textContent, 60e3);
   const msg = await page.textContent('#error');
-  check(/WebGPU/.test(msg) && /enable-unsafe-webgpu/.test(msg), `without WebGPU: ${msg}`);
+  check(/WebGPU/.test(msg) && /enable-unsafe-webgpu/.test(msg), `without a WebGPU adapter: ${msg}`);
+  // A browser without the API at all (navigator.gpu undefined).
+  const old = await plain.newPage();
+  await old.addInitScript(() => { delete Navigator.prototype.gpu; delete WorkerNavigator.prototype.gpu; });
+  await old.goto(`${base}/web/index.html`);
+  await waitFor(old, 'no navigator.gpu', () => document.getElementById('error').textContent, 60e3);
+  const msg2 = await old.textContent('#error');
+  check(/no WebGPU \(navigator.gpu is undefined\)/.test(msg2), `without navigator.gpu: ${msg2}`);
 } catch (e) {
   check(false, e.message);
 } finally {
