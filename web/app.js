@@ -74,7 +74,7 @@ async function generate() {
   delete document.body.dataset.done;
   const t0 = performance.now();
   try {
-    status('Encoding the prompt…');
+    status('Encoding the prompt (the first run also compiles the shaders)…');
     progress(0, 1);
     const rgba = await model.generate(JSON.stringify(o), (i, n) => {
       progress(i, n + 1);
