@@ -23,3 +23,6 @@ pub mod cli;
 
 pub use error::{Error, Result};
 pub use gpu::{Context, DType, Tensor};
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -527,6 +527,19 @@ impl std::fmt::Debug for Component {
 }
 
 impl Component {
+    /// One part of a diffusers folder from its opened weights file and parsed `config.json`
+    /// (the browser hands the files over as bytes, see [`SafetensorsFile::from_bytes`]).
+    pub fn from_folder_file(kind: ComponentKind, file: SafetensorsFile, config: Option<Value>) -> Component {
+        let text_kind = (kind == ComponentKind::TextEncoder).then(|| {
+            // HF CLIPTextModel either way; SD2's is the OpenCLIP port (gelu).
+            match config.as_ref().and_then(|c| c.get("hidden_act")).and_then(Value::as_str) {
+                Some("quick_gelu") | None => TextEncoderKind::Clip,
+                _ => TextEncoderKind::OpenClip,
+            }
+        });
+        Component { kind, file: Arc::new(file), map: None, config, text_kind, overrides: None }
+    }
+
     /// The file the tensors come from.
     pub fn path(&self) -> &str {
         &self.file.path
@@ -751,21 +764,7 @@ impl Weights {
             };
             let config_path = sub.join("config.json");
             let config = if config_path.exists() { Some(read_json(&config_path)?) } else { None };
-            let text_kind = (kind == ComponentKind::TextEncoder).then(|| {
-                // HF CLIPTextModel either way; SD2's is the OpenCLIP port (gelu).
-                match config.as_ref().and_then(|c| c.get("hidden_act")).and_then(Value::as_str) {
-                    Some("quick_gelu") | None => TextEncoderKind::Clip,
-                    _ => TextEncoderKind::OpenClip,
-                }
-            });
-            let comp = Component {
-                kind,
-                file: Arc::new(SafetensorsFile::open(&file)?),
-                map: None,
-                config,
-                text_kind,
-                overrides: None,
-            };
+            let comp = Component::from_folder_file(kind, SafetensorsFile::open(&file)?, config);
             match kind {
                 ComponentKind::TextEncoder => w.text_encoder = Some(comp),
                 ComponentKind::Unet => w.unet = Some(comp),
@@ -821,6 +820,11 @@ impl Weights {
         })
     }
 
+    /// A model assembled from parts loaded elsewhere (the web loader uploads and drops each
+    /// part as it arrives, so it has none to keep here).
+    pub fn from_parts(source: Source, text_encoder: Option<Component>, unet: Option<Component>, vae: Option<Component>) -> Weights {
+        Weights { source, text_encoder, unet, vae }
+    }
     pub fn text_encoder(&self) -> Result<&Component> {
         self.part(ComponentKind::TextEncoder)
     }

@@ -55,20 +55,13 @@ impl Lcm {
     }
 }
 
-impl Lcm {
-    /// ᾱ over the training timesteps (what `add_noise` needs: `√ᾱ_t·x0 + √(1−ᾱ_t)·ε`).
-    pub fn alphas_cumprod(&self) -> &[f32] {
-        &self.alphas_cumprod
-    }
-}
-
 impl Scheduler for Lcm {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
     /// img2img noises with `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·n` (the trait's default).
     fn alphas_cumprod(&self) -> Option<&[f32]> {
-        Some(Lcm::alphas_cumprod(self))
+        Some(&self.alphas_cumprod)
     }
     fn init_noise_sigma(&self) -> f32 {
         1.0

@@ -1,0 +1,333 @@
+//! Browser bindings (wasm32 + WebGPU): open the GPU, load a model from bytes, generate.
+//!
+//! JavaScript sees four classes (see `web/pigment-app.js` for a complete use):
+//!
+//! * [`Pigment`]: `await Pigment.open(f16)` opens WebGPU (a clear error when the browser has none);
+//!   `adapter()` describes it (JSON); `loader()` starts loading a model.
+//! * [`Bytes`]: a file's bytes, written in chunks straight into wasm memory (`new Bytes(len)`,
+//!   `write(offset, chunk)`), so the page never holds a second whole copy in the JS heap.
+//! * [`ModelLoader`]: hand over the parts in any order: `add_component("unet", bytes)` for a
+//!   diffusers folder's `*/…safetensors` (each with `set_config(part, json)`), or
+//!   `add_single_file(bytes)` for an original-layout checkpoint (or any subset of its tensors:
+//!   the page splits a single file per component, see below), then `finish()`.
+//! * [`Model`]: `generate(optionsJson, onProgress)` → a Promise of RGBA bytes.
+//!
+//! Memory: each part is uploaded to GPU buffers as soon as it arrives and its bytes are freed,
+//! so wasm memory (4 GiB at most) peaks at the biggest part, not the whole checkpoint. The text
+//! encoder keeps its file for CPU-side token-embedding lookups, which is why the page hands a
+//! single-file checkpoint over one component at a time (only the text encoder's tensors stay).
+
+use crate::gpu::{AdapterChoice, Context};
+use crate::models::clip::ClipTextModel;
+use crate::models::unet::UNet2DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::pipeline::{GenerateOptions, StableDiffusion};
+use crate::schedulers::{SamplerKind, SchedulerConfig, SigmaSchedule};
+use crate::tokenizer::{ClipTokenizer, PadToken};
+use crate::weights::{self, Component, ComponentKind, SafetensorsFile, TextEncoderKind, Weights};
+use serde_json::Value;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// `navigator.gpu`, if the browser exposes WebGPU (window or worker).
+fn navigator_gpu() -> Option<JsValue> {
+    let nav = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+    let gpu = js_sys::Reflect::get(&nav, &"gpu".into()).ok()?;
+    (!gpu.is_undefined() && !gpu.is_null()).then_some(gpu)
+}
+
+/// What a page shows when WebGPU is missing.
+pub const NO_WEBGPU: &str = "This browser has no WebGPU (navigator.gpu is undefined). Use Chrome or Edge 113+ \
+     (on Linux start it with --enable-unsafe-webgpu, or enable chrome://flags/#enable-unsafe-webgpu), \
+     Safari 26+, or Firefox 141+ on Windows; pages must be served over https or from localhost.";
+
+/// [`NO_WEBGPU`], for pages that check `navigator.gpu` themselves.
+#[wasm_bindgen]
+pub fn no_webgpu_message() -> String {
+    NO_WEBGPU.to_string()
+}
+
+/// The GPU: a WebGPU device with Pigment's pipeline cache and buffer pool.
+#[wasm_bindgen]
+pub struct Pigment {
+    ctx: Rc<Context>,
+}
+
+#[wasm_bindgen]
+impl Pigment {
+    /// Open the browser's WebGPU adapter. `f16`: use f16 storage when the adapter offers
+    /// shader-f16 (f32 kernels otherwise, e.g. on SwiftShader).
+    pub async fn open(f16: bool) -> Result<Pigment, JsError> {
+        if navigator_gpu().is_none() {
+            return Err(JsError::new(NO_WEBGPU));
+        }
+        let choice = AdapterChoice { name: None, disable_f16: !f16 };
+        let ctx = Context::new(&choice).await.map_err(|e| {
+            JsError::new(&format!("{e}. WebGPU is present but gave no usable adapter: check chrome://gpu, or start Chrome with --enable-unsafe-webgpu"))
+        })?;
+        Ok(Pigment { ctx: Rc::new(ctx) })
+    }
+
+    /// The adapter as JSON: name, backend, device type, f16, maxBufferSize,
+    /// maxStorageBufferBindingSize.
+    pub fn adapter(&self) -> String {
+        let c = &self.ctx;
+        serde_json::json!({
+            "name": c.info.name,
+            "backend": format!("{:?}", c.info.backend),
+            "deviceType": format!("{:?}", c.info.device_type),
+            "driver": c.info.driver,
+            "f16": c.f16,
+            "maxBufferSize": c.limits.max_buffer_size,
+            "maxStorageBufferBindingSize": c.limits.max_storage_buffer_binding_size,
+        })
+        .to_string()
+    }
+
+    /// Start loading a model onto this GPU.
+    pub fn loader(&self) -> ModelLoader {
+        ModelLoader {
+            ctx: self.ctx.clone(),
+            configs: Default::default(),
+            scheduler: None,
+            pad: None,
+            text_kind: None,
+            clip: None,
+            unet: None,
+            vae: None,
+        }
+    }
+}
+
+/// A file's bytes in wasm memory, filled chunk by chunk from JS.
+#[wasm_bindgen]
+pub struct Bytes(Vec<u8>);
+
+#[wasm_bindgen]
+impl Bytes {
+    /// `len` zero bytes; fails clearly when wasm memory (at most 4 GiB) cannot hold them.
+    #[wasm_bindgen(constructor)]
+    pub fn new(len: usize) -> Result<Bytes, JsError> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| {
+            JsError::new(&format!("cannot allocate {} MiB of wasm memory (the limit is 4 GiB in all)", len >> 20))
+        })?;
+        v.resize(len, 0);
+        Ok(Bytes(v))
+    }
+
+    /// Copy `chunk` to `offset`.
+    pub fn write(&mut self, offset: usize, chunk: &[u8]) -> Result<(), JsError> {
+        let end = offset.checked_add(chunk.len()).filter(|&e| e <= self.0.len()).ok_or_else(|| {
+            JsError::new(&format!("write of {} bytes at {offset} past the end ({})", chunk.len(), self.0.len()))
+        })?;
+        self.0[offset..end].copy_from_slice(chunk);
+        Ok(())
+    }
+}
+
+fn parse_kind(part: &str) -> Result<ComponentKind, JsError> {
+    match part {
+        "text_encoder" => Ok(ComponentKind::TextEncoder),
+        "unet" => Ok(ComponentKind::Unet),
+        "vae" => Ok(ComponentKind::Vae),
+        _ => Err(JsError::new(&format!("unknown model part '{part}' (text_encoder, unet or vae)"))),
+    }
+}
+
+/// Collects a model part by part; each part goes to the GPU as it arrives.
+#[wasm_bindgen]
+pub struct ModelLoader {
+    ctx: Rc<Context>,
+    configs: std::collections::HashMap<ComponentKind, Value>,
+    scheduler: Option<SchedulerConfig>,
+    pad: Option<PadToken>,
+    text_kind: Option<TextEncoderKind>,
+    clip: Option<ClipTextModel>,
+    unet: Option<UNet2DConditionModel>,
+    vae: Option<AutoencoderKL>,
+}
+
+#[wasm_bindgen]
+impl ModelLoader {
+    /// A diffusers `config.json` for `part` (text_encoder, unet, vae), `scheduler` for
+    /// `scheduler/scheduler_config.json`, or `tokenizer` for `tokenizer/tokenizer_config.json`
+    /// (its pad token). Give configs before the part's weights.
+    pub fn set_config(&mut self, part: &str, json: &str) -> Result<(), JsError> {
+        match part {
+            "scheduler" => self.scheduler = Some(SchedulerConfig::from_json(json).map_err(js_err)?),
+            "tokenizer" => {
+                let v: Value = serde_json::from_str(json).map_err(|e| js_err(format!("tokenizer_config.json: {e}")))?;
+                let pad = v.get("pad_token").and_then(|p| p.as_str().or_else(|| p.get("content")?.as_str()));
+                self.pad = pad.map(|p| if p == "!" { PadToken::Exclamation } else { PadToken::EndOfText });
+            }
+            _ => {
+                let kind = parse_kind(part)?;
+                let v = serde_json::from_str(json).map_err(|e| js_err(format!("{part}/config.json: {e}")))?;
+                self.configs.insert(kind, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// One diffusers-folder weights file (`text_encoder/model.safetensors`,
+    /// `unet/diffusion_pytorch_model.safetensors`, `vae/diffusion_pytorch_model.safetensors`).
+    pub fn add_component(&mut self, part: &str, name: &str, bytes: Bytes, f16: bool) -> Result<(), JsError> {
+        let kind = parse_kind(part)?;
+        let file = SafetensorsFile::from_bytes(name, bytes.0).map_err(js_err)?;
+        let comp = Component::from_folder_file(kind, file, self.configs.get(&kind).cloned());
+        self.load(&comp, f16)
+    }
+
+    /// A single-file checkpoint (original LDM keys), whole or any subset of its tensors; every
+    /// part it holds is loaded. Configs given with `set_config` describe its parts (as the
+    /// CLI's `--config`); otherwise they are inferred from the tensors.
+    pub fn add_single_file(&mut self, name: &str, bytes: Bytes, f16: bool) -> Result<(), JsError> {
+        let file = SafetensorsFile::from_bytes(name, bytes.0).map_err(js_err)?;
+        let w = Weights::from_single_file(file).map_err(js_err)?;
+        let mut any = false;
+        for comp in [w.text_encoder(), w.unet(), w.vae()].into_iter().flatten() {
+            let mut comp = comp.clone();
+            if let Some(c) = self.configs.get(&comp.kind) {
+                comp.config = Some(c.clone());
+            }
+            self.load(&comp, f16)?;
+            any = true;
+        }
+        if !any {
+            return Err(js_err(format!("{name}: no Stable Diffusion tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)")));
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, comp: &Component, f16: bool) -> Result<(), JsError> {
+        let ctx = &self.ctx;
+        let dtype = weights::storage_dtype(ctx, f16);
+        match comp.kind {
+            ComponentKind::TextEncoder => {
+                self.text_kind = comp.text_kind;
+                self.clip = Some(ClipTextModel::load(ctx, comp, dtype).map_err(js_err)?);
+            }
+            ComponentKind::Unet => self.unet = Some(UNet2DConditionModel::load(ctx, comp, dtype).map_err(js_err)?),
+            ComponentKind::Vae => self.vae = Some(AutoencoderKL::load_decoder(ctx, comp, dtype).map_err(js_err)?),
+            ComponentKind::ControlNet => return Err(js_err("ControlNets are not offered on the page")),
+        }
+        // Submit the uploads now so the staging copies are released before the next part.
+        ctx.flush();
+        Ok(())
+    }
+
+    /// The model, once text encoder, UNet and VAE are all loaded. `name` shows in metadata.
+    pub fn finish(self, name: &str) -> Result<Model, JsError> {
+        let missing = |what: &str| js_err(format!("the model has no {what} yet: add its weights first"));
+        let open_clip = self.text_kind == Some(TextEncoderKind::OpenClip);
+        let pad = self.pad.unwrap_or(if open_clip { PadToken::Exclamation } else { PadToken::EndOfText });
+        let sd = StableDiffusion {
+            // The real CLIP BPE is compiled in; SD folders ship that same vocabulary.
+            tokenizer: ClipTokenizer::embedded(pad),
+            clip: self.clip.ok_or_else(|| missing("text encoder"))?,
+            unet: self.unet.ok_or_else(|| missing("UNet"))?,
+            vae: self.vae.ok_or_else(|| missing("VAE"))?,
+            controlnet: None,
+            scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
+            name: name.to_string(),
+            // The parts were uploaded and dropped as they arrived: no base weights to merge
+            // LoRAs into (the page offers none).
+            weights: weights::Weights::from_parts(weights::Source::Folder(name.into()), None, None, None),
+            loras: Default::default(),
+        };
+        Ok(Model { ctx: self.ctx, sd: Rc::new(sd) })
+    }
+}
+
+/// A loaded model.
+#[wasm_bindgen]
+pub struct Model {
+    ctx: Rc<Context>,
+    sd: Rc<StableDiffusion>,
+}
+
+/// Generation options from the page's JSON (the CLI's flags; absent keys take its defaults).
+pub fn parse_options(json: &str) -> Result<GenerateOptions, crate::Error> {
+    let bad = |m: String| crate::Error::Unsupported(m);
+    let v: Value = serde_json::from_str(json).map_err(|e| bad(format!("options are not valid JSON: {e}")))?;
+    let mut o = GenerateOptions::default();
+    let s = |k: &str| v.get(k).and_then(Value::as_str);
+    let n = |k: &str| v.get(k).filter(|x| !x.is_null());
+    let uint = |k: &str| -> Result<Option<u64>, crate::Error> {
+        n(k).map(|x| x.as_u64().ok_or_else(|| bad(format!("option '{k}' must be a non-negative integer, got {x}")))).transpose()
+    };
+    if let Some(p) = s("prompt") {
+        o.prompt = p.to_string();
+    }
+    if let Some(p) = s("negativePrompt") {
+        o.negative_prompt = p.to_string();
+    }
+    if let Some(x) = uint("seed")? {
+        o.seed = x;
+    }
+    if let Some(x) = uint("width")? {
+        o.width = x as usize;
+    }
+    if let Some(x) = uint("height")? {
+        o.height = x as usize;
+    }
+    if let Some(x) = uint("steps")? {
+        o.steps = x as usize;
+    }
+    if let Some(x) = uint("clipSkip")? {
+        o.clip_skip = (x as usize).max(1);
+    }
+    if let Some(x) = n("guidance") {
+        o.guidance = x.as_f64().ok_or_else(|| bad(format!("option 'guidance' must be a number, got {x}")))? as f32;
+    }
+    if let Some(x) = s("sampler") {
+        o.sampler = SamplerKind::parse(x)?;
+    }
+    // `schedule` (A1111's schedule type: normal | karras | exponential); `karras: true` is
+    // the older spelling of `schedule: "karras"`.
+    if let Some(x) = s("schedule") {
+        o.schedule = SigmaSchedule::parse(x)?;
+    }
+    if n("karras").and_then(Value::as_bool).unwrap_or(false) {
+        o.schedule = SigmaSchedule::Karras;
+    }
+    if !o.sampler.supports_schedule(o.schedule) {
+        return Err(bad(format!("the {} schedule is not available for {}", o.schedule.name(), o.sampler.name())));
+    }
+    Ok(o)
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// Run txt2img. `options`: JSON `{prompt, negativePrompt, seed, steps, guidance, sampler,
+    /// schedule, width, height, clipSkip}`; `on_progress(step, total)` after each model evaluation.
+    /// Resolves to the image as RGBA bytes (width × height × 4).
+    pub fn generate(&self, options: &str, on_progress: Option<js_sys::Function>) -> js_sys::Promise {
+        let (ctx, sd) = (self.ctx.clone(), self.sd.clone());
+        let options = options.to_string();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let o = parse_options(&options).map_err(js_err)?;
+            let progress = |step: usize, total: usize| {
+                if let Some(f) = &on_progress {
+                    let _ = f.call2(&JsValue::NULL, &(step as u32).into(), &(total as u32).into());
+                }
+            };
+            let image = sd.generate_async(&ctx, &o, progress).await.map_err(js_err)?;
+            let mut rgba = Vec::with_capacity(image.width * image.height * 4);
+            for px in image.rgb.chunks_exact(3) {
+                rgba.extend_from_slice(&[px[0], px[1], px[2], 255]);
+            }
+            Ok(js_sys::Uint8Array::from(&rgba[..]).into())
+        })
+    }
+
+    /// A1111's `parameters` text for these options (for the PNG the page saves).
+    pub fn parameters(&self, options: &str) -> Result<String, JsError> {
+        Ok(crate::pipeline::a1111_parameters(&parse_options(options).map_err(js_err)?, &self.sd.name))
+    }
+}

@@ -1,0 +1,145 @@
+// End to end in headless Chromium (playwright-core driving /usr/bin/chromium, WebGPU from
+// SwiftShader): the page loads the tiny SD 1.5 fixture from a URL, generates from the form, and
+// the canvas must match the PNG diffusers made for the same settings (mean <= 1 level, max <= 8,
+// as tests/pipeline.rs); a reload loads from the Cache API without downloading; a single file
+// picked with the file input (configs from a URL, as the CLI's --config) gives diffusers' Euler a
+// image; without WebGPU the page says so.
+import { chromium } from 'playwright-core';
+import path from 'node:path';
+import fs from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const FLAGS = ['--no-sandbox', '--disable-dev-shm-usage', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+const { server, hits, port } = await serve(root);
+const base = `http://127.0.0.1:${port}`;
+const weightHits = () => [...hits].filter(([p]) => p.endsWith('.safetensors')).reduce((s, [, n]) => s + n, 0);
+let failed = false;
+const check = (ok, msg) => { console.log(`${ok ? 'ok  ' : 'FAIL'} ${msg}`); if (!ok) failed = true; };
+
+async function waitFor(page, what, fn, timeout = 300e3) {
+  try {
+    await page.waitForFunction(fn, null, { timeout, polling: 250 });
+  } catch (e) {
+    const s = await page.evaluate(() => `${document.getElementById('status')?.textContent} ${document.getElementById('error')?.textContent}`);
+    throw new Error(`${what}: ${e.message.split('\n')[0]}; page says: ${s}`);
+  }
+}
+
+/** Fill the form, click Generate, compare the canvas with a golden PNG. */
+async function generateAndCompare(page, sampler, golden, what) {
+  await page.fill('#prompt', 'a photograph of an astronaut riding a horse');
+  await page.fill('#negative', 'blurry, low quality');
+  await page.fill('#seed', '42');
+  await page.fill('#steps', '4');
+  await page.fill('#guidance', '7.5');
+  await page.selectOption('#sampler', sampler);
+  await page.fill('#width', '64');
+  await page.fill('#height', '64');
+  const t0 = Date.now();
+  await page.click('#generate');
+  await waitFor(page, `${what}: generation`, () => document.body.dataset.done || document.getElementById('error').textContent);
+  const err = await page.textContent('#error');
+  if (err) throw new Error(`${what}: ${err}`);
+  const secs = (Date.now() - t0) / 1000;
+  const [mean, max, progress] = await page.evaluate(async (golden) => {
+    const c = document.getElementById('canvas');
+    const got = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const bmp = await createImageBitmap(await (await fetch(golden)).blob(), { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    const oc = new OffscreenCanvas(bmp.width, bmp.height);
+    oc.getContext('2d').drawImage(bmp, 0, 0);
+    const want = oc.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data;
+    if (want.length !== got.length) return [Infinity, Infinity, 0];
+    let sum = 0, max = 0, n = 0;
+    for (let i = 0; i < got.length; i++) {
+      if (i % 4 === 3) continue;
+      const d = Math.abs(got[i] - want[i]);
+      sum += d; max = Math.max(max, d); n++;
+    }
+    const p = document.getElementById('progress');
+    return [sum / n, max, p.value / p.max];
+  }, golden);
+  check(mean <= 1 && max <= 8, `${what}: canvas vs ${golden}: mean ${mean.toFixed(3)} max ${max} levels (${secs.toFixed(1)} s)`);
+  check(progress === 1, `${what}: progress bar full`);
+  check(!(await page.isDisabled('#download')), `${what}: download enabled`);
+}
+
+const t0 = Date.now();
+const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--enable-unsafe-webgpu', ...FLAGS] });
+try {
+  const page = await browser.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') console.log(`  [page] ${m.text().split('\n')[0]}`); });
+  await page.goto(`${base}/web/index.html`);
+  await waitFor(page, 'WebGPU start', () => /Ready|Failed/.test(document.getElementById('status').textContent), 60e3);
+  const adapter = await page.evaluate(() => window.pigmentAdapter);
+  console.log(`adapter: ${JSON.stringify(adapter)}`);
+  check(adapter && adapter.wgpu.f16 === false, 'SwiftShader: no shader-f16, f32 kernels');
+
+  // 1. A diffusers folder from a URL, then the form.
+  await page.fill('#model-url', '/tests/fixtures/sd15-tiny');
+  await page.click('#load-url');
+  await waitFor(page, 'load', () => document.body.dataset.model || document.getElementById('error').textContent);
+  check(/3 files downloaded/.test(await page.textContent('#status')), `first load downloads: ${await page.textContent('#status')}`);
+  await generateAndCompare(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png', 'folder URL, PNDM');
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+  const png = await fs.readFile(await dl.path());
+  const text = png.toString('latin1');
+  check(dl.suggestedFilename() === 'pigment-42.png' && png.subarray(1, 4).toString() === 'PNG'
+    && text.includes('parameters\0a photograph of an astronaut riding a horse\nNegative prompt: blurry, low quality\n'
+      + 'Steps: 4, Sampler: PLMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: sd15-tiny'),
+  `download: ${dl.suggestedFilename()}, ${png.length} bytes with A1111 parameters`);
+
+  // 2. A reload loads from the browser cache: no weights requested again.
+  const before = weightHits();
+  await page.reload();
+  await waitFor(page, 'restart', () => /Ready|Failed/.test(document.getElementById('status').textContent), 60e3);
+  await page.fill('#model-url', '/tests/fixtures/sd15-tiny');
+  await page.click('#load-url');
+  await waitFor(page, 'reload', () => document.body.dataset.model || document.getElementById('error').textContent);
+  check(weightHits() === before && /3 from the browser cache/.test(await page.textContent('#status')),
+    `reload uses the cache (${weightHits() - before} weight requests): ${await page.textContent('#status')}`);
+
+  // 3. A single-file checkpoint picked with the file input, configs from a URL.
+  await page.fill('#config-url', '/tests/fixtures/sd15-tiny');
+  await page.evaluate(() => { delete document.body.dataset.model; });
+  await page.setInputFiles('#files', path.join(root, 'tests/fixtures/sd15-tiny.safetensors'));
+  await waitFor(page, 'single file', () => document.body.dataset.model || document.getElementById('error').textContent);
+  await generateAndCompare(page, 'euler-a', '/tests/fixtures/golden/sd15-tiny/sampler_euler_a.png', 'picked single file, Euler a');
+
+  // 4. Bad input: a clear error on the page, not a hang.
+  await page.fill('#width', '100');
+  await page.click('#generate');
+  await waitFor(page, 'bad width', () => document.getElementById('error').textContent);
+  check(/width 100.*96.*104/.test(await page.textContent('#error')), `bad width: ${await page.textContent('#error')}`);
+} catch (e) {
+  check(false, e.message);
+} finally {
+  await browser.close();
+}
+
+// 5. Without WebGPU the page says what to do.
+const plain = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS });
+try {
+  const page = await plain.newPage();
+  await page.goto(`${base}/web/index.html`);
+  await waitFor(page, 'no WebGPU', () => document.getElementById('error').textContent, 60e3);
+  const msg = await page.textContent('#error');
+  check(/WebGPU/.test(msg) && /enable-unsafe-webgpu/.test(msg), `without a WebGPU adapter: ${msg}`);
+  // A browser without the API at all (navigator.gpu undefined).
+  const old = await plain.newPage();
+  await old.addInitScript(() => { delete Navigator.prototype.gpu; delete WorkerNavigator.prototype.gpu; });
+  await old.goto(`${base}/web/index.html`);
+  await waitFor(old, 'no navigator.gpu', () => document.getElementById('error').textContent, 60e3);
+  const msg2 = await old.textContent('#error');
+  check(/no WebGPU \(navigator.gpu is undefined\)/.test(msg2), `without navigator.gpu: ${msg2}`);
+} catch (e) {
+  check(false, e.message);
+} finally {
+  await plain.close();
+  server.close();
+}
+console.log(`e2e: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+process.exit(failed ? 1 : 0);

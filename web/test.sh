@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The browser tests, in headless Chromium with WebGPU (SwiftShader): wasm-bindgen-test tests of
+# kernels and of a whole generation (tests/web_*.rs), then the page end to end (web/e2e.mjs).
+# Needs chromium, chromium-driver, wasm-bindgen-cli = Cargo.lock's wasm-bindgen and node (.ci/run
+# installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}"
+export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-600}"
+start=$SECONDS
+# Chromium's flags for the wasm-bindgen-test runner are in webdriver.json (--enable-unsafe-webgpu).
+cargo test --release --target wasm32-unknown-unknown --no-default-features --test web_kernels --test web_pipeline
+web/build.sh
+(cd web && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; })
+node web/e2e.mjs
+echo "web tests: $((SECONDS - start)) s"
