@@ -179,8 +179,35 @@ impl StableDiffusion {
         pollster::block_on(self.generate_async(ctx, o, progress))
     }
 
+    /// As [`StableDiffusion::generate`], also calling `preview(step, image)` with the VAE decode
+    /// of the current latents after every `every`-th model evaluation but the last (whose image
+    /// is the result). Each preview costs one VAE decode.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn generate_with_previews(
+        &self,
+        ctx: &Context,
+        o: &GenerateOptions,
+        every: usize,
+        progress: impl FnMut(usize, usize),
+        mut preview: impl FnMut(usize, &Image),
+    ) -> Result<Image> {
+        pollster::block_on(self.generate_with_previews_async(ctx, o, Some((every, &mut preview)), progress))
+    }
+
     /// Run txt2img (async: on the web every readback waits for the browser's event loop).
-    pub async fn generate_async(&self, ctx: &Context, o: &GenerateOptions, mut progress: impl FnMut(usize, usize)) -> Result<Image> {
+    pub async fn generate_async(&self, ctx: &Context, o: &GenerateOptions, progress: impl FnMut(usize, usize)) -> Result<Image> {
+        self.generate_with_previews_async(ctx, o, None, progress).await
+    }
+
+    /// [`StableDiffusion::generate_async`] with optional previews: `(every, preview)` as in
+    /// [`StableDiffusion::generate_with_previews`].
+    pub async fn generate_with_previews_async(
+        &self,
+        ctx: &Context,
+        o: &GenerateOptions,
+        mut preview: Option<(usize, &mut dyn FnMut(usize, &Image))>,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Image> {
         check_size(o.width, o.height)?;
         if o.steps == 0 {
             return Err(Error::Unsupported("steps must be at least 1".into()));
@@ -220,8 +247,18 @@ impl StableDiffusion {
                 p.blend(&mut x, sched.as_ref(), i)?;
             }
             progress(i + 1 - begin, total - begin);
+            if let Some((every, show)) = preview.as_mut() {
+                let done = i + 1 - begin;
+                if i + 1 < total && done % (*every).max(1) == 0 {
+                    show(done, &self.decode(ctx, &x, &latent_shape, o).await?);
+                }
+            }
         }
-        let latents = Tensor::from_f32(ctx, &x, &latent_shape, DType::F32)?;
+        self.decode(ctx, &x, &latent_shape, o).await
+    }
+
+    async fn decode(&self, ctx: &Context, x: &[f32], latent_shape: &[usize; 4], o: &GenerateOptions) -> Result<Image> {
+        let latents = Tensor::from_f32(ctx, x, latent_shape, DType::F32)?;
         let rgb = self.vae.latents_to_image_u8_async(ctx, &latents).await?;
         Ok(Image { width: o.width, height: o.height, rgb })
     }

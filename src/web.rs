@@ -21,7 +21,7 @@ use crate::gpu::{AdapterChoice, Context};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
-use crate::pipeline::{GenerateOptions, StableDiffusion};
+use crate::pipeline::{GenerateOptions, Image, StableDiffusion};
 use crate::schedulers::{SamplerKind, SchedulerConfig, SigmaSchedule};
 use crate::tokenizer::{ClipTokenizer, PadToken};
 use crate::weights::{self, Component, ComponentKind, SafetensorsFile, TextEncoderKind, Weights};
@@ -251,6 +251,26 @@ pub struct Model {
     sd: Rc<StableDiffusion>,
 }
 
+fn rgba(image: &Image) -> js_sys::Uint8Array {
+    let mut out = Vec::with_capacity(image.width * image.height * 4);
+    for px in image.rgb.chunks_exact(3) {
+        out.extend_from_slice(&[px[0], px[1], px[2], 255]);
+    }
+    js_sys::Uint8Array::from(&out[..])
+}
+
+/// `previewEvery` from the options JSON (0 or absent: no previews).
+fn preview_every(json: &str) -> Result<usize, crate::Error> {
+    let v: Value = serde_json::from_str(json).map_err(|e| crate::Error::Unsupported(format!("options are not valid JSON: {e}")))?;
+    match v.get("previewEvery").filter(|x| !x.is_null()) {
+        None => Ok(0),
+        Some(x) => x
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| crate::Error::Unsupported(format!("option 'previewEvery' must be a non-negative integer, got {x}"))),
+    }
+}
+
 /// Generation options from the page's JSON (the CLI's flags; absent keys take its defaults).
 pub fn parse_options(json: &str) -> Result<GenerateOptions, crate::Error> {
     let bad = |m: String| crate::Error::Unsupported(m);
@@ -305,24 +325,32 @@ pub fn parse_options(json: &str) -> Result<GenerateOptions, crate::Error> {
 #[wasm_bindgen]
 impl Model {
     /// Run txt2img. `options`: JSON `{prompt, negativePrompt, seed, steps, guidance, sampler,
-    /// schedule, width, height, clipSkip}`; `on_progress(step, total)` after each model evaluation.
-    /// Resolves to the image as RGBA bytes (width × height × 4).
-    pub fn generate(&self, options: &str, on_progress: Option<js_sys::Function>) -> js_sys::Promise {
+    /// schedule, width, height, clipSkip, previewEvery}`; `on_progress(step, total)` after each
+    /// model evaluation; with `previewEvery: N` (> 0) and `on_preview`, `on_preview(step, rgba)`
+    /// gets the VAE decode of the current latents every N evaluations. Resolves to the image as
+    /// RGBA bytes (width × height × 4).
+    pub fn generate(&self, options: &str, on_progress: Option<js_sys::Function>, on_preview: Option<js_sys::Function>) -> js_sys::Promise {
         let (ctx, sd) = (self.ctx.clone(), self.sd.clone());
         let options = options.to_string();
         wasm_bindgen_futures::future_to_promise(async move {
             let o = parse_options(&options).map_err(js_err)?;
+            let every = preview_every(&options).map_err(js_err)?;
             let progress = |step: usize, total: usize| {
                 if let Some(f) = &on_progress {
                     let _ = f.call2(&JsValue::NULL, &(step as u32).into(), &(total as u32).into());
                 }
             };
-            let image = sd.generate_async(&ctx, &o, progress).await.map_err(js_err)?;
-            let mut rgba = Vec::with_capacity(image.width * image.height * 4);
-            for px in image.rgb.chunks_exact(3) {
-                rgba.extend_from_slice(&[px[0], px[1], px[2], 255]);
-            }
-            Ok(js_sys::Uint8Array::from(&rgba[..]).into())
+            let mut show = |step: usize, image: &Image| {
+                if let Some(f) = &on_preview {
+                    let _ = f.call2(&JsValue::NULL, &(step as u32).into(), &rgba(image).into());
+                }
+            };
+            let preview = match (every, &on_preview) {
+                (n, Some(_)) if n > 0 => Some((n, &mut show as &mut dyn FnMut(usize, &Image))),
+                _ => None,
+            };
+            let image = sd.generate_with_previews_async(&ctx, &o, preview, progress).await.map_err(js_err)?;
+            Ok(rgba(&image).into())
         })
     }
 

@@ -202,3 +202,40 @@ fn single_file_checkpoint_matches_folder_png() {
         assert!(mean <= 1.0 && max <= 8, "{variant} single file: mean {mean:.3} max {max}");
     }
 }
+
+/// Previews (`generate_with_previews`) are the VAE decode of the latents after that step:
+/// compared with our own decode of diffusers' latents after the same step (golden `latents`,
+/// one per step). Neighbouring steps' images differ by more than the bound (checked below), so a
+/// preview of the wrong step fails it.
+#[test]
+fn previews_decode_the_latents_of_their_step() {
+    let c = ctx();
+    let sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
+    let g = Golden::load("sd15-tiny", "sampler_euler.safetensors");
+    let (latents, shape) = g.f32("latents");
+    let per_step: usize = shape[1..].iter().product();
+    let mut seen = Vec::new();
+    let image = sd
+        .generate_with_previews(c, &options(SamplerKind::Euler, SigmaSchedule::Normal), 1, |_, _| {}, |step, img| {
+            seen.push((step, img.rgb.clone()))
+        })
+        .unwrap();
+    // every evaluation but the last (whose decode is the returned image)
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    for (step, rgb) in &seen {
+        let x = &latents[(step - 1) * per_step..step * per_step];
+        let t = pigment::Tensor::from_f32(c, x, &shape[1..], pigment::DType::F32).unwrap();
+        let want = sd.vae.latents_to_image_u8(c, &t).unwrap();
+        let (mean, max) = diff(rgb, &want);
+        eprintln!("preview after step {step}: mean {mean:.3} max {max}");
+        assert!(mean <= 1.0 && max <= 8, "preview {step}: mean {mean:.3} max {max} levels off");
+    }
+    let (_, _, png) = read_png(&fixtures().join("golden/sd15-tiny/sampler_euler.png"));
+    let (mean, max) = diff(&image.rgb, &png);
+    assert!(mean <= 1.0 && max <= 8, "final image: mean {mean:.3} max {max}");
+    // neighbouring previews would fail the bound (so a preview of the wrong step is caught)
+    for w in seen.windows(2) {
+        let (mean, max) = diff(&w[0].1, &w[1].1);
+        assert!(mean > 1.0 || max > 8, "previews {} and {} differ by only mean {mean:.2} max {max}", w[0].0, w[1].0);
+    }
+}

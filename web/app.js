@@ -63,7 +63,15 @@ function options() {
     seed: Number($('seed').value), steps: Number($('steps').value), guidance: Number($('guidance').value),
     sampler: $('sampler').value, schedule: $('schedule').value,
     width: Number($('width').value), height: Number($('height').value), clipSkip: Number($('clip-skip').value),
+    previewEvery: Number($('preview-every').value),
   };
+}
+
+function draw(rgba, w, h) {
+  const c = $('canvas');
+  c.width = w;
+  c.height = h;
+  c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba.buffer), w, h), 0, 0);
 }
 
 async function generate() {
@@ -72,6 +80,7 @@ async function generate() {
   $('generate').disabled = true;
   $('download').disabled = true;
   delete document.body.dataset.done;
+  delete document.body.dataset.previews;
   const t0 = performance.now();
   try {
     status('Encoding the prompt (the first run also compiles the shaders)…');
@@ -79,11 +88,12 @@ async function generate() {
     const rgba = await model.generate(JSON.stringify(o), (i, n) => {
       progress(i, n + 1);
       status(`Step ${i} / ${n} (${((performance.now() - t0) / 1000).toFixed(1)} s)` + (i === n ? ', decoding…' : ''));
+    }, (i, preview) => {
+      // the VAE decode of the latents so far (one decode per preview)
+      draw(preview, o.width, o.height);
+      document.body.dataset.previews = String(Number(document.body.dataset.previews || 0) + 1);
     });
-    const c = $('canvas');
-    c.width = o.width;
-    c.height = o.height;
-    c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba.buffer), o.width, o.height), 0, 0);
+    draw(rgba, o.width, o.height);
     last = { o, parameters: model.parameters(JSON.stringify(o)) };
     progress(1, 1);
     status(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s (seed ${o.seed}).`);

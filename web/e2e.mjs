@@ -30,7 +30,7 @@ async function waitFor(page, what, fn, timeout = 300e3) {
 }
 
 /** Fill the form, click Generate, compare the canvas with a golden PNG. */
-async function generateAndCompare(page, sampler, golden, what) {
+async function generateAndCompare(page, sampler, golden, what, previews) {
   await page.fill('#prompt', 'a photograph of an astronaut riding a horse');
   await page.fill('#negative', 'blurry, low quality');
   await page.fill('#seed', '42');
@@ -39,6 +39,7 @@ async function generateAndCompare(page, sampler, golden, what) {
   await page.selectOption('#sampler', sampler);
   await page.fill('#width', '64');
   await page.fill('#height', '64');
+  await page.fill('#preview-every', '2');
   const t0 = Date.now();
   await page.click('#generate');
   await waitFor(page, `${what}: generation`, () => document.body.dataset.done || document.getElementById('error').textContent);
@@ -64,6 +65,8 @@ async function generateAndCompare(page, sampler, golden, what) {
   }, golden);
   check(mean <= 1 && max <= 8, `${what}: canvas vs ${golden}: mean ${mean.toFixed(3)} max ${max} levels (${secs.toFixed(1)} s)`);
   check(progress === 1, `${what}: progress bar full`);
+  const shown = Number(await page.evaluate(() => document.body.dataset.previews || 0));
+  check(shown === previews, `${what}: ${shown} previews drawn (every 2 evaluations, expected ${previews})`);
   check(!(await page.isDisabled('#download')), `${what}: download enabled`);
 }
 
@@ -83,7 +86,7 @@ try {
   await page.click('#load-url');
   await waitFor(page, 'load', () => document.body.dataset.model || document.getElementById('error').textContent);
   check(/3 files downloaded/.test(await page.textContent('#status')), `first load downloads: ${await page.textContent('#status')}`);
-  await generateAndCompare(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png', 'folder URL, PNDM');
+  await generateAndCompare(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png', 'folder URL, PNDM', 2);
   const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
   const png = await fs.readFile(await dl.path());
   const text = png.toString('latin1');
@@ -107,7 +110,7 @@ try {
   await page.evaluate(() => { delete document.body.dataset.model; });
   await page.setInputFiles('#files', path.join(root, 'tests/fixtures/sd15-tiny.safetensors'));
   await waitFor(page, 'single file', () => document.body.dataset.model || document.getElementById('error').textContent);
-  await generateAndCompare(page, 'euler-a', '/tests/fixtures/golden/sd15-tiny/sampler_euler_a.png', 'picked single file, Euler a');
+  await generateAndCompare(page, 'euler-a', '/tests/fixtures/golden/sd15-tiny/sampler_euler_a.png', 'picked single file, Euler a', 1);
 
   // 4. Bad input: a clear error on the page, not a hang.
   await page.fill('#width', '100');
