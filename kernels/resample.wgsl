@@ -39,6 +39,24 @@ fn up2(@builtin(global_invocation_id) gid: vec3<u32>) {
     dst[o + w2 + 1] = v;
 }
 
+// resize: nearest-neighbour resize to any size, as torch's `interpolate(size=…, mode="nearest")`
+// (source index floor(dst · in / out), in integers). One invocation per output element; the
+// fields mean: len = output elements, w = W, src_stride = H, dst_stride = Wo, _p0 = Ho.
+@compute @workgroup_size(WG)
+fn resize(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * p.row + gid.x;
+    if (i >= p.len) {
+        return;
+    }
+    let wo = p.dst_stride;
+    let ho = p._p0;
+    let plane = i / (ho * wo);
+    let rem = i % (ho * wo);
+    let sy = (rem / wo) * p.src_stride / ho;
+    let sx = (rem % wo) * p.w / wo;
+    dst[p.dst_off + i32(i)] = src[p.src_off + i32(plane * p.src_stride * p.w + sy * p.w + sx)];
+}
+
 @compute @workgroup_size(WG)
 fn copy(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.y * p.row + gid.x;

@@ -239,3 +239,18 @@ fn previews_decode_the_latents_of_their_step() {
         assert!(mean > 1.0 || max > 8, "previews {} and {} differ by only mean {mean:.2} max {max}", w[0].0, w[1].0);
     }
 }
+
+/// A size that is a multiple of 8 but gives an odd latent (72x56 -> 9x7): diffusers' UNet rounds
+/// up on the way down and resizes to the skip's size on the way up; so must ours.
+#[test]
+fn odd_latent_size_matches_diffusers_png() {
+    let c = ctx();
+    let sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
+    let o = GenerateOptions { width: 72, height: 56, ..options(SamplerKind::Euler, SigmaSchedule::Normal) };
+    let image = sd.generate(c, &o, |_, _| {}).unwrap();
+    let (w, h, want) = read_png(&fixtures().join("golden/sd15-tiny/size_72x56.png"));
+    assert_eq!((image.width, image.height), (w, h));
+    let (mean, max) = diff(&image.rgb, &want);
+    eprintln!("72x56: mean {mean:.3} max {max}");
+    assert!(mean <= 1.0 && max <= 8, "72x56: mean {mean:.3} max {max} levels off diffusers");
+}

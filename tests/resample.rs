@@ -100,3 +100,35 @@ fn transpose_last2_matches_cpu() {
         }
     }
 }
+
+/// torch's `interpolate(size=(ho, wo), mode="nearest")`: source index floor(dst · in / out),
+/// computed here in f64 as torch does with its float scale (equal to the kernel's integer
+/// division at these sizes).
+fn resize_ref(x: &[f32], nc: usize, (h, w): (usize, usize), (ho, wo): (usize, usize)) -> Vec<f32> {
+    let mut y = vec![0.0; nc * ho * wo];
+    for p in 0..nc {
+        for oy in 0..ho {
+            let sy = ((oy as f64) * (h as f64 / ho as f64)).floor() as usize;
+            for ox in 0..wo {
+                let sx = ((ox as f64) * (w as f64 / wo as f64)).floor() as usize;
+                y[(p * ho + oy) * wo + ox] = x[(p * h + sy.min(h - 1)) * w + sx.min(w - 1)];
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn resize_nearest_awkward_shapes() {
+    let _g = LIMIT.read().unwrap();
+    for dtype in dtypes() {
+        // 2H − 1 (the UNet's odd skips), plain 2x, a shrink and an uneven stretch
+        for (i, (n, c, h, w, ho, wo)) in [(2, 3, 5, 4, 9, 7), (1, 4, 3, 3, 6, 6), (2, 2, 9, 13, 5, 7), (1, 3, 4, 5, 11, 3)].into_iter().enumerate() {
+            let x = quantize(&rand_vec(n * c * h * w, 10 + i as u64), dtype);
+            let y = resample::resize_nearest(ctx(), &upload(&x, &[n, c, h, w], dtype), ho, wo).unwrap();
+            assert_eq!(y.shape(), &[n, c, ho, wo]);
+            let want = resize_ref(&x, n * c, (h, w), (ho, wo));
+            assert_close(&y.to_vec(ctx()).unwrap(), &want, 0.0, 0.0, &format!("resize {n}x{c}x{h}x{w} -> {ho}x{wo} {dtype:?}"));
+        }
+    }
+}

@@ -34,7 +34,7 @@ use crate::ops::elementwise::{add, binary_broadcast, silu, Activation, BinaryOp}
 use crate::ops::embedding::timestep_embedding;
 use crate::ops::gemm::{matmul, GemmOpts};
 use crate::ops::norm::{group_norm, layer_norm};
-use crate::ops::resample::{concat_channels, transpose_last2, upsample_nearest2x};
+use crate::ops::resample::{concat_channels, resize_nearest, transpose_last2, upsample_nearest2x};
 use crate::ops::softmax::geglu;
 use crate::weights::{Component, WeightsError};
 use serde_json::Value;
@@ -323,7 +323,7 @@ impl UNetConfig {
         })
     }
 
-    /// Down-sampling factor of the UNet: latent sizes must be multiples of it.
+    /// Down-sampling factor of the UNet (odd sizes are rounded up on the way down).
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
     }
@@ -666,7 +666,8 @@ impl UNet2DConditionModel {
 
     /// The noise prediction for `sample [B, in_channels, H, W]` at `timestep` (the same for the
     /// whole batch, e.g. `[uncond, cond]`), conditioned on `encoder_hidden_states [B, L, D]`.
-    /// H and W must be multiples of `2^(blocks-1)`.
+    /// Any H and W: odd sizes are rounded up by the down blocks and resized back on the way up,
+    /// as diffusers does (`forward_upsample_size`).
     pub fn forward(&self, ctx: &Context, sample: &Tensor, timestep: f32, encoder_hidden_states: &Tensor) -> Result<Tensor> {
         self.forward_traced(ctx, sample, &[timestep], encoder_hidden_states, None)
     }
@@ -740,7 +741,13 @@ impl UNet2DConditionModel {
                 }
             }
             if let Some(conv) = &block.upsampler {
-                x = upsample_nearest2x(ctx, &x)?;
+                // diffusers' `upsample_size`: up to the next skip's size, which is 2H − 1 where
+                // a down block's stride-2 conv rounded an odd size up.
+                let (h2, w2) = (2 * x.dim(2), 2 * x.dim(3));
+                x = match skips.last().map(|s| (s.dim(2), s.dim(3))) {
+                    Some((h, w)) if (h, w) != (h2, w2) => resize_nearest(ctx, &x, h, w)?,
+                    _ => upsample_nearest2x(ctx, &x)?,
+                };
                 x = conv.forward(ctx, &x)?;
             }
             record(&mut trace, &format!("up_blocks.{i}"), &x);
@@ -771,10 +778,6 @@ pub(crate) fn check_inputs(cfg: &UNetConfig, op: &'static str, sample: &Tensor, 
         return Err(Error::Shape { op, detail: format!("sample {s:?} must be [B, {}, H, W]", cfg.in_channels) });
     }
     let b = s[0];
-    let down = cfg.downscale();
-    if !s[2].is_multiple_of(down) || !s[3].is_multiple_of(down) {
-        return Err(Error::Shape { op, detail: format!("sample {s:?}: H and W must be multiples of {down}") });
-    }
     let e = encoder_hidden_states.shape();
     if e.len() != 3 || e[0] != b || e[2] != cfg.cross_attention_dim {
         return Err(Error::Shape { op, detail: format!("encoder_hidden_states {e:?} must be [{b}, L, {}]", cfg.cross_attention_dim) });

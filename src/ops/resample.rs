@@ -54,6 +54,35 @@ pub fn upsample_nearest2x(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// Nearest-neighbour resize: x `[N, C, H, W]` -> `[N, C, ho, wo]`, as torch's
+/// `interpolate(size=(ho, wo), mode="nearest")`. The UNet's up blocks use it where diffusers
+/// passes `upsample_size` (a skip of odd size, e.g. a 90-row latent at 720 px); for the sizes
+/// that occur there (`2H − 1`) it equals 2x upsampling cropped. Not split: both tensors must fit
+/// one binding.
+pub fn resize_nearest(ctx: &Context, x: &Tensor, ho: usize, wo: usize) -> Result<Tensor> {
+    if x.shape().len() != 4 {
+        return shape_err("resize_nearest", format!("x {:?} must be [N, C, H, W]", x.shape()));
+    }
+    let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let y = Tensor::empty(ctx, &[n, c, ho, wo], x.dtype())?;
+    if y.numel() == 0 || x.numel() == 0 {
+        return Ok(y);
+    }
+    for t in [x, &y] {
+        let bytes = t.byte_len();
+        if bytes > usable_binding(ctx) {
+            return Err(Error::BindingTooLarge { what: format!("resize_nearest of {:?} to {ho}x{wo}", x.shape()), bytes, limit: ctx.max_binding() });
+        }
+    }
+    let spec = KernelSpec::new("resize_nearest", RESAMPLE, "resize", x.dtype()).define("WG", format!("{WG}u"));
+    let (sb, src_off) = aligned_range(ctx, x, 0, x.numel(), 0);
+    let (db, dst_off) = aligned_range(ctx, &y, 0, y.numel(), 0);
+    let (grid, row) = flat_grid(ctx, y.numel(), WG);
+    let params = Params { len: y.numel() as u32, w: w as u32, row, src_off, src_stride: h as u32, dst_off, dst_stride: wo as u32, _pad: ho as u32 };
+    ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], grid)?;
+    Ok(y)
+}
+
 /// Concatenation along channels: a `[N, Ca, H, W]`, b `[N, Cb, H, W]` -> `[N, Ca+Cb, H, W]`
 /// (the UNet's skip connections).
 pub fn concat_channels(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
