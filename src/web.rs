@@ -4,18 +4,19 @@
 //!
 //! * [`Pigment`]: `await Pigment.open(f16)` opens WebGPU (a clear error when the browser has none);
 //!   `adapter()` describes it (JSON); `loader()` starts loading a model.
-//! * [`Bytes`]: a file's bytes, written in chunks straight into wasm memory (`new Bytes(len)`,
-//!   `write(offset, chunk)`), so the page never holds a second whole copy in the JS heap.
+//! * [`Bytes`]: a file's bytes in a JS `Uint8Array`, written in chunks (`new Bytes(len)`,
+//!   `write(offset, chunk)`); tensors are copied into wasm memory one at a time while loading.
 //! * [`ModelLoader`]: hand over the parts in any order: `add_component("unet", bytes)` for a
 //!   diffusers folder's `*/…safetensors` (each with `set_config(part, json)`), or
 //!   `add_single_file(bytes)` for an original-layout checkpoint (or any subset of its tensors:
 //!   the page splits a single file per component, see below), then `finish()`.
 //! * [`Model`]: `generate(optionsJson, onProgress)` → a Promise of RGBA bytes.
 //!
-//! Memory: each part is uploaded to GPU buffers as soon as it arrives and its bytes are freed,
-//! so wasm memory (4 GiB at most) peaks at the biggest part, not the whole checkpoint. The text
-//! encoder keeps its file for CPU-side token-embedding lookups, which is why the page hands a
-//! single-file checkpoint over one component at a time (only the text encoder's tensors stay).
+//! Memory: each part is uploaded to GPU buffers tensor by tensor as soon as it arrives and its
+//! bytes are freed, so wasm memory (4 GiB at most) holds one tensor of it at a time; the part's
+//! file sits in the JS heap meanwhile. The text encoder keeps its file for CPU-side
+//! token-embedding lookups, which is why the page hands a single-file checkpoint over one
+//! component at a time (only the text encoder's tensors stay).
 
 use crate::gpu::{AdapterChoice, Context};
 use crate::models::clip::ClipTextModel;
@@ -103,29 +104,31 @@ impl Pigment {
     }
 }
 
-/// A file's bytes in wasm memory, filled chunk by chunk from JS.
+/// A file's bytes, filled chunk by chunk from JS. They live in a JS `Uint8Array`, not in wasm
+/// memory: loading copies one tensor at a time into wasm (and frees it after its upload), so
+/// wasm memory (4 GiB at most) never holds a whole part, only its biggest tensor.
 #[wasm_bindgen]
-pub struct Bytes(Vec<u8>);
+pub struct Bytes(js_sys::Uint8Array);
 
 #[wasm_bindgen]
 impl Bytes {
-    /// `len` zero bytes; fails clearly when wasm memory (at most 4 GiB) cannot hold them.
+    /// `len` zero bytes; fails clearly when the browser cannot allocate them.
     #[wasm_bindgen(constructor)]
     pub fn new(len: usize) -> Result<Bytes, JsError> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(len).map_err(|_| {
-            JsError::new(&format!("cannot allocate {} MiB of wasm memory (the limit is 4 GiB in all)", len >> 20))
-        })?;
-        v.resize(len, 0);
-        Ok(Bytes(v))
+        let too_big = || JsError::new(&format!("cannot allocate {} MiB for a model file in the browser", len >> 20));
+        let len = u32::try_from(len).map_err(|_| too_big())?;
+        // Through Reflect so that a RangeError (out of memory) becomes an Err, not a trap.
+        let ctor: js_sys::Function = js_sys::Uint8Array::new_with_length(0).constructor();
+        let array = js_sys::Reflect::construct(&ctor, &js_sys::Array::of1(&len.into())).map_err(|_| too_big())?;
+        Ok(Bytes(array.unchecked_into()))
     }
 
     /// Copy `chunk` to `offset`.
-    pub fn write(&mut self, offset: usize, chunk: &[u8]) -> Result<(), JsError> {
-        let end = offset.checked_add(chunk.len()).filter(|&e| e <= self.0.len()).ok_or_else(|| {
-            JsError::new(&format!("write of {} bytes at {offset} past the end ({})", chunk.len(), self.0.len()))
-        })?;
-        self.0[offset..end].copy_from_slice(chunk);
+    pub fn write(&mut self, offset: usize, chunk: &js_sys::Uint8Array) -> Result<(), JsError> {
+        if offset.checked_add(chunk.length() as usize).is_none_or(|end| end > self.0.length() as usize) {
+            return Err(JsError::new(&format!("write of {} bytes at {offset} past the end ({})", chunk.length(), self.0.length())));
+        }
+        self.0.set(chunk, offset as u32);
         Ok(())
     }
 }
@@ -178,7 +181,7 @@ impl ModelLoader {
     /// `unet/diffusion_pytorch_model.safetensors`, `vae/diffusion_pytorch_model.safetensors`).
     pub fn add_component(&mut self, part: &str, name: &str, bytes: Bytes, f16: bool) -> Result<(), JsError> {
         let kind = parse_kind(part)?;
-        let file = SafetensorsFile::from_bytes(name, bytes.0).map_err(js_err)?;
+        let file = SafetensorsFile::from_js(name, bytes.0).map_err(js_err)?;
         let comp = Component::from_folder_file(kind, file, self.configs.get(&kind).cloned());
         self.load(&comp, f16)
     }
@@ -187,7 +190,7 @@ impl ModelLoader {
     /// part it holds is loaded. Configs given with `set_config` describe its parts (as the
     /// CLI's `--config`); otherwise they are inferred from the tensors.
     pub fn add_single_file(&mut self, name: &str, bytes: Bytes, f16: bool) -> Result<(), JsError> {
-        let file = SafetensorsFile::from_bytes(name, bytes.0).map_err(js_err)?;
+        let file = SafetensorsFile::from_js(name, bytes.0).map_err(js_err)?;
         let w = Weights::from_single_file(file).map_err(js_err)?;
         let mut any = false;
         for comp in [w.text_encoder(), w.unet(), w.vae()].into_iter().flatten() {

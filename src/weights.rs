@@ -25,6 +25,7 @@ pub mod single_file;
 use crate::gpu::{Context, DType, Tensor};
 use half::{bf16, f16};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,15 +120,30 @@ enum Storage {
     #[cfg(not(target_arch = "wasm32"))]
     Mmap(memmap2::Mmap),
     Owned(Vec<u8>),
+    /// wasm32: a JS `Uint8Array`, outside wasm's linear memory (4 GiB at most, shared with
+    /// everything else); each tensor is copied in only when it is asked for, then dropped.
+    #[cfg(target_arch = "wasm32")]
+    Js(js_sys::Uint8Array),
 }
 
-impl std::ops::Deref for Storage {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl Storage {
+    fn len(&self) -> usize {
         match self {
             #[cfg(not(target_arch = "wasm32"))]
-            Storage::Mmap(m) => m,
-            Storage::Owned(v) => v,
+            Storage::Mmap(m) => m.len(),
+            Storage::Owned(v) => v.len(),
+            #[cfg(target_arch = "wasm32")]
+            Storage::Js(a) => a.length() as usize,
+        }
+    }
+    /// Bytes `[start, end)`: borrowed where the file is in this process's memory, copied from JS.
+    fn bytes(&self, start: usize, end: usize) -> Cow<'_, [u8]> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Storage::Mmap(m) => Cow::Borrowed(&m[start..end]),
+            Storage::Owned(v) => Cow::Borrowed(&v[start..end]),
+            #[cfg(target_arch = "wasm32")]
+            Storage::Js(a) => Cow::Owned(a.subarray(start as u32, end as u32).to_vec()),
         }
     }
 }
@@ -205,29 +221,32 @@ impl SafetensorsFile {
         Self::parse(name.into(), Storage::Owned(bytes))
     }
 
+    /// wasm32: a file held in a JS `Uint8Array` (see [`Storage::Js`]).
+    #[cfg(target_arch = "wasm32")]
+    pub fn from_js(name: impl Into<String>, bytes: js_sys::Uint8Array) -> Result<SafetensorsFile> {
+        Self::parse(name.into(), Storage::Js(bytes))
+    }
+
     fn parse(path: String, data: Storage) -> Result<SafetensorsFile> {
-        let bytes: &[u8] = &data;
-        if looks_like_pickle(bytes) {
+        let len = data.len();
+        if looks_like_pickle(&data.bytes(0, len.min(8))) {
             return Err(WeightsError::Pickle { path });
         }
-        if bytes.len() < 8 {
-            return Err(WeightsError::Truncated {
-                path,
-                detail: format!("{} bytes, shorter than the 8-byte header length", bytes.len()),
-            });
+        if len < 8 {
+            return Err(WeightsError::Truncated { path, detail: format!("{len} bytes, shorter than the 8-byte header length") });
         }
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let n = u64::from_le_bytes(data.bytes(0, 8)[..].try_into().unwrap());
         if n > 100_000_000 {
             return Err(WeightsError::Format { path, detail: format!("header length {n} is implausible") });
         }
         let n = n as usize;
-        if 8 + n > bytes.len() {
+        if 8 + n > len {
             return Err(WeightsError::Truncated {
                 path,
-                detail: format!("the header needs {} bytes but the file has {}", 8 + n, bytes.len()),
+                detail: format!("the header needs {} bytes but the file has {len}", 8 + n),
             });
         }
-        let header: Value = serde_json::from_slice(&bytes[8..8 + n])
+        let header: Value = serde_json::from_slice(&data.bytes(8, 8 + n))
             .map_err(|e| WeightsError::Format { path: path.clone(), detail: format!("header JSON: {e}") })?;
         let obj = header
             .as_object()
@@ -276,15 +295,15 @@ impl SafetensorsFile {
             entries.insert(name.clone(), Entry { dtype, shape, start: base + b, end: base + e });
         }
         // Name the first tensor (in file order) that runs past the end.
-        let cut = entries.iter().filter(|(_, e)| e.end > bytes.len()).min_by_key(|(_, e)| e.start);
+        let cut = entries.iter().filter(|(_, e)| e.end > len).min_by_key(|(_, e)| e.start);
         if let Some((name, e)) = cut {
-            let beyond = entries.values().filter(|x| x.end > bytes.len()).count();
+            let beyond = entries.values().filter(|x| x.end > len).count();
             return Err(WeightsError::Truncated {
                 path,
                 detail: format!(
                     "tensor '{name}' ends at byte {} but the file has only {} bytes ({beyond} of {} tensors incomplete)",
                     e.end,
-                    bytes.len(),
+                    len,
                     entries.len()
                 ),
             });
@@ -324,7 +343,7 @@ impl SafetensorsFile {
             path: &self.path,
             dtype: e.dtype.clone(),
             shape: e.shape.clone(),
-            data: &self.data[e.start..e.end],
+            data: self.data.bytes(e.start, e.end),
         })
     }
 }
@@ -339,7 +358,7 @@ pub struct TensorView<'a> {
     pub path: &'a str,
     pub dtype: StoredDtype,
     pub shape: Vec<usize>,
-    pub data: &'a [u8],
+    pub data: Cow<'a, [u8]>,
 }
 
 impl TensorView<'_> {
@@ -409,7 +428,7 @@ impl TensorView<'_> {
     pub fn upload(&self, ctx: &Context, dtype: DType) -> crate::Result<Tensor> {
         self.check_float()?;
         if dtype == DType::F16 && self.dtype == StoredDtype::F16 {
-            return Tensor::from_bytes(ctx, self.data, &self.shape, dtype);
+            return Tensor::from_bytes(ctx, &self.data, &self.shape, dtype);
         }
         Tensor::from_f32(ctx, &self.to_f32()?, &self.shape, dtype)
     }
@@ -616,7 +635,7 @@ impl Component {
                 path: &self.file.path,
                 dtype: v.dtype.clone(),
                 shape: self.shape(name).unwrap_or_else(|| vec![v.bytes.len() / v.dtype.size()]),
-                data: &v.bytes,
+                data: Cow::Borrowed(&v.bytes),
             });
         }
         let Some(map) = &self.map else {
@@ -646,7 +665,11 @@ impl Component {
                 return Err(v.shape_err(format!("at least {r1} rows")));
             }
             let es = v.dtype.size();
-            v.data = &v.data[r0 * inner * es..r1 * inner * es];
+            let (b0, b1) = (r0 * inner * es, r1 * inner * es);
+            v.data = match v.data {
+                Cow::Borrowed(d) => Cow::Borrowed(&d[b0..b1]),
+                Cow::Owned(d) => Cow::Owned(d[b0..b1].to_vec()),
+            };
             v.shape[0] = r1 - r0;
         }
         if let Some(shape) = &mp.shape {

@@ -29,7 +29,7 @@ fn bytes(b: &[u8]) -> Bytes {
     let mut out = ok(Bytes::new(b.len()));
     // In chunks, as the page writes them.
     for (i, c) in b.chunks(1 << 20).enumerate() {
-        ok(out.write(i << 20, c));
+        ok(out.write(i << 20, &js_sys::Uint8Array::from(c)));
     }
     out
 }
@@ -126,4 +126,24 @@ async fn bad_input_is_a_clear_error() {
     assert!(e.contains("exponential") && e.contains("lcm"), "{e}");
     let o = pigment::web::parse_options(r#"{"sampler":"unipc","schedule":"karras"}"#).unwrap();
     assert_eq!((o.sampler.name(), o.schedule.name()), ("unipc", "karras"));
+}
+
+/// Model files are held in the JS heap, not in wasm memory (4 GiB at most, shared with all the
+/// rest): filling a 64 MiB `Bytes` from JS chunks must not grow wasm memory by anything like it.
+#[wasm_bindgen_test]
+fn model_files_stay_out_of_wasm_memory() {
+    use wasm_bindgen::JsCast;
+    let wasm_bytes = || wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>().buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length();
+    let before = wasm_bytes();
+    let len = 64 << 20;
+    let mut b = ok(Bytes::new(len));
+    let chunk = js_sys::Uint8Array::new_with_length(1 << 20);
+    chunk.fill(7, 0, 1 << 20);
+    for off in (0..len).step_by(1 << 20) {
+        ok(b.write(off, &chunk));
+    }
+    let grown = wasm_bytes() - before;
+    assert!(grown < 8 << 20, "wasm memory grew by {} MiB for a 64 MiB file", grown >> 20);
+    let e = JsValue::from(b.write(len - 10, &chunk).unwrap_err());
+    assert!(format!("{e:?}").contains("past the end"), "{e:?}");
 }

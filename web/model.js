@@ -1,6 +1,7 @@
 // Model files for the page: fetched once with progress and kept in the Cache API (a reload does
-// not download again), or picked by the user; handed to wasm one component at a time so wasm
-// memory (4 GiB at most) holds at most one part while it is uploaded to GPU buffers.
+// not download again), or picked by the user; handed to wasm one component at a time. A part's
+// bytes sit in a JS Uint8Array (`wasm.Bytes`) while wasm copies its tensors in one by one and
+// uploads them to GPU buffers, so wasm memory (4 GiB at most) never holds a whole part.
 
 const CACHE = 'pigment-models-v1';
 const CHUNK = 16 << 20; // bytes copied into wasm memory per step
@@ -48,7 +49,7 @@ export async function clearCache() {
   if (self.caches) await caches.delete(CACHE);
 }
 
-/** Copy `size` bytes produced by `read(offset, len)` into a new wasm `Bytes`, in chunks. */
+/** Copy `size` bytes produced by `read(offset, len)` into a new `Bytes` (JS heap), in chunks. */
 async function toWasm(wasm, size, read, onProgress) {
   const bytes = new wasm.Bytes(size);
   for (let off = 0; off < size; off += CHUNK) {
@@ -74,7 +75,7 @@ async function safetensorsHeader(blob) {
 }
 
 /** The tensors of a single file whose names start with `prefix`, as a smaller safetensors file
- *  built directly in wasm memory (only that component's bytes are ever copied there). */
+ *  (only that component's bytes are read from the Blob). */
 async function subFile(wasm, blob, parsed, prefix, onProgress) {
   const entries = Object.entries(parsed.header)
     .filter(([k]) => k.startsWith(prefix))
@@ -146,7 +147,7 @@ export async function loadModel(wasm, gpu, source, report) {
     const parsed = await safetensorsHeader(blob);
     let any = false;
     for (const [part, prefix] of SINGLE_PARTS) {
-      const bytes = await subFile(wasm, blob, parsed, prefix, (l, t) => report(`copying ${part} into wasm`, l, t));
+      const bytes = await subFile(wasm, blob, parsed, prefix, (l, t) => report(`reading ${part}`, l, t));
       if (!bytes) continue;
       report(`uploading ${part} to the GPU`);
       loader.add_single_file(`${name} (${part})`, bytes, f16);
@@ -169,7 +170,7 @@ export async function loadModel(wasm, gpu, source, report) {
       const suffix = source.fp16 ? 'fp16.safetensors' : 'safetensors';
       for (const [part, file] of [['unet', 'diffusion_pytorch_model'], ['vae', 'diffusion_pytorch_model'], ['text_encoder', 'model']]) {
         const blob = await get(part, `${url}/${part}/${file}.${suffix}`);
-        const bytes = await toWasm(wasm, blob.size, blobReader(blob), (l, t) => report(`copying ${part} into wasm`, l, t));
+        const bytes = await toWasm(wasm, blob.size, blobReader(blob), (l, t) => report(`reading ${part}`, l, t));
         report(`uploading ${part} to the GPU`);
         loader.add_component(part, `${part}/${file}.${suffix}`, bytes, f16);
       }
@@ -192,7 +193,7 @@ export async function loadModel(wasm, gpu, source, report) {
     for (const f of weights) {
       const dir = rel(f).slice(-2, -1)[0];
       if (['text_encoder', 'unet', 'vae'].includes(dir)) {
-        const bytes = await toWasm(wasm, f.size, blobReader(f), (l, t) => report(`copying ${dir} into wasm`, l, t));
+        const bytes = await toWasm(wasm, f.size, blobReader(f), (l, t) => report(`reading ${dir}`, l, t));
         report(`uploading ${dir} to the GPU`);
         loader.add_component(dir, rel(f).join('/'), bytes, f16);
       } else {
