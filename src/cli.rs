@@ -22,7 +22,8 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
-    /// txt2img: write a PNG that carries the generation parameters (A1111's `parameters`).
+    /// Make an image (txt2img; img2img with --init-image, inpainting with --mask, LoRA with
+    /// --lora, ControlNet with --controlnet) and write a PNG carrying A1111's `parameters`.
     Generate {
         /// The prompt (or use --prompt).
         #[arg(value_name = "PROMPT")]
@@ -72,10 +73,12 @@ pub enum Command {
         /// files are numbered NAME-0001.png, ... when more than one.
         #[arg(long, default_value_t = 1)]
         batch_count: usize,
-        /// img2img: start from this PNG (its size must equal the output size).
+        /// img2img: start from this image (PNG or JPEG; resized to --width/--height when given,
+        /// A1111's "Just resize").
         #[arg(long, value_name = "FILE")]
         init_image: Option<std::path::PathBuf>,
-        /// Inpainting: PNG mask, white = repaint, black = keep (needs --init-image).
+        /// Inpainting: mask image of the init image's size, white = repaint, black = keep (needs
+        /// --init-image).
         #[arg(long, value_name = "FILE")]
         mask: Option<std::path::PathBuf>,
         /// Denoising strength in (0, 1]: the share of the steps run from the noised init image
@@ -217,8 +220,8 @@ pub fn main() -> anyhow::Result<()> {
                 (Some(_), Some(_)) => anyhow::bail!("give the prompt once: positionally or with --prompt"),
                 (None, None) => anyhow::bail!("no prompt: `pigment generate --model M \"a photo of a cat\"`"),
             };
-            let init_image = init_image.as_deref().map(read_png_rgb).transpose()?;
-            let mask = mask.as_deref().map(read_png_rgb).transpose()?;
+            let mut init_image = init_image.as_deref().map(|p| read_image(p, "init image")).transpose()?;
+            let mut mask = mask.as_deref().map(|p| read_image(p, "mask")).transpose()?;
             if init_image.is_none() && strength.is_some() {
                 anyhow::bail!("--strength needs --init-image (the image to start from)");
             }
@@ -232,6 +235,22 @@ pub fn main() -> anyhow::Result<()> {
             let (dw, dh) = init_image.as_ref().map(|i| (i.width, i.height)).unwrap_or((512, 512));
             let (width, height) = (&width.unwrap_or(dw), &height.unwrap_or(dh));
             crate::pipeline::check_size(*width, *height)?;
+            // A1111's "Just resize" (and diffusers' preprocessing): the init image, and its mask
+            // with it, are resized to the output size. The mask must match its image first.
+            if let (Some(i), Some(m)) = (&init_image, &mask) {
+                if (i.width, i.height) != (m.width, m.height) {
+                    anyhow::bail!(
+                        "the mask is {}x{} but the init image is {}x{}: make the mask the same size as its image",
+                        m.width, m.height, i.width, i.height
+                    );
+                }
+            }
+            for img in [&mut init_image, &mut mask].into_iter().flatten() {
+                if (img.width, img.height) != (*width, *height) {
+                    eprintln!("resizing {}x{} to {width}x{height} (Lanczos3)", img.width, img.height);
+                    *img = resize_rgb(img, *width, *height);
+                }
+            }
             let strength = strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
             let sampler = crate::schedulers::SamplerKind::parse(sampler)?;
             let mut schedule = crate::schedulers::SigmaSchedule::parse(scheduler)?;
@@ -436,25 +455,24 @@ fn numbered(path: &std::path::Path, n: usize) -> std::path::PathBuf {
     path.with_file_name(format!("{stem}-{n:04}.png"))
 }
 
-/// A PNG (any colour type and bit depth) as 8-bit RGB; errors name the file.
-fn read_png_rgb(path: &std::path::Path) -> anyhow::Result<crate::pipeline::Image> {
-    let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot read image {}: {e} (give a PNG file)", path.display());
-    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
-    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?];
-    let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
-    buf.truncate(info.buffer_size());
-    // Alpha is dropped, as PIL's convert("RGB") does.
-    let rgb: Vec<u8> = match info.color_type {
-        png::ColorType::Rgb => buf,
-        png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-        png::ColorType::Grayscale => buf.iter().flat_map(|&v| [v, v, v]).collect(),
-        png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
-        png::ColorType::Indexed => return Err(bad(&"unexpanded palette")),
-    };
-    Ok(crate::pipeline::Image { width: info.width as usize, height: info.height as usize, rgb })
+/// A PNG, JPEG or WebP as 8-bit RGB (alpha dropped, as PIL's `convert("RGB")`); errors name
+/// the file and what it was for.
+fn read_image(path: &std::path::Path, what: &str) -> anyhow::Result<crate::pipeline::Image> {
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))?
+        .decode()
+        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e} (give a PNG or JPEG)", path.display()))?
+        .to_rgb8();
+    Ok(crate::pipeline::Image { width: img.width() as usize, height: img.height() as usize, rgb: img.into_raw() })
+}
+
+/// Lanczos3 resize (diffusers' `VaeImageProcessor` and A1111 resize with PIL's Lanczos; the
+/// `image` crate's filter is the same kernel, rounding may differ by a level).
+fn resize_rgb(img: &crate::pipeline::Image, width: usize, height: usize) -> crate::pipeline::Image {
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.clone()).expect("RGB buffer of its own size");
+    let out = image::imageops::resize(&buf, width as u32, height as u32, image::imageops::FilterType::Lanczos3);
+    crate::pipeline::Image { width, height, rgb: out.into_raw() }
 }
 
 /// PNG with A1111's `parameters` tEXt chunk, so its PNG-info tab (and ComfyUI) reads the settings.
@@ -475,21 +493,10 @@ fn write_png(path: &std::path::Path, image: &crate::pipeline::Image, parameters:
     Ok(())
 }
 
-/// A PNG/JPEG as RGB8 at `width` x `height`: resized with Lanczos3 when its size differs (diffusers'
-/// `VaeImageProcessor` resizes with PIL's Lanczos).
+/// The control image as RGB8 at `width` x `height` (resized when its size differs).
 fn read_control_image(path: &std::path::Path, width: usize, height: usize) -> anyhow::Result<crate::pipeline::Image> {
-    let img = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| anyhow::anyhow!("cannot read control image {}: {e}", path.display()))?
-        .decode()
-        .map_err(|e| anyhow::anyhow!("cannot read control image {}: {e} (give a PNG or JPEG)", path.display()))?
-        .to_rgb8();
-    let img = if (img.width() as usize, img.height() as usize) == (width, height) {
-        img
-    } else {
-        image::imageops::resize(&img, width as u32, height as u32, image::imageops::FilterType::Lanczos3)
-    };
-    Ok(crate::pipeline::Image { width, height, rgb: img.into_raw() })
+    let img = read_image(path, "control image")?;
+    Ok(if (img.width, img.height) == (width, height) { img } else { resize_rgb(&img, width, height) })
 }
 
 /// The canny preprocessor: the image to grey, `imageproc`'s Canny (Gaussian blur σ 1.4, Sobel

@@ -176,6 +176,11 @@ def main():
         imgs[s] = run(i2i, f"img2img_{s}", s, image=init, strength=0.6)
     for s in EXTRA_SCHEDS:
         imgs[s] = run(i2i, f"img2img_{s}", s, image=init, strength=0.6)
+    # A1111's "Just resize": a 128x128 init image (init.png scaled up 2x, nearest) resized to the
+    # 64x64 output with PIL's Lanczos, then img2img (the CLI resizes with the image crate).
+    init128 = init.resize((128, 128), Image.NEAREST)
+    init128.save(os.path.join(OUT, "init_128.png"), optimize=False)
+    run(i2i, "img2img_resized_euler", "euler", image=init128.resize((64, 64), Image.LANCZOS), strength=0.6)
     inp4 = StableDiffusionInpaintPipeline.from_pretrained(sd15, torch_dtype=torch.float32, safety_checker=None)
     inp4.set_progress_bar_config(disable=True)
     for s, strength in (("euler", 0.75), ("ddim", 0.75), ("heun", 0.75), ("dpmpp_2m", 1.0)):
