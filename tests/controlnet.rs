@@ -27,7 +27,7 @@ use pigment::pipeline::{ControlOptions, Image, GenerateOptions, StableDiffusion}
 use pigment::schedulers::SamplerKind;
 use pigment::weights::{self, Weights};
 use pigment::DType;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const TOL_F32: f32 = 1e-4;
 const TOL_F16: f32 = 1e-2;
@@ -39,27 +39,7 @@ fn single_file() -> PathBuf {
     fixtures().join("sd15-tiny-controlnet.safetensors")
 }
 
-fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
-    buf.truncate(info.buffer_size());
-    (info.width as usize, info.height as usize, buf)
-}
 
-/// (mean, max) absolute difference in levels.
-fn diff(a: &[u8], b: &[u8]) -> (f64, u8) {
-    assert_eq!(a.len(), b.len());
-    let (mut sum, mut max) = (0u64, 0u8);
-    for (x, y) in a.iter().zip(b) {
-        let d = x.abs_diff(*y);
-        sum += d as u64;
-        max = max.max(d);
-    }
-    (sum as f64 / a.len() as f64, max)
-}
 
 fn control_png() -> PathBuf {
     fixtures().join("golden/sd15-tiny/controlnet_control.png")
@@ -146,7 +126,7 @@ fn pipeline_matches_diffusers_png() {
     sd.load_controlnet(c, &folder()).unwrap();
     let image = sd.generate(c, &control_options(), |_, _| {}).unwrap();
     let (_, _, want) = read_png(&fixtures().join("golden/sd15-tiny/controlnet_txt2img.png"));
-    let (mean, max) = diff(&image.rgb, &want);
+    let (mean, max) = image_diff(&image.rgb, &want);
     eprintln!("controlnet pipeline: mean {mean:.3} max {max}");
     assert!(mean <= 1.0 && max <= 8, "ControlNet image: mean {mean:.3} max {max} levels off diffusers");
     // The golden's latents decode to the golden PNG: nothing to add; a control window that
@@ -155,7 +135,7 @@ fn pipeline_matches_diffusers_png() {
     o.control.as_mut().unwrap().guidance_start = 0.99;
     let image = sd.generate(c, &o, |_, _| {}).unwrap();
     let (_, _, plain) = read_png(&fixtures().join("golden/sd15-tiny/txt2img.png"));
-    let (mean, max) = diff(&image.rgb, &plain);
+    let (mean, max) = image_diff(&image.rgb, &plain);
     assert!(mean <= 1.0 && max <= 8, "ControlNet outside its window: mean {mean:.3} max {max} off txt2img.png");
     // Library errors: wrong-size control image, control without a ControlNet.
     let mut o = control_options();
@@ -184,7 +164,7 @@ fn img2img_with_controlnet_matches_diffusers_png() {
     o.control.as_mut().unwrap().guidance_end = 0.7;
     let image = sd.generate(c, &o, |_, _| {}).unwrap();
     let (_, _, want) = read_png(&fixtures().join("golden/sd15-tiny/controlnet_img2img.png"));
-    let (mean, max) = diff(&image.rgb, &want);
+    let (mean, max) = image_diff(&image.rgb, &want);
     eprintln!("controlnet img2img: mean {mean:.3} max {max}");
     assert!(mean <= 1.0 && max <= 8, "ControlNet img2img: mean {mean:.3} max {max} levels off diffusers");
 }
@@ -225,7 +205,7 @@ fn cli_generate_with_a1111_controlnet() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let (_, _, got) = read_png(&out);
     let (_, _, want) = read_png(&fixtures().join("golden/sd15-tiny/controlnet_txt2img.png"));
-    let (mean, max) = diff(&got, &want);
+    let (mean, max) = image_diff(&got, &want);
     eprintln!("CLI controlnet: mean {mean:.3} max {max}");
     assert!(mean <= 1.0 && max <= 8, "CLI ControlNet image: mean {mean:.3} max {max}");
     let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap())).read_info().unwrap();

@@ -16,35 +16,14 @@ use pigment::schedulers::{self, SamplerKind, SigmaSchedule};
 use std::path::Path;
 
 fn read_png(path: &Path) -> Image {
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    decoder.set_transformations(png::Transformations::EXPAND);
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    let rgb = match info.color_type {
-        png::ColorType::Rgb => buf,
-        png::ColorType::Grayscale => buf.iter().flat_map(|&v| [v, v, v]).collect(),
-        c => panic!("{c:?}"),
-    };
-    Image { width: info.width as usize, height: info.height as usize, rgb }
+    let (width, height, rgb) = common::read_png(path);
+    Image { width, height, rgb }
 }
 
 fn golden_dir() -> std::path::PathBuf {
     fixtures().join("golden").join("img2img")
 }
 
-/// (mean, max) absolute difference in levels.
-fn diff(a: &[u8], b: &[u8]) -> (f64, u8) {
-    assert_eq!(a.len(), b.len());
-    let (mut sum, mut max) = (0u64, 0u8);
-    for (x, y) in a.iter().zip(b) {
-        let d = x.abs_diff(*y);
-        sum += d as u64;
-        max = max.max(d);
-    }
-    (sum as f64 / a.len() as f64, max)
-}
 
 fn kind(name: &str) -> SamplerKind {
     SamplerKind::parse(&name.replace('_', "-")).unwrap()
@@ -73,7 +52,7 @@ fn check_image(sd: &StableDiffusion, o: &GenerateOptions, golden: &str) {
     let want = read_png(&golden_dir().join(format!("{golden}.png")));
     let g = Golden::load("img2img", &format!("{golden}.safetensors"));
     assert_eq!(evals, g.f32("t").0.len(), "{golden}: model evaluations");
-    let (mean, max) = diff(&image.rgb, &want.rgb);
+    let (mean, max) = image_diff(&image.rgb, &want.rgb);
     eprintln!("{golden}: mean {mean:.3} max {max}");
     assert!(mean <= 1.0 && max <= 8, "{golden}: mean {mean:.3} max {max} levels off diffusers");
 }
@@ -160,7 +139,7 @@ fn mask_blur_is_pil_gaussian_blur() {
         let plane: Vec<u8> = if src == "init.png" { img.rgb.chunks(3).map(|p| p[0]).collect() } else { luma(&img.rgb) };
         let got = gaussian_blur(&plane, img.width, img.height, radius);
         let want = luma(&read_png(&golden_dir().join(golden)).rgb);
-        let (mean, max) = diff(&got, &want);
+        let (mean, max) = image_diff(&got, &want);
         assert!(max == 0, "{golden}: mean {mean:.3} max {max} levels off PIL");
     }
 }
@@ -230,7 +209,7 @@ fn cli_resizes_the_init_image_like_a1111() {
     let got = read_png(&out);
     assert_eq!((got.width, got.height), (64, 64));
     let want = read_png(&golden_dir().join("img2img_resized_euler.png"));
-    let (mean, max) = diff(&got.rgb, &want.rgb);
+    let (mean, max) = image_diff(&got.rgb, &want.rgb);
     eprintln!("resized init: mean {mean:.3} max {max}");
     assert!(mean <= 1.0 && max <= 8, "CLI img2img with a resized init: mean {mean:.3} max {max}");
     let _ = std::fs::remove_file(&out);
@@ -254,7 +233,7 @@ fn cli_img2img_writes_diffusers_png() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let got = read_png(&out);
     let want = read_png(&golden_dir().join("img2img_euler.png"));
-    let (mean, max) = diff(&got.rgb, &want.rgb);
+    let (mean, max) = image_diff(&got.rgb, &want.rgb);
     assert!(mean <= 1.0 && max <= 8, "CLI img2img: mean {mean:.3} max {max}");
     let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap())).read_info().unwrap();
     let text: Vec<String> = reader.info().uncompressed_latin1_text.iter().map(|t| t.text.clone()).collect();

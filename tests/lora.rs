@@ -34,17 +34,9 @@ fn both() -> Vec<LoraUse> {
     vec![LoraUse::new(kohya(), 0.8), LoraUse::new(peft(), 0.5)]
 }
 
-fn read_png(path: &Path) -> Vec<u8> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    buf
-}
 
 fn assert_image(got: &[u8], golden_png: &str, what: &str) {
-    let want = read_png(&fixtures().join("golden/sd15-tiny").join(golden_png));
+    let want = common::read_png(&fixtures().join("golden/sd15-tiny").join(golden_png)).2;
     assert_eq!(got.len(), want.len());
     let (mut sum, mut max) = (0u64, 0u8);
     for (a, b) in got.iter().zip(&want) {
@@ -304,7 +296,7 @@ fn cli_lora_file_and_prompt_tag() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
-    assert_image(&read_png(&out), "lora_both.png", "CLI");
+    assert_image(&read_png(&out).2, "lora_both.png", "CLI");
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
     let reader = decoder.read_info().unwrap();
     let text = &reader.info().uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters").unwrap().text;

@@ -10,30 +10,8 @@ mod common;
 use common::*;
 use pigment::pipeline::{GenerateOptions, StableDiffusion};
 use pigment::schedulers::{SamplerKind, SigmaSchedule};
-use std::path::Path;
 
-fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
-    buf.truncate(info.buffer_size());
-    (info.width as usize, info.height as usize, buf)
-}
 
-/// (mean, max) absolute difference in levels.
-fn diff(a: &[u8], b: &[u8]) -> (f64, u8) {
-    assert_eq!(a.len(), b.len());
-    let mut sum = 0u64;
-    let mut max = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        let d = x.abs_diff(*y);
-        sum += d as u64;
-        max = max.max(d);
-    }
-    (sum as f64 / a.len() as f64, max)
-}
 
 fn options(sampler: SamplerKind, schedule: SigmaSchedule) -> GenerateOptions {
     GenerateOptions {
@@ -62,7 +40,7 @@ fn every_sampler_matches_diffusers_png() {
             let image = sd.generate(c, &options(kind, schedule), |_, _| {}).unwrap();
             let (w, h, want) = read_png(&fixtures().join("golden").join(variant).join(format!("sampler_{name}.png")));
             assert_eq!((image.width, image.height), (w, h));
-            let (mean, max) = diff(&image.rgb, &want);
+            let (mean, max) = image_diff(&image.rgb, &want);
             eprintln!("{variant} {name}: mean {mean:.3} max {max}");
             assert!(mean <= 1.0 && max <= 8, "{variant} {name}: mean {mean:.3} max {max} levels off diffusers");
         }
@@ -94,7 +72,7 @@ fn extra_samplers_match_diffusers_png() {
             let image = sd.generate(c, &options(kind, schedule), |_, _| {}).unwrap();
             let (w, h, want) = read_png(&fixtures().join("golden").join(variant).join(format!("sampler_{name}.png")));
             assert_eq!((image.width, image.height), (w, h));
-            let (mean, max) = diff(&image.rgb, &want);
+            let (mean, max) = image_diff(&image.rgb, &want);
             eprintln!("{variant} {name}: mean {mean:.3} max {max}");
             assert!(mean <= 1.0 && max <= 8, "{variant} {name}: mean {mean:.3} max {max} levels off diffusers");
         }
@@ -143,7 +121,7 @@ fn cli_generate_writes_diffusers_png_with_parameters() {
         assert!(stdout.contains("seed: 42"), "{stdout}");
         let (_, _, got) = read_png(&out);
         let (_, _, want) = read_png(&fixtures().join("golden").join(variant).join("txt2img.png"));
-        let (mean, max) = diff(&got, &want);
+        let (mean, max) = image_diff(&got, &want);
         assert!(mean <= 1.0 && max <= 8, "{variant} CLI: mean {mean:.3} max {max}");
         let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
         let reader = decoder.read_info().unwrap();
@@ -198,7 +176,7 @@ fn single_file_checkpoint_matches_folder_png() {
         let sd = StableDiffusion::load_with_config(c, &fixtures().join(format!("{variant}.safetensors")), Some(&dir), false).unwrap();
         let image = sd.generate(c, &options(kind, SigmaSchedule::Normal), |_, _| {}).unwrap();
         let (_, _, want) = read_png(&fixtures().join("golden").join(variant).join("txt2img.png"));
-        let (mean, max) = diff(&image.rgb, &want);
+        let (mean, max) = image_diff(&image.rgb, &want);
         assert!(mean <= 1.0 && max <= 8, "{variant} single file: mean {mean:.3} max {max}");
     }
 }
@@ -226,16 +204,16 @@ fn previews_decode_the_latents_of_their_step() {
         let x = &latents[(step - 1) * per_step..step * per_step];
         let t = pigment::Tensor::from_f32(c, x, &shape[1..], pigment::DType::F32).unwrap();
         let want = sd.vae.latents_to_image_u8(c, &t).unwrap();
-        let (mean, max) = diff(rgb, &want);
+        let (mean, max) = image_diff(rgb, &want);
         eprintln!("preview after step {step}: mean {mean:.3} max {max}");
         assert!(mean <= 1.0 && max <= 8, "preview {step}: mean {mean:.3} max {max} levels off");
     }
     let (_, _, png) = read_png(&fixtures().join("golden/sd15-tiny/sampler_euler.png"));
-    let (mean, max) = diff(&image.rgb, &png);
+    let (mean, max) = image_diff(&image.rgb, &png);
     assert!(mean <= 1.0 && max <= 8, "final image: mean {mean:.3} max {max}");
     // neighbouring previews would fail the bound (so a preview of the wrong step is caught)
     for w in seen.windows(2) {
-        let (mean, max) = diff(&w[0].1, &w[1].1);
+        let (mean, max) = image_diff(&w[0].1, &w[1].1);
         assert!(mean > 1.0 || max > 8, "previews {} and {} differ by only mean {mean:.2} max {max}", w[0].0, w[1].0);
     }
 }
@@ -250,7 +228,7 @@ fn odd_latent_size_matches_diffusers_png() {
     let image = sd.generate(c, &o, |_, _| {}).unwrap();
     let (w, h, want) = read_png(&fixtures().join("golden/sd15-tiny/size_72x56.png"));
     assert_eq!((image.width, image.height), (w, h));
-    let (mean, max) = diff(&image.rgb, &want);
+    let (mean, max) = image_diff(&image.rgb, &want);
     eprintln!("72x56: mean {mean:.3} max {max}");
     assert!(mean <= 1.0 && max <= 8, "72x56: mean {mean:.3} max {max} levels off diffusers");
 }

@@ -113,3 +113,32 @@ impl Golden {
         Tensor::from_f32(ctx(), &v, &shape, dtype).unwrap()
     }
 }
+
+/// A PNG as `(width, height, 8-bit RGB)`; grayscale is spread to three channels (masks).
+pub fn read_png(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let rgb = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Grayscale => buf.iter().flat_map(|&v| [v, v, v]).collect(),
+        c => panic!("{}: {c:?} (expected RGB or grayscale)", path.display()),
+    };
+    (info.width as usize, info.height as usize, rgb)
+}
+
+/// (mean, max) absolute difference of two 8-bit images, in levels.
+pub fn image_diff(a: &[u8], b: &[u8]) -> (f64, u8) {
+    assert_eq!(a.len(), b.len(), "image sizes differ");
+    let (mut sum, mut max) = (0u64, 0u8);
+    for (x, y) in a.iter().zip(b) {
+        let d = x.abs_diff(*y);
+        sum += d as u64;
+        max = max.max(d);
+    }
+    (sum as f64 / a.len().max(1) as f64, max)
+}
