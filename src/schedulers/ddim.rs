@@ -29,7 +29,7 @@ impl Ddim {
         let mut ts = integer_timesteps_ascending(spacing, c.num_train_timesteps, steps, offset);
         ts.reverse();
         let final_alpha_cumprod = if c.set_alpha_to_one.unwrap_or(true) { 1.0 } else { sched.alphas_cumprod[0] };
-        let clip = if c.clip_sample.unwrap_or(true) { Some(c.clip_sample_range as f32) } else { None };
+        let clip = c.clip_range_or(true);
         Ok(Ddim {
             timesteps: ts.iter().map(|&t| t as f32).collect(),
             ts,
@@ -61,12 +61,6 @@ impl Ddim {
 impl Scheduler for Ddim {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
-    }
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &[f32], _step: usize) -> Vec<f32> {
-        sample.to_vec()
     }
     fn step(&mut self, model_output: &[f32], step: usize, sample: &[f32], rng: &mut TorchRng) -> Vec<f32> {
         check_len("ddim", model_output, sample);

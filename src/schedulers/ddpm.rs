@@ -30,7 +30,7 @@ impl Ddpm {
             ts,
             alphas_cumprod: sched.alphas_cumprod,
             prediction: c.prediction_type,
-            clip: if c.clip_sample.unwrap_or(true) { Some(c.clip_sample_range as f32) } else { None },
+            clip: c.clip_range_or(true),
             steps,
         })
     }
@@ -43,12 +43,6 @@ impl Scheduler for Ddpm {
     /// img2img noises with `sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·n` (the trait's default).
     fn alphas_cumprod(&self) -> Option<&[f32]> {
         Some(&self.alphas_cumprod)
-    }
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &[f32], _step: usize) -> Vec<f32> {
-        sample.to_vec()
     }
     fn step(&mut self, model_output: &[f32], step: usize, sample: &[f32], rng: &mut TorchRng) -> Vec<f32> {
         check_len("ddpm", model_output, sample);

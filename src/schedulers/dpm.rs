@@ -167,12 +167,6 @@ impl Scheduler for DpmPlusPlus2M {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &[f32], _step: usize) -> Vec<f32> {
-        sample.to_vec()
-    }
     fn step(&mut self, model_output: &[f32], step: usize, sample: &[f32], rng: &mut TorchRng) -> Vec<f32> {
         check_len("dpmpp-2m", model_output, sample);
         let n = self.timesteps.len();

@@ -38,7 +38,7 @@ impl Heun {
             timesteps.push(t);
         }
         let init_sigma = sigma_init_noise(&sigmas, spacing);
-        let clip = if c.clip_sample.unwrap_or(false) { Some(c.clip_sample_range as f32) } else { None };
+        let clip = c.clip_range_or(false);
         Ok(Heun { timesteps, sigmas, init_sigma, prediction: c.prediction_type, clip, steps, saved: None })
     }
 }

@@ -46,10 +46,16 @@ pub trait Scheduler: Send {
     /// The timestep passed to the UNet at each model evaluation (fractional for Karras
     /// Euler/LMS/Heun; integers otherwise).
     fn timesteps(&self) -> &[f32];
-    /// Factor applied to the initial `randn` noise.
-    fn init_noise_sigma(&self) -> f32;
-    /// The UNet input for evaluation `step` (identity for DDIM/PNDM/DPM++).
-    fn scale_model_input(&self, sample: &[f32], step: usize) -> Vec<f32>;
+    /// Factor applied to the initial `randn` noise: 1 for the samplers that work on unit-variance
+    /// latents (DDIM, PNDM, DDPM, LCM, DPM++ 2M, UniPC); the sigma samplers override it.
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+    /// The UNet input for evaluation `step`: the latents as they are, except for the sigma
+    /// samplers (Euler, Euler a, LMS, Heun, DPM++ SDE), which override it with `x / √(σ² + 1)`.
+    fn scale_model_input(&self, sample: &[f32], _step: usize) -> Vec<f32> {
+        sample.to_vec()
+    }
     /// One scheduler step: given the (guided) model output at evaluation `step` and the current
     /// latents, returns the next latents. Ancestral samplers (and DDIM with eta > 0) draw their
     /// noise from `rng`, as diffusers draws `randn_tensor(shape, generator=generator)`.
@@ -309,6 +315,11 @@ impl SchedulerConfig {
 
     pub(crate) fn spacing_or(&self, class_default: TimestepSpacing) -> TimestepSpacing {
         self.timestep_spacing.unwrap_or(class_default)
+    }
+
+    /// `clip_sample_range` when `clip_sample` is on (absent: the class's own default).
+    pub(crate) fn clip_range_or(&self, class_default: bool) -> Option<f32> {
+        self.clip_sample.unwrap_or(class_default).then_some(self.clip_sample_range as f32)
     }
 }
 

@@ -93,12 +93,6 @@ impl Scheduler for Pndm {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &[f32], _step: usize) -> Vec<f32> {
-        sample.to_vec()
-    }
     fn step(&mut self, model_output: &[f32], step: usize, sample: &[f32], _rng: &mut TorchRng) -> Vec<f32> {
         check_len("pndm", model_output, sample);
         let mut t = self.ts[step];

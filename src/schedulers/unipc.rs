@@ -160,12 +160,6 @@ impl Scheduler for UniPc {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &[f32], _step: usize) -> Vec<f32> {
-        sample.to_vec()
-    }
     fn step(&mut self, model_output: &[f32], step: usize, sample: &[f32], _rng: &mut TorchRng) -> Vec<f32> {
         check_len("unipc", model_output, sample);
         let converted = self.convert(model_output, sample, step);
