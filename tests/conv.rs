@@ -2,11 +2,6 @@ mod common;
 use common::*;
 use pigment::ops::conv;
 use pigment::DType;
-use std::sync::RwLock;
-
-/// Tests that lower the binding limit take this for writing; the others read it, so a lowered
-/// limit never leaks into a test that does not expect it.
-static LIMIT: RwLock<()> = RwLock::new(());
 
 struct Case {
     n: usize,

@@ -2,23 +2,6 @@ mod common;
 use common::*;
 use pigment::ops::embedding;
 use pigment::DType;
-use std::sync::{RwLock, RwLockWriteGuard};
-
-static LIMIT: RwLock<()> = RwLock::new(());
-
-/// Holds the write lock while the binding limit is lowered, and restores the device limit when
-/// dropped (also when a failing assertion unwinds), so a failure never leaks a lowered limit.
-struct Lowered(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
-impl Lowered {
-    fn new() -> Self {
-        Lowered(LIMIT.write().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-impl Drop for Lowered {
-    fn drop(&mut self) {
-        ctx().set_max_binding_for_tests(0);
-    }
-}
 
 /// torch-like reference: the same f32 rounding steps as diffusers (exponent and frequency in
 /// f32, argument t * freq in f32), then sin/cos in f64 of that f32 argument.

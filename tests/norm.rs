@@ -2,10 +2,6 @@ mod common;
 use common::*;
 use pigment::ops::norm;
 use pigment::DType;
-use std::sync::RwLock;
-
-/// Tests that lower the binding limit hold this for writing.
-static LIMIT: RwLock<()> = RwLock::new(());
 
 /// f64 reference group norm (+ SiLU).
 fn gn_ref(x: &[f32], n: usize, c: usize, hw: usize, g: usize, w: &[f32], b: &[f32], eps: f64, silu: bool) -> Vec<f32> {

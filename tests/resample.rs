@@ -2,10 +2,6 @@ mod common;
 use common::*;
 use pigment::ops::resample;
 use pigment::DType;
-use std::sync::RwLock;
-
-/// Tests that lower the binding limit hold this for writing.
-static LIMIT: RwLock<()> = RwLock::new(());
 
 // Both ops only move values, so results must be bit-exact in either dtype (tolerance 0).
 

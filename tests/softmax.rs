@@ -2,24 +2,6 @@ mod common;
 use common::*;
 use pigment::ops::softmax;
 use pigment::DType;
-use std::sync::{RwLock, RwLockWriteGuard};
-
-/// Tests that lower the binding limit hold this for writing; the others read it.
-static LIMIT: RwLock<()> = RwLock::new(());
-
-/// Holds the write lock while the binding limit is lowered, and restores the device limit when
-/// dropped (also when a failing assertion unwinds), so a failure never leaks a lowered limit.
-struct Lowered(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
-impl Lowered {
-    fn new() -> Self {
-        Lowered(LIMIT.write().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-impl Drop for Lowered {
-    fn drop(&mut self) {
-        ctx().set_max_binding_for_tests(0);
-    }
-}
 
 /// f64 reference softmax(scale * x) over rows of `n`.
 fn softmax_ref(x: &[f32], n: usize, scale: f32) -> Vec<f32> {

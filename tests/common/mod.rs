@@ -142,3 +142,21 @@ pub fn image_diff(a: &[u8], b: &[u8]) -> (f64, u8) {
     }
     (sum as f64 / a.len().max(1) as f64, max)
 }
+
+/// Tests that lower the binding limit hold this for writing; the others read it, so a lowered
+/// limit never leaks into a test that does not expect it (one lock per test binary).
+pub static LIMIT: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Holds the write lock while the binding limit is lowered, and restores the device limit when
+/// dropped (also when a failing assertion unwinds), so a failure never leaks a lowered limit.
+pub struct Lowered(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>);
+impl Lowered {
+    pub fn new() -> Self {
+        Lowered(LIMIT.write().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+impl Drop for Lowered {
+    fn drop(&mut self) {
+        ctx().set_max_binding_for_tests(0);
+    }
+}
