@@ -35,8 +35,8 @@ const TOL_F16: f32 = 1e-2;
 fn folder() -> PathBuf {
     fixtures().join("sd15-tiny-controlnet")
 }
-fn single_file() -> PathBuf {
-    fixtures().join("sd15-tiny-controlnet.safetensors")
+fn a1111_file() -> PathBuf {
+    single_file("sd15-tiny-controlnet")
 }
 
 
@@ -54,7 +54,7 @@ fn residuals_match_diffusers() {
     let unet_w = Weights::open(fixtures().join("sd15-tiny")).unwrap();
     let unet = UNet2DConditionModel::load(c, unet_w.unet().unwrap(), DType::F32).unwrap();
     let (t, _) = g.f32("timestep");
-    let mut cases = vec![("folder", folder(), DType::F32), ("A1111 single file", single_file(), DType::F32)];
+    let mut cases = vec![("folder", folder(), DType::F32), ("A1111 single file", a1111_file(), DType::F32)];
     if ctx().f16 {
         cases.push(("folder f16", folder(), DType::F16));
     }
@@ -181,7 +181,7 @@ fn cli_generate_with_a1111_controlnet() {
     std::fs::create_dir_all(&tmp).unwrap();
     let out = tmp.join("cn.png");
     let model = fixtures().join("sd15-tiny");
-    let (cn, img) = (single_file(), control_png());
+    let (cn, img) = (a1111_file(), control_png());
     let run = pigment(&[
         "generate".as_ref(),
         "--model".as_ref(),
@@ -221,8 +221,8 @@ fn bad_controlnet_input_is_named() {
     let c = ctx();
     let mut sd21 = StableDiffusion::load(c, &fixtures().join("sd21-tiny"), false).unwrap();
     let e = sd21.load_controlnet(c, &folder()).unwrap_err().to_string();
-    assert!(e.contains("cross_attention_dim 48 (ControlNet) vs 64 (UNet)") && e.contains("[32, 64] (ControlNet) vs [40, 80] (UNet)"), "{e}");
-    let e = sd21.load_controlnet(c, &fixtures().join("sd21-tiny.safetensors")).unwrap_err().to_string();
+    assert!(e.contains("cross_attention_dim 32 (ControlNet) vs 64 (UNet)") && e.contains("[32, 64] (ControlNet) vs [40, 80] (UNet)"), "{e}");
+    let e = sd21.load_controlnet(c, &single_file("sd21-tiny")).unwrap_err().to_string();
     assert!(e.contains("not a ControlNet"), "{e}");
 
     let fail = |args: &[&std::ffi::OsStr]| {

@@ -142,7 +142,9 @@ fn older_diffusers_key_names_merge_like_peft() {
         } else {
             format!("{stem}.lora.{ud}.weight")
         };
-        renamed.push((new, t.shape().to_vec(), bytemuck::pod_collect_to_vec::<u8, f32>(t.data())));
+        assert_eq!(t.dtype(), safetensors::Dtype::F16, "{name}: the fixture LoRAs are F16");
+        let v: Vec<f32> = t.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        renamed.push((new, t.shape().to_vec(), v));
     }
     let dir = tmp_dir("old");
     let path = dir.join("old.safetensors");
@@ -242,7 +244,7 @@ fn sd21_single_file_and_folder_merge_alike() {
     let c = ctx();
     let folder = fixtures().join("sd21-tiny");
     let mut a = StableDiffusion::load(c, &folder, false).unwrap();
-    let mut b = StableDiffusion::load_with_config(c, &fixtures().join("sd21-tiny.safetensors"), Some(&folder), false).unwrap();
+    let mut b = StableDiffusion::load_with_config(c, &single_file("sd21-tiny"), Some(&folder), false).unwrap();
     let base = a.clip.encode_prompt(c, &a.tokenizer, PROMPT, 1).unwrap().to_vec(c).unwrap();
     a.set_loras(c, &uses).unwrap();
     b.set_loras(c, &uses).unwrap();
@@ -261,7 +263,7 @@ fn textual_inversion_survives_lora_changes() {
     let mut sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
     let dir = tmp_dir("ti");
     let ti = dir.join("tiword.safetensors");
-    write_safetensors(&ti, &[("emb_params", vec![2, 48], rand_vec(96, 7))]);
+    write_safetensors(&ti, &[("emb_params", vec![2, 32], rand_vec(64, 7))]);
     sd.clip.load_textual_inversion(&mut sd.tokenizer, &ti, "tiword").unwrap();
     let encode = |sd: &StableDiffusion| sd.clip.encode_prompt(c, &sd.tokenizer, "a tiword riding a horse", 1).unwrap().to_vec(c).unwrap();
     let base = encode(&sd);
@@ -349,11 +351,11 @@ fn lora_errors_are_clear() {
     assert!(e.contains("wide.safetensors") && e.contains("proj_in.lora_down.weight") && e.contains("[4, 40]") && e.contains("[32, 32, 1, 1]"), "{e}");
 
     // Not a LoRA at all; LyCORIS LoHa; a down without its up.
-    let e = Lora::open(fixtures().join("sd15-tiny.safetensors")).err().unwrap().to_string();
+    let e = Lora::open(single_file("sd15-tiny")).err().unwrap().to_string();
     assert!(e.contains("not a LoRA"), "{e}");
     let e = merge_err("loha.safetensors", &[("lora_unet_x.hada_w1_a", vec![1], vec![0.0])]);
     assert!(e.contains("LoHa"), "{e}");
-    let e = merge_err("half.safetensors", &[("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", vec![1, 48], vec![0.0; 48])]);
+    let e = merge_err("half.safetensors", &[("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", vec![1, 32], vec![0.0; 32])]);
     assert!(e.contains("lora_up.weight"), "{e}");
 
     // Partly matching: merged, with a warning naming the unknown keys.
@@ -361,10 +363,10 @@ fn lora_errors_are_clear() {
     write_safetensors(
         &path,
         &[
-            ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", vec![1, 48], vec![0.1; 48]),
-            ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", vec![96, 1], vec![0.1; 96]),
-            ("lora_te_text_model_encoder_layers_23_mlp_fc1.lora_down.weight", vec![1, 48], vec![0.1; 48]),
-            ("lora_te_text_model_encoder_layers_23_mlp_fc1.lora_up.weight", vec![96, 1], vec![0.1; 96]),
+            ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", vec![1, 32], vec![0.1; 32]),
+            ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", vec![64, 1], vec![0.1; 64]),
+            ("lora_te_text_model_encoder_layers_23_mlp_fc1.lora_down.weight", vec![1, 32], vec![0.1; 32]),
+            ("lora_te_text_model_encoder_layers_23_mlp_fc1.lora_up.weight", vec![64, 1], vec![0.1; 64]),
         ],
     );
     let m = lora::merge(te, unet, &[LoraUse::new(Arc::new(Lora::open(&path).unwrap()), 1.0)]).unwrap();

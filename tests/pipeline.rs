@@ -173,7 +173,7 @@ fn single_file_checkpoint_matches_folder_png() {
     let c = ctx();
     for (variant, kind) in [("sd15-tiny", SamplerKind::Pndm), ("sd21-tiny", SamplerKind::Ddim)] {
         let dir = fixtures().join(variant);
-        let sd = StableDiffusion::load_with_config(c, &fixtures().join(format!("{variant}.safetensors")), Some(&dir), false).unwrap();
+        let sd = StableDiffusion::load_with_config(c, &single_file(variant), Some(&dir), false).unwrap();
         let image = sd.generate(c, &options(kind, SigmaSchedule::Normal), |_, _| {}).unwrap();
         let (_, _, want) = read_png(&fixtures().join("golden").join(variant).join("txt2img.png"));
         let (mean, max) = image_diff(&image.rgb, &want);

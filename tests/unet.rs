@@ -78,7 +78,7 @@ fn config_from_json() {
     let cfg = UNetConfig::for_component(sd15.unet().unwrap()).unwrap();
     assert_eq!(cfg.block_out_channels, vec![32, 64]);
     assert_eq!(cfg.heads, vec![2, 2]);
-    assert_eq!(cfg.cross_attention_dim, 48);
+    assert_eq!(cfg.cross_attention_dim, 32);
     assert_eq!(cfg.time_embed_dim, 128);
     assert!(!cfg.use_linear_projection);
     let sd21 = Weights::open(fixtures().join("sd21-tiny")).unwrap();
@@ -100,7 +100,7 @@ fn config_from_json() {
 fn config_inferred_from_single_file() {
     let folder = Weights::open(fixtures().join("sd15-tiny")).unwrap();
     let want = UNetConfig::for_component(folder.unet().unwrap()).unwrap();
-    let single = Weights::open(fixtures().join("sd15-tiny.safetensors")).unwrap();
+    let single = Weights::open(single_file("sd15-tiny")).unwrap();
     assert!(single.unet().unwrap().config.is_none());
     let mut got = UNetConfig::for_component(single.unet().unwrap()).unwrap();
     assert_eq!((got.heads.clone(), got.norm_num_groups), (vec![8, 8], 32));
@@ -109,7 +109,7 @@ fn config_inferred_from_single_file() {
     assert_eq!(got, want);
     // Linear projections (SD 2.x) mean head dim 64: widths 40/80 cannot be split, so this asks
     // for a config instead of guessing.
-    let single = Weights::open(fixtures().join("sd21-tiny.safetensors")).unwrap();
+    let single = Weights::open(single_file("sd21-tiny")).unwrap();
     let err = UNetConfig::for_component(single.unet().unwrap()).unwrap_err().to_string();
     assert!(err.contains("config"), "{err}");
 }
@@ -175,7 +175,7 @@ fn bad_inputs_are_errors() {
     let c = ctx();
     let w = Weights::open(fixtures().join("sd15-tiny")).unwrap();
     let model = load(&w, DType::F32);
-    let enc = Tensor::zeros(c, &[2, 77, 48], DType::F32).unwrap();
+    let enc = Tensor::zeros(c, &[2, 77, 32], DType::F32).unwrap();
     // Wrong channels, wrong context width. (An odd latent size is valid, as in diffusers:
     // tests/pipeline.rs `odd_latent_size_matches_diffusers_png`.)
     assert!(model.forward(c, &Tensor::zeros(c, &[2, 4, 7, 8], DType::F32).unwrap(), 1.0, &enc).is_ok());

@@ -101,7 +101,7 @@ fn config_from_json() {
 /// (the tiny model's 4 norm groups cannot be inferred; loading it so needs its config folder).
 #[test]
 fn config_inferred_from_single_file() {
-    let w = Weights::open(fixtures().join("sd15-tiny.safetensors")).unwrap();
+    let w = Weights::open(single_file("sd15-tiny")).unwrap();
     let cfg = VaeConfig::for_component(w.vae().unwrap()).unwrap();
     assert_eq!(cfg.block_out_channels, vec![8, 16, 16, 16]);
     assert_eq!((cfg.layers_per_block, cfg.latent_channels, cfg.in_channels, cfg.out_channels), (2, 4, 3, 3));

@@ -1,6 +1,6 @@
 //! Whole generation in the browser through the JS-facing API (src/web.rs): the tiny SD 1.5
-//! fixture loaded from bytes (diffusers folder files; the single-file checkpoint with its
-//! configs), generated on WebGPU, against the PNG diffusers made for the same seed.
+//! fixture loaded from bytes (diffusers folder files; the single-file checkpoint, assembled from
+//! them by its manifest, with their configs), generated on WebGPU, against the PNG diffusers made for the same seed.
 //! Run with `web/test.sh`; compiles to nothing natively.
 //!
 //! Tolerance as tests/pipeline.rs (issue #4): mean <= 1 level, max <= 8. The browser runs f32
@@ -14,6 +14,9 @@ use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
+
+#[path = "common/single_file.rs"]
+mod single_file;
 
 macro_rules! fixture {
     ($p:literal) => {
@@ -107,7 +110,15 @@ async fn single_file_loads_every_part() {
     let gpu = ok(Pigment::open(true).await);
     let mut l = gpu.loader();
     configs(&mut l);
-    ok(l.add_single_file("sd15-tiny.safetensors", bytes(fixture!("sd15-tiny.safetensors")), true));
+    // Not committed: assembled from the folder files by its manifest, as the native tests do.
+    let source = |p: &str| match p {
+        "sd15-tiny/text_encoder/model.safetensors" => fixture!("sd15-tiny/text_encoder/model.safetensors").to_vec(),
+        "sd15-tiny/unet/diffusion_pytorch_model.safetensors" => fixture!("sd15-tiny/unet/diffusion_pytorch_model.safetensors").to_vec(),
+        "sd15-tiny/vae/diffusion_pytorch_model.safetensors" => fixture!("sd15-tiny/vae/diffusion_pytorch_model.safetensors").to_vec(),
+        p => panic!("sd15-tiny.manifest.json: source {p} is not included in this test"),
+    };
+    let file = single_file::assemble(std::str::from_utf8(fixture!("sd15-tiny.manifest.json")).unwrap(), &source).unwrap();
+    ok(l.add_single_file("sd15-tiny.safetensors", bytes(&file), true));
     ok(l.finish("sd15-tiny"));
 }
 

@@ -7,9 +7,10 @@ tools/make_fixtures.py (it reads tests/fixtures/sd15-tiny):
 
 Writes (overwriting):
     tests/fixtures/sd15-tiny-controlnet/                 diffusers folder (config.json,
-                                                          diffusion_pytorch_model.safetensors)
-    tests/fixtures/sd15-tiny-controlnet.safetensors       the same weights in the A1111 / original
-                                                          ControlNet layout (control_model.*)
+                                                          diffusion_pytorch_model.safetensors, F16)
+    tests/fixtures/sd15-tiny-controlnet.manifest.json     how the tests assemble the same weights in
+                                                          the A1111 / original ControlNet layout
+                                                          (control_model.*) from the folder
     tests/fixtures/golden/sd15-tiny/controlnet_control.png       the 64x64 control image
     tests/fixtures/golden/sd15-tiny/controlnet_residuals.safetensors
     tests/fixtures/golden/sd15-tiny/controlnet_txt2img.safetensors (+ .png)
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -97,7 +99,10 @@ def main():
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     cn.save_pretrained(folder, safe_serialization=True)
+    mf.store_f16(folder)
+    mem = {k: v.clone() for k, v in cn.state_dict().items()}
     cn = ControlNetModel.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32).eval()
+    assert all(torch.equal(cn.state_dict()[k], v) for k, v in mem.items()), "F16 file != the f32 values"
     assert all(p.abs().max() > 0 for n, p in cn.named_parameters()), "a zero parameter"
 
     # A1111 single file (control_model.* keys), checked by loading it back through the inverse map
@@ -106,19 +111,30 @@ def main():
     ucfg = dict(pipe.unet.config)
     ckpt = {controlnet_key_to_ldm(k, ucfg, n_blocks): v.contiguous() for k, v in sd.items()}
     assert len(ckpt) == len(sd)
-    sf = os.path.join(fixtures, VARIANT + "-controlnet.safetensors")
-    save_file(ckpt, sf, metadata={"format": "pt"})
+    old = os.path.join(fixtures, VARIANT + "-controlnet.safetensors")
+    if os.path.exists(old):
+        os.remove(old)  # from before the manifests
+    manifest = os.path.join(fixtures, VARIANT + "-controlnet.manifest.json")
+    ops = {controlnet_key_to_ldm(k, ucfg, n_blocks): ("identity", [("controlnet", k)]) for k in sd}
+    mf.write_manifest(
+        manifest,
+        {"controlnet": f"{VARIANT}-controlnet/diffusion_pytorch_model.safetensors"},
+        ops,
+        ckpt,
+        f"{VARIANT}-controlnet.safetensors (A1111 control_model.* layout) assembled from the "
+        f"{VARIANT}-controlnet/ folder; written by tools/fixtures_controlnet.py",
+    )
+    tmp = tempfile.mkdtemp(prefix="pigment-cn-")
+    sf = mf.check_assembled(manifest, ckpt, tmp)
     back = load_file(sf)
     for k, v in sd.items():
-        assert torch.equal(back[controlnet_key_to_ldm(k, ucfg, n_blocks)], v), k
-    try:
-        cn_sf = ControlNetModel.from_single_file(sf, config=folder, local_files_only=True, torch_dtype=torch.float32)
-        sd2 = cn_sf.state_dict()
-        same = set(sd2) == set(sd) and all(torch.equal(sd2[k], sd[k]) for k in sd)
-        print("diffusers from_single_file agrees:", same)
-        assert same
-    except Exception as e:  # diffusers may refuse configs it cannot infer; the inverse check above stands
-        print("diffusers from_single_file not checked:", type(e).__name__, str(e)[:200])
+        assert torch.equal(back[controlnet_key_to_ldm(k, ucfg, n_blocks)].float(), v), k
+    cn_sf = ControlNetModel.from_single_file(sf, config=folder, local_files_only=True, torch_dtype=torch.float32)
+    sd2 = cn_sf.state_dict()
+    same = set(sd2) == set(sd) and all(torch.equal(sd2[k], sd[k]) for k in sd)
+    print("diffusers from_single_file agrees:", same)
+    assert same
+    shutil.rmtree(tmp)
 
     gdir = os.path.join(fixtures, "golden", VARIANT)
     img = control_image()
@@ -224,7 +240,7 @@ def main():
     mf.save_png(i2i, os.path.join(gdir, "controlnet_img2img.png"))
     print(f"img2img: std {i2i.std():.1f}")
 
-    for p in [folder, sf] + [os.path.join(gdir, f) for f in sorted(os.listdir(gdir)) if f.startswith("controlnet_")]:
+    for p in [folder, manifest] + [os.path.join(gdir, f) for f in sorted(os.listdir(gdir)) if f.startswith("controlnet_")]:
         if os.path.isdir(p):
             for f in sorted(os.listdir(p)):
                 q = os.path.join(p, f)

@@ -76,7 +76,21 @@ def random_pair(m, g, gain):
         out_f, in_f, kh, kw = w.shape
         down = torch.randn(RANK, in_f, kh, kw, generator=g) / (in_f * kh * kw) ** 0.5
         up = torch.randn(out_f, RANK, 1, 1, generator=g) * gain / RANK**0.5
-    return down, up
+    # f16-representable: the files are F16 and diffusers fuses these same values in float32
+    return f16(down), f16(up)
+
+
+def f16(t):
+    return t.to(torch.float16).to(torch.float32)
+
+
+def as_f16(sd):
+    out = {}
+    for k, v in sd.items():
+        h = v.to(torch.float16)
+        assert torch.equal(h.to(torch.float32), v), k
+        out[k] = h.contiguous()
+    return out
 
 
 def delta(down, up, shape):
@@ -129,8 +143,8 @@ def make_peft_alpha(pipe, g, path):
         if not name.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "v_proj", "resnets.0.conv1")):
             continue
         down, up = random_pair(m, g, 0.8)
-        layers[which][f"{name}.lora_A.weight"] = down
-        layers[which][f"{name}.lora_B.weight"] = up
+        layers[which][f"{name}.lora_A.weight"] = down.to(torch.float16)
+        layers[which][f"{name}.lora_B.weight"] = up.to(torch.float16)
         cfg = ALPHA_UNET if which == "unet" else ALPHA_TE
         alpha = cfg.get("alpha_pattern", {}).get(name, cfg["lora_alpha"])
         pairs.append((which, name, down, up, alpha / (RANK**0.5 if cfg.get("use_rslora") else RANK)))
@@ -194,8 +208,8 @@ def main():
     os.makedirs(ldir, exist_ok=True)
     kohya_path = os.path.join(ldir, f"{VARIANT}-kohya.safetensors")
     peft_path = os.path.join(ldir, f"{VARIANT}-peft.safetensors")
-    save_file({k: v.contiguous() for k, v in kohya.items()}, kohya_path, metadata={"format": "pt"})
-    save_file({k: v.contiguous() for k, v in peft.items()}, peft_path, metadata={"format": "pt"})
+    save_file(as_f16(kohya), kohya_path, metadata={"format": "pt"})
+    save_file(as_f16(peft), peft_path, metadata={"format": "pt"})
     alpha_path = os.path.join(ldir, f"{VARIANT}-peft-alpha.safetensors")
     alpha_pairs = make_peft_alpha(pipe, g, alpha_path)
     print(f"kohya: {len(kohya_pairs)} pairs, peft: {len(peft_pairs)} pairs, peft-alpha: {len(alpha_pairs)} pairs")

@@ -9,8 +9,10 @@ Run from the repository root (CPU only, ~1 minute, no network):
 Writes (overwriting):
     assets/bpe_simple_vocab_16e6.txt.gz          copy of open_clip's CLIP BPE merges file
     tests/fixtures/<variant>/                     diffusers folder (model_index.json, unet/, vae/,
-                                                  text_encoder/, tokenizer/, scheduler/), fp32 safetensors
-    tests/fixtures/<variant>.safetensors          original (LDM / CompVis) single-file layout
+                                                  text_encoder/, tokenizer/, scheduler/), F16 safetensors
+                                                  (f16-representable values; goldens in float32)
+    tests/fixtures/<variant>.manifest.json        how the tests assemble the original (LDM /
+                                                  CompVis) single file from the folder's tensors
     tests/fixtures/golden/<variant>/*.safetensors goldens from diffusers on CPU float32
     tests/fixtures/golden/<variant>/*.png         final images
     tests/fixtures/golden/<variant>/schedulers.json
@@ -99,14 +101,14 @@ VARIANTS = {
         pad_token="<|endoftext|>",
         text=dict(
             vocab_size=49408,
-            hidden_size=48,
-            intermediate_size=96,
+            hidden_size=32,  # narrow: the 49408-row token embedding is most of the file
+            intermediate_size=64,
             num_hidden_layers=4,
             num_attention_heads=4,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
             layer_norm_eps=1e-5,
-            projection_dim=48,
+            projection_dim=32,
             # the legacy ids real SD checkpoints ship: eos_token_id == 2 makes transformers pool
             # at argmax(input_ids), i.e. at the first <|endoftext|> (49407)
             bos_token_id=0,
@@ -122,7 +124,7 @@ VARIANTS = {
             up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
             block_out_channels=[32, 64],
             layers_per_block=1,
-            cross_attention_dim=48,
+            cross_attention_dim=32,
             attention_head_dim=2,  # diffusers' name: this is the NUMBER of heads (SD1 real: 8)
             norm_num_groups=8,
             norm_eps=1e-5,
@@ -140,6 +142,8 @@ VARIANTS = {
         pad_token="!",
         text=dict(
             vocab_size=49408,
+            # 64 = the narrowest width whose head count a single file's OpenCLIP text encoder
+            # implies (width / 64): tests/weights.rs infers the config from it
             hidden_size=64,
             intermediate_size=256,
             num_hidden_layers=5,
@@ -286,6 +290,36 @@ def randomize(model, seed, gains=None, emb_std=0.5):
             else:
                 raise RuntimeError(f"unhandled parameter {full} in {type(mod).__name__}")
     assert seen == {n for n, _ in model.named_parameters()}
+    # f16-representable values: the fixtures are stored as F16 and every golden is computed in
+    # float32 from these same values, so f32 tests stay exact
+    for p in model.parameters():
+        p.copy_(p.to(torch.float16).to(torch.float32))
+
+
+def f16_round(t):
+    return t.to(torch.float16).to(torch.float32)
+
+
+def store_f16(folder):
+    """Rewrite every .safetensors under `folder` as F16 (the values are f16-representable, checked)."""
+    from safetensors import safe_open
+
+    for dp, _, fns in os.walk(folder):
+        for fn in sorted(fns):
+            if not fn.endswith(".safetensors") or os.path.islink(os.path.join(dp, fn)):
+                continue
+            path = os.path.join(dp, fn)
+            with safe_open(path, "pt") as f:
+                meta = f.metadata()
+            sd = load_file(path)
+            out = {}
+            for k, v in sd.items():
+                if v.dtype == torch.float32:
+                    h = v.to(torch.float16)
+                    assert torch.equal(h.to(torch.float32), v), f"{path}: {k} is not f16-representable"
+                    v = h
+                out[k] = v.contiguous()
+            save_file(out, path, metadata=meta)
 
 
 # gains chosen so that the UNet output has std ~1 (like a real eps/v model), the decoded image
@@ -439,32 +473,41 @@ def text_sd1_to_ldm(sd):
     return {"cond_stage_model.transformer." + k: v for k, v in sd.items()}
 
 
-def text_openclip_to_ldm(sd, num_layers, seed):
+def text_openclip_to_ldm(sd, num_layers):
+    """(tensors, manifest ops) for the OpenCLIP text keys of an SD2 single file."""
     P = "cond_stage_model.model."
-    out = {}
-    out[P + "token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
-    out[P + "positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
-    out[P + "ln_final.weight"] = sd["text_model.final_layer_norm.weight"]
-    out[P + "ln_final.bias"] = sd["text_model.final_layer_norm.bias"]
+    out, ops = {}, {}
+
+    def same(k, dk):
+        out[k] = sd[dk]
+        ops[k] = ("identity", [("text_encoder", dk)])
+
+    same(P + "token_embedding.weight", "text_model.embeddings.token_embedding.weight")
+    same(P + "positional_embedding", "text_model.embeddings.position_embedding.weight")
+    same(P + "ln_final.weight", "text_model.final_layer_norm.weight")
+    same(P + "ln_final.bias", "text_model.final_layer_norm.bias")
     for k in range(num_layers):
         d = f"text_model.encoder.layers.{k}."
         o = f"{P}transformer.resblocks.{k}."
-        out[o + "attn.in_proj_weight"] = torch.cat(
-            [sd[d + f"self_attn.{x}_proj.weight"] for x in "qkv"], 0
-        ).contiguous()
-        out[o + "attn.in_proj_bias"] = torch.cat([sd[d + f"self_attn.{x}_proj.bias"] for x in "qkv"], 0).contiguous()
-        out[o + "attn.out_proj.weight"] = sd[d + "self_attn.out_proj.weight"]
-        out[o + "attn.out_proj.bias"] = sd[d + "self_attn.out_proj.bias"]
+        for wb in ("weight", "bias"):
+            src = [d + f"self_attn.{x}_proj.{wb}" for x in "qkv"]
+            out[o + f"attn.in_proj_{wb}"] = torch.cat([sd[x] for x in src], 0).contiguous()
+            ops[o + f"attn.in_proj_{wb}"] = ("concat", [("text_encoder", x) for x in src])
+        same(o + "attn.out_proj.weight", d + "self_attn.out_proj.weight")
+        same(o + "attn.out_proj.bias", d + "self_attn.out_proj.bias")
         for a, b in [("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]:
-            out[o + b + ".weight"] = sd[d + a + ".weight"]
-            out[o + b + ".bias"] = sd[d + a + ".bias"]
-    # Present in real SD2 checkpoints but unused by SD (random here, only for the layout)
+            same(o + b + ".weight", d + a + ".weight")
+            same(o + b + ".bias", d + a + ".bias")
+    # Present in real SD2 checkpoints but unused by SD and by diffusers' conversion: constants
+    # here, so the manifest can make them without storing a tensor
     D = sd["text_model.final_layer_norm.weight"].shape[0]
-    g = torch.Generator().manual_seed(seed)
-    out[P + "text_projection"] = torch.randn((D, D), generator=g) / D**0.5
-    out[P + "logit_scale"] = torch.tensor(np.log(1 / 0.07), dtype=torch.float32)
+    out[P + "text_projection"] = torch.zeros((D, D))
+    ops[P + "text_projection"] = ("fill", [], 0.0)
+    logit = float(f16_round(torch.tensor(np.log(1 / 0.07), dtype=torch.float32)))
+    out[P + "logit_scale"] = torch.tensor(logit, dtype=torch.float32)
+    ops[P + "logit_scale"] = ("fill", [], logit)
     assert len(out) == 4 + 12 * num_layers + 2
-    return out
+    return out, ops
 
 
 def text_openclip_from_ldm(ckpt, num_layers):
@@ -492,12 +535,16 @@ def text_openclip_from_ldm(ckpt, num_layers):
 
 
 def to_single_file(pipe, variant, cfg):
-    ckpt = {}
+    """The original-layout checkpoint (key -> tensor) and, per key, how it is made from the
+    folder's tensors: (op, [(component, tensor)], fill value) with op identity, reshape (VAE
+    attention [C,C] -> [C,C,1,1]), concat (dim 0: OpenCLIP's fused in_proj) or fill."""
+    ckpt, ops = {}, {}
     unet_map = {}
     for k, v in pipe.unet.state_dict().items():
         lk = "model.diffusion_model." + unet_key_to_ldm(k, cfg["unet"])
         assert lk not in ckpt, lk
         ckpt[lk] = v.contiguous()
+        ops[lk] = ("identity", [("unet", k)])
         unet_map[lk] = k
     vae_map = {}
     for k, v in pipe.vae.state_dict().items():
@@ -505,16 +552,80 @@ def to_single_file(pipe, variant, cfg):
         lk = "first_stage_model." + lk
         assert lk not in ckpt, lk
         ckpt[lk] = (v.reshape(*v.shape, 1, 1) if reshape else v).contiguous()
+        ops[lk] = ("reshape" if reshape else "identity", [("vae", k)])
         vae_map[lk] = (k, reshape)
     tsd = pipe.text_encoder.state_dict()
     if variant == "sd15-tiny":
         text = text_sd1_to_ldm(tsd)
+        text_ops = {"cond_stage_model.transformer." + k: ("identity", [("text_encoder", k)]) for k in tsd}
     else:
-        text = text_openclip_to_ldm(tsd, cfg["text"]["num_hidden_layers"], cfg["seed"] + 9)
+        text, text_ops = text_openclip_to_ldm(tsd, cfg["text"]["num_hidden_layers"])
     for k in text:
         assert k not in ckpt
     ckpt.update({k: v.contiguous() for k, v in text.items()})
-    return ckpt, unet_map, vae_map
+    ops.update(text_ops)
+    assert set(ops) == set(ckpt)
+    return ckpt, ops, unet_map, vae_map
+
+
+# ---------------------------------------------------------------------------------------------
+# Single-file manifests: the single-file checkpoints are not committed (their tensors are the
+# folders'); `<name>.manifest.json` says how to assemble one from the folder files, which
+# tests/common/single_file.rs does for the Rust tests and assemble_single_file() here.
+# ---------------------------------------------------------------------------------------------
+
+
+def write_manifest(path, sources, ops, ckpt, about):
+    """sources: component -> safetensors path relative to the manifest's folder."""
+    lines = []
+    for k in sorted(ops):
+        op = ops[k]
+        e = {"key": k, "op": op[0], "from": [list(x) for x in op[1]], "shape": list(ckpt[k].shape)}
+        if op[0] == "fill":
+            e["value"] = op[2]
+        lines.append(json.dumps(e, sort_keys=True))
+    head = {"about": about, "dtype": "F16", "metadata": {"format": "pt"}, "sources": sources}
+    text = json.dumps(head, sort_keys=True, indent=1)[:-2] + ',\n "tensors": [\n  ' + ",\n  ".join(lines) + "\n ]\n}\n"
+    json.loads(text)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def assemble_single_file(manifest_path):
+    """(tensors, metadata) of the single file a manifest describes, from the folder files."""
+    m = json.load(open(manifest_path))
+    root = os.path.dirname(manifest_path)
+    files = {c: load_file(os.path.join(root, p)) for c, p in m["sources"].items()}
+    dtype = {"F16": torch.float16, "F32": torch.float32}[m["dtype"]]
+    out = {}
+    for e in m["tensors"]:
+        src = [files[c][t] for c, t in e["from"]]
+        op = e["op"]
+        if op == "identity":
+            (x,) = src
+        elif op == "reshape":
+            x = src[0].reshape(e["shape"])
+        elif op == "concat":
+            x = torch.cat(src, 0)
+        elif op == "fill":
+            x = torch.full(e["shape"], e["value"], dtype=dtype)
+        else:
+            raise ValueError(f"{manifest_path}: op {op}")
+        assert list(x.shape) == e["shape"] and x.dtype == dtype, e["key"]
+        assert e["key"] not in out, e["key"]
+        out[e["key"]] = x.contiguous()
+    return out, m["metadata"]
+
+
+def check_assembled(manifest_path, ckpt, tmp_dir):
+    """Assemble the manifest's file into tmp_dir, check it equals `ckpt`, return its path."""
+    got, meta = assemble_single_file(manifest_path)
+    assert set(got) == set(ckpt), set(got) ^ set(ckpt)
+    for k, v in ckpt.items():
+        assert torch.equal(got[k].to(torch.float32), v.to(torch.float32)), k
+    path = os.path.join(tmp_dir, os.path.basename(manifest_path).replace(".manifest.json", ".safetensors"))
+    save_file(got, path, metadata=meta)
+    return path
 
 
 def verify_single_file(path, pipe, variant, cfg, unet_map, vae_map, folder):
@@ -537,7 +648,7 @@ def verify_single_file(path, pipe, variant, cfg, unet_map, vae_map, folder):
         ref = model.state_dict()
         assert set(ref) == set(sd), (set(ref) ^ set(sd))
         for k in ref:
-            assert torch.equal(ref[k], sd[k]), k
+            assert torch.equal(ref[k], sd[k].to(torch.float32)), k
     # 2) diffusers' own loader (offline, config from our folder)
     sf = StableDiffusionPipeline.from_single_file(
         path,
@@ -925,15 +1036,45 @@ def main():
         for dp, _, fns in os.walk(folder):
             for fn in fns:
                 assert not fn.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")), fn
+        store_f16(folder)
+        if variant != "sd15-tiny":
+            # one real copy of the CLIP vocabulary (sd15-tiny's, which the Rust tokenizer tests
+            # read); the other folders link to it
+            for fn in ("vocab.json", "merges.txt"):
+                p = os.path.join(folder, "tokenizer", fn)
+                real = os.path.join(out_root, "sd15-tiny", "tokenizer", fn)
+                assert open(p, "rb").read() == open(real, "rb").read(), fn
+                os.remove(p)
+                os.symlink(os.path.join("..", "..", "sd15-tiny", "tokenizer", fn), p)
         # reload from the folder and use that for everything below (what Pigment loads)
+        mem = {n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()} for n in ("unet", "vae", "text_encoder")}
         pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
         assert pipe.tokenizer.pad_token == cfg["pad_token"]
+        for n, sd in mem.items():  # the F16 files upcast back to exactly the f32 values
+            got = getattr(pipe, n).state_dict()
+            assert all(got[k].dtype == torch.float32 and torch.equal(got[k], v) for k, v in sd.items()), n
 
-        ckpt, unet_map, vae_map = to_single_file(pipe, variant, cfg)
-        sf_path = os.path.join(out_root, variant + ".safetensors")
-        save_file(ckpt, sf_path, metadata={"format": "pt"})
+        ckpt, ops, unet_map, vae_map = to_single_file(pipe, variant, cfg)
+        old = os.path.join(out_root, variant + ".safetensors")
+        if os.path.exists(old):
+            os.remove(old)  # from before the manifests
+        manifest = os.path.join(out_root, variant + ".manifest.json")
+        write_manifest(
+            manifest,
+            {
+                "unet": f"{variant}/unet/diffusion_pytorch_model.safetensors",
+                "vae": f"{variant}/vae/diffusion_pytorch_model.safetensors",
+                "text_encoder": f"{variant}/text_encoder/model.safetensors",
+            },
+            ops,
+            ckpt,
+            f"{variant}.safetensors (original single-file layout) assembled from the {variant}/ folder; "
+            "written by tools/make_fixtures.py",
+        )
+        sf_path = check_assembled(manifest, ckpt, tmp)
         print("single file:", verify_single_file(sf_path, pipe, variant, cfg, unet_map, vae_map, folder))
+        os.remove(sf_path)
 
         gdir = os.path.join(out_root, "golden", variant)
         if os.path.isdir(gdir):

@@ -11,6 +11,9 @@ start=$SECONDS
 # Chromium's flags for the wasm-bindgen-test runner are in webdriver.json (--enable-unsafe-webgpu).
 cargo test --release --target wasm32-unknown-unknown --no-default-features --test web_kernels --test web_pipeline
 web/build.sh
+# The single-file checkpoint e2e.mjs picks is assembled from the sd15-tiny folder by its manifest.
+cargo test --release --test weights manifests_assemble_single_files
+export PIGMENT_SINGLE_FILE="${CARGO_TARGET_DIR:-$PWD/target}/tmp/fixtures/sd15-tiny.safetensors"
 (cd web && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; })
 node web/e2e.mjs
 echo "web tests: $((SECONDS - start)) s"

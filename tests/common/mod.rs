@@ -70,12 +70,37 @@ pub fn fixtures() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+pub mod single_file;
+
+/// The single-file checkpoint `<name>.safetensors` (sd15-tiny, sd21-tiny, sd15-tiny-controlnet),
+/// assembled from `tests/fixtures/<name>.manifest.json` and the folder files into the target's
+/// temp dir, once per test binary (written to a temporary name and renamed, so a reader never
+/// sees half a file).
+pub fn single_file(name: &str) -> std::path::PathBuf {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let path = dir.join(format!("{name}.safetensors"));
+    if !done.iter().any(|d| d == name) {
+        let manifest = fixtures().join(format!("{name}.manifest.json"));
+        let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+        let read = |p: &str| std::fs::read(fixtures().join(p)).unwrap_or_else(|e| panic!("{}: {p}: {e}", manifest.display()));
+        let bytes = single_file::assemble(&text, &read).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!("{name}.{}.part", std::process::id()));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        done.push(name.to_string());
+    }
+    path
+}
+
 /// The variant's weights from its folder and from its single file (with the folder's configs,
 /// as `from_single_file(path, config=folder)`: the tiny models' head dims are not 64).
 pub fn sources(variant: &str) -> Vec<(&'static str, pigment::weights::Weights)> {
     use pigment::weights::{OpenOptions, Weights};
     let folder = fixtures().join(variant);
-    let single = fixtures().join(format!("{variant}.safetensors"));
+    let single = single_file(variant);
     vec![
         ("folder", Weights::open(&folder).unwrap()),
         ("single file", Weights::open_with(&single, &OpenOptions { config_dir: Some(folder) }).unwrap()),
