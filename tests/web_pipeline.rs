@@ -1,6 +1,7 @@
 //! Whole generation in the browser through the JS-facing API (src/web.rs): the tiny SD 1.5
 //! fixture loaded from bytes (diffusers folder files; the single-file checkpoint, assembled from
-//! them by its manifest, with their configs), generated on WebGPU, against the PNG diffusers made for the same seed.
+//! them by its manifest, with their configs), generated on WebGPU, against the PNG diffusers
+//! made for the same seed.
 //! Run with `web/test.sh`; compiles to nothing natively.
 //!
 //! Tolerance as tests/pipeline.rs (issue #4): mean <= 1 level, max <= 8. The browser runs f32
