@@ -155,6 +155,9 @@ pub enum Command {
         /// Print the table but leave the cache file alone.
         #[arg(long)]
         dry_run: bool,
+        /// Tune only the first N problems (smallest first; quick checks on slow adapters).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Kernel microbenchmarks on SD-shaped problems, with a CPU baseline from the same run.
     Bench {
@@ -408,12 +411,12 @@ pub fn main() -> anyhow::Result<()> {
                 anyhow::bail!("{failed} of {} selftest checks failed on {}", lines.len(), ctx.info.name);
             }
         }
-        Command::Tune { model, latent, dtype, secs, dry_run } => {
+        Command::Tune { model, latent, dtype, secs, dry_run, limit } => {
             let ctx = open(&cli)?;
             let dtypes = pick_dtypes(&ctx, *dtype)?;
             let cpu = ctx.info.device_type == wgpu::DeviceType::Cpu;
             let latent = latent.unwrap_or(if cpu { 8 } else { 64 });
-            crate::bench::tune::run(&ctx, &dtypes, latent, model.as_deref(), *secs, !*dry_run)?;
+            crate::bench::tune::run(&ctx, &dtypes, latent, model.as_deref(), *secs, !*dry_run, *limit)?;
         }
         Command::Bench { what, dtype, secs, full, latent, model } => {
             let ctx = open(&cli)?;

@@ -22,16 +22,21 @@ pub fn problems(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&s
     }
 }
 
-pub fn run(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, secs: f64, save: bool) -> anyhow::Result<()> {
-    let problems = problems(ctx, dtypes, latent, model)?;
-    println!("tuning {} GEMM problems on {} (latent {latent}, {secs} s per candidate)", problems.len(), ctx.describe());
+pub fn run(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, secs: f64, save: bool, limit: Option<usize>) -> anyhow::Result<()> {
+    let mut problems = problems(ctx, dtypes, latent, model)?;
+    problems.truncate(limit.unwrap_or(usize::MAX));
+    println!("tuning {} GEMM problems on {} (latent {latent}, {secs} s per candidate); per problem, candidates fastest first:", problems.len(), ctx.describe());
     let mut choices = std::collections::HashMap::new();
     for p in &problems {
         let (winner, line) = tune_one(ctx, p, secs)?;
         println!("{line}");
         choices.insert(gemm_tune::problem_key(p), winner.name());
+        ctx.gemm_choices.lock().unwrap().insert(gemm_tune::problem_key(p), winner.name());
+        // Saved as it goes, so a run cut short still keeps what it measured.
+        if save {
+            disk::save(ctx, &choices)?;
+        }
     }
-    ctx.gemm_choices.lock().unwrap().extend(choices.clone());
     if save {
         let path = disk::save(ctx, &choices)?;
         println!("cached {} choices for '{}' in {}", choices.len(), disk::adapter_key(&ctx.info), path.display());

@@ -42,13 +42,16 @@ pub fn candidates(ctx: &Context, p: &Problem) -> Vec<Kernel> {
     out
 }
 
-/// The choice without measuring: the register kernel on CPU adapters; on GPUs cooperative
+/// The choice without measuring: the register kernel on CPU adapters and in the browser; on
+/// native GPUs cooperative
 /// matrices, else the tiled kernel for problems that fill its 64x64 block, else the register
 /// kernel (narrow outputs).
 pub fn fixed(ctx: &Context, p: &Problem) -> Kernel {
     let cands = candidates(ctx, p);
     let register = Kernel::Register(Tile::choose(ctx, p.m, p.n, p.vec4()));
-    if ctx.info.device_type == wgpu::DeviceType::Cpu {
+    // In the browser nothing is measured (no blocking wait) and the variants are untested
+    // there: keep the register kernel, as before the variants existed.
+    if ctx.info.device_type == wgpu::DeviceType::Cpu || cfg!(target_arch = "wasm32") {
         return register;
     }
     let tiled = Kernel::Tiled(Blocking { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 });
