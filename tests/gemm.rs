@@ -23,6 +23,8 @@ fn check(batch: usize, b_batched: bool, m: usize, n: usize, k: usize, trans_a: b
 
 #[allow(clippy::too_many_arguments)]
 fn check_kernel(batch: usize, b_batched: bool, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, with_bias: bool, act: Activation, with_res: bool, kernel: Option<Kernel>) {
+    // Another test lowers the binding limit (variants_split_at_lowered_limit): not while this runs.
+    let _g = LIMIT.read().unwrap();
     for dtype in dtypes() {
         let seed = (m * 31 + n * 7 + k) as u64;
         let av = quantize(&rand_vec(batch * m * k, seed), dtype);
@@ -96,6 +98,7 @@ fn every_tile_shape_is_correct() {
 /// it over rows. Checked on sampled rows (the full CPU reference would be slow).
 #[test]
 fn splits_over_rows_past_the_binding_limit() {
+    let _g = LIMIT.read().unwrap();
     let ctx = ctx();
     let (m, k, n) = (33_000, 1024, 8); // A = 135 MB f32
     let av = rand_vec(m * k, 9);
@@ -114,6 +117,7 @@ fn splits_over_rows_past_the_binding_limit() {
 
 #[test]
 fn mismatched_inner_dims_are_an_error() {
+    let _g = LIMIT.read().unwrap();
     let a = upload(&[0.0; 6], &[2, 3], DType::F32);
     let b = upload(&[0.0; 8], &[4, 2], DType::F32);
     let e = matmul(ctx(), &a, &b, GemmOpts::default()).unwrap_err().to_string();
@@ -125,6 +129,7 @@ fn mismatched_inner_dims_are_an_error() {
 /// bound, and past it the op must refuse rather than return a partial sum.
 #[test]
 fn long_reductions_are_complete() {
+    let _g = LIMIT.read().unwrap();
     let (m, n, k) = (3, 8, 59_996);
     // Small integers: every partial sum is exact in f32, so any skipped term shows exactly.
     let av: Vec<f32> = (0..m * k).map(|i| (i % 3) as f32).collect();
@@ -204,6 +209,7 @@ fn variants_split_at_lowered_limit() {
 /// they declare, and a clear refusal past it on a CPU adapter.
 #[test]
 fn variants_long_reductions_are_complete() {
+    let _g = LIMIT.read().unwrap();
     let tiled = Kernel::Tiled(Blocking { bm: 64, bn: 64, bk: 32, tm: 4, tn: 4 });
     let mut kernels = vec![tiled];
     if ctx().subgroups {
