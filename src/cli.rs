@@ -14,6 +14,9 @@ pub struct Cli {
     /// Use f32 storage even where the adapter offers f16 (env PIGMENT_F16=0).
     #[arg(long, global = true)]
     pub no_f16: bool,
+    /// Use the fixed GEMM variant ranking instead of measured choices (env PIGMENT_TUNE=0).
+    #[arg(long, global = true)]
+    pub no_tune: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -120,8 +123,42 @@ pub enum Command {
         #[arg(long, default_value_t = 200.0)]
         canny_high: f32,
     },
-    /// List the GPU adapters wgpu can see, in the order Pigment prefers them.
+    /// List the GPU adapters wgpu can see, in the order Pigment prefers them, with the GEMM
+    /// variants each can run and those `pigment tune` chose.
     Adapters,
+    /// Check every kernel variant this adapter can run against CPU references (f32, and f16
+    /// where offered); exits non-zero on any failure. The first thing to run on a new GPU.
+    Selftest {
+        /// Fewer shapes (about a minute on a GPU).
+        #[arg(long)]
+        quick: bool,
+        /// Only this kernel family (gemm, conv2d, attention, group_norm, layer_norm, softmax,
+        /// geglu, elementwise, embedding, resample).
+        #[arg(long)]
+        family: Option<String>,
+    },
+    /// Time the GEMM variants and tiles on a model's GEMM shapes and cache the fastest for this
+    /// adapter (JSON in $XDG_CACHE_HOME/pigment or ~/.cache/pigment).
+    Tune {
+        /// A diffusers folder whose UNet shapes to tune (one evaluation is run to learn them);
+        /// default SD 1.5's UNet shapes.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Latent size the shapes are for (image = 8x); default 64, 8 on CPU adapters.
+        #[arg(long)]
+        latent: Option<usize>,
+        #[arg(long, value_enum, default_value = "both")]
+        dtype: DTypeArg,
+        /// Minimum seconds timing each candidate.
+        #[arg(long, default_value_t = 0.2)]
+        secs: f64,
+        /// Print the table but leave the cache file alone.
+        #[arg(long)]
+        dry_run: bool,
+        /// Tune only the first N problems (smallest first; quick checks on slow adapters).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Kernel microbenchmarks on SD-shaped problems, with a CPU baseline from the same run.
     Bench {
         #[arg(value_enum, default_value = "all")]
@@ -182,6 +219,10 @@ fn open(cli: &Cli) -> anyhow::Result<Context> {
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.no_tune {
+        // Read by ops::gemm_tune; set before any thread exists.
+        std::env::set_var("PIGMENT_TUNE", "0");
+    }
     match &cli.command {
         Command::Generate {
             positional_prompt,
@@ -352,21 +393,34 @@ pub fn main() -> anyhow::Result<()> {
         Command::Adapters => {
             for (i, info) in pollster::block_on(crate::gpu::list_adapters()).iter().enumerate() {
                 println!("{i}: {} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver_info);
+                crate::bench::tune::print_choices(info);
             }
+        }
+        Command::Selftest { quick, family } => {
+            let ctx = open(&cli)?;
+            println!("selftest on {}", ctx.describe());
+            let opts = crate::selftest::Options { quick: *quick, family: family.clone() };
+            let start = std::time::Instant::now();
+            let lines = crate::selftest::run(&ctx, &opts, |l| println!("{l}"));
+            let failed = lines.iter().filter(|l| !l.ok()).count();
+            println!("{} variant checks, {failed} failed, {:.1} s", lines.len(), start.elapsed().as_secs_f64());
+            if lines.is_empty() {
+                anyhow::bail!("no selftest case matched (family {:?})", family);
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} selftest checks failed on {}", lines.len(), ctx.info.name);
+            }
+        }
+        Command::Tune { model, latent, dtype, secs, dry_run, limit } => {
+            let ctx = open(&cli)?;
+            let dtypes = pick_dtypes(&ctx, *dtype)?;
+            let cpu = ctx.info.device_type == wgpu::DeviceType::Cpu;
+            let latent = latent.unwrap_or(if cpu { 8 } else { 64 });
+            crate::bench::tune::run(&ctx, &dtypes, latent, model.as_deref(), *secs, !*dry_run, *limit)?;
         }
         Command::Bench { what, dtype, secs, full, latent, model } => {
             let ctx = open(&cli)?;
-            let mut dtypes = match dtype {
-                DTypeArg::F32 => vec![DType::F32],
-                DTypeArg::F16 => vec![DType::F16],
-                DTypeArg::Both => vec![DType::F32, DType::F16],
-            };
-            if !ctx.f16 {
-                if matches!(dtype, DTypeArg::F16) {
-                    anyhow::bail!("adapter '{}' has no SHADER_F16; use --dtype f32", ctx.info.name);
-                }
-                dtypes.retain(|d| *d == DType::F32);
-            }
+            let dtypes = pick_dtypes(&ctx, *dtype)?;
             let scale = bench::Scale::for_adapter(&ctx, *full);
             let all = *what == BenchWhat::All;
             bench::print_header(&ctx);
@@ -391,6 +445,21 @@ pub fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn pick_dtypes(ctx: &Context, dtype: DTypeArg) -> anyhow::Result<Vec<DType>> {
+    let mut dtypes = match dtype {
+        DTypeArg::F32 => vec![DType::F32],
+        DTypeArg::F16 => vec![DType::F16],
+        DTypeArg::Both => vec![DType::F32, DType::F16],
+    };
+    if !ctx.f16 {
+        if matches!(dtype, DTypeArg::F16) {
+            anyhow::bail!("adapter '{}' has no SHADER_F16; use --dtype f32", ctx.info.name);
+        }
+        dtypes.retain(|d| *d == DType::F32);
+    }
+    Ok(dtypes)
 }
 
 /// A local path, or a Hugging Face hub id (`org/name`) downloaded into the hf-hub cache.

@@ -15,6 +15,8 @@ pub mod weights;
 pub mod models;
 pub mod lora;
 pub mod pipeline;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod selftest;
 
 #[cfg(feature = "cli")]
 pub mod bench;

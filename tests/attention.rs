@@ -7,39 +7,7 @@ use pigment::DType;
 /// query i iff j <= i.
 #[allow(clippy::too_many_arguments)]
 fn attention_ref(q: &[f32], k: &[f32], v: &[f32], b: usize, lq: usize, lk: usize, h: usize, d: usize, scale: f32, causal: bool) -> Vec<f32> {
-    let w = h * d;
-    let mut out = vec![0f32; b * lq * w];
-    let mut s = vec![0f64; lk];
-    for bi in 0..b {
-        for hi in 0..h {
-            for i in 0..lq {
-                let qr = &q[(bi * lq + i) * w + hi * d..][..d];
-                let mut mx = f64::NEG_INFINITY;
-                for j in 0..lk {
-                    if causal && j > i {
-                        s[j] = f64::NEG_INFINITY;
-                        continue;
-                    }
-                    let kr = &k[(bi * lk + j) * w + hi * d..][..d];
-                    s[j] = qr.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64;
-                    mx = mx.max(s[j]);
-                }
-                let mut l = 0.0;
-                for x in s.iter_mut() {
-                    *x = (*x - mx).exp();
-                    l += *x;
-                }
-                for c in 0..d {
-                    let mut acc = 0.0;
-                    for j in 0..lk {
-                        acc += s[j] * v[(bi * lk + j) * w + hi * d + c] as f64;
-                    }
-                    out[(bi * lq + i) * w + hi * d + c] = (acc / l) as f32;
-                }
-            }
-        }
-    }
-    out
+    pigment::ops::reference::attention(q, k, v, b, lq, lk, h, d, scale, causal)
 }
 
 // Tolerances. The output is a convex combination of v rows (|v| <= 1), so absolute error is the

@@ -17,50 +17,8 @@ struct Case {
 /// CPU reference in f64. Returns the outputs and, per output, the sum of |terms| (the scale the
 /// f32 rounding error is relative to).
 fn conv_ref(c: &Case, x: &[f32], wt: &[f32], bias: Option<&[f32]>, res: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let ho = (c.h + 2 * c.pad - c.k) / c.stride + 1;
-    let wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
-    let mut out = vec![0f32; c.n * c.cout * ho * wo];
-    let mut mag = vec![0f32; out.len()];
-    for n in 0..c.n {
-        for co in 0..c.cout {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let mut s = 0f64;
-                    let mut a = 0f64;
-                    for ci in 0..c.cin {
-                        for ky in 0..c.k {
-                            let iy = (oy * c.stride + ky) as isize - c.pad as isize;
-                            if iy < 0 || iy >= c.h as isize {
-                                continue;
-                            }
-                            for kx in 0..c.k {
-                                let ix = (ox * c.stride + kx) as isize - c.pad as isize;
-                                if ix < 0 || ix >= c.w as isize {
-                                    continue;
-                                }
-                                let xv = x[((n * c.cin + ci) * c.h + iy as usize) * c.w + ix as usize] as f64;
-                                let wv = wt[((co * c.cin + ci) * c.k + ky) * c.k + kx] as f64;
-                                s += xv * wv;
-                                a += (xv * wv).abs();
-                            }
-                        }
-                    }
-                    let i = ((n * c.cout + co) * ho + oy) * wo + ox;
-                    if let Some(b) = bias {
-                        s += b[co] as f64;
-                        a += (b[co] as f64).abs();
-                    }
-                    if let Some(r) = res {
-                        s += r[i] as f64;
-                        a += (r[i] as f64).abs();
-                    }
-                    out[i] = s as f32;
-                    mag[i] = a as f32;
-                }
-            }
-        }
-    }
-    (out, mag)
+    let s = pigment::ops::reference::ConvShape { n: c.n, cin: c.cin, h: c.h, w: c.w, cout: c.cout, k: c.k, stride: c.stride, pad: c.pad };
+    pigment::ops::reference::conv2d(&s, x, wt, bias, res)
 }
 
 /// Tolerance, per output: the GPU sums the same terms in f32 in another order, so its error is

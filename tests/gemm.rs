@@ -1,36 +1,16 @@
 mod common;
 use common::*;
 use pigment::ops::elementwise::Activation;
-use pigment::ops::gemm::{matmul, matmul_tiled, GemmOpts, Tile};
+use pigment::ops::gemm::{matmul, matmul_tiled, matmul_with, GemmOpts, Kernel, Tile};
+use pigment::ops::gemm_variants::Blocking;
+use pigment::ops::reference::GemmShape;
 use pigment::DType;
 
-/// CPU reference in f64: act(alpha * op(A)·op(B) + bias) + residual, batched (B broadcast when
-/// it has one batch).
+/// The library's f64 CPU reference (`ops::reference::gemm`, also what `pigment selftest` uses).
 #[allow(clippy::too_many_arguments)]
 fn reference(a: &[f32], b: &[f32], batch: usize, b_batched: bool, m: usize, n: usize, k: usize, o: &GemmOpts, bias: Option<&[f32]>, res: Option<&[f32]>) -> Vec<f32> {
-    let mut out = vec![0f32; batch * m * n];
-    for bi in 0..batch {
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0f64;
-                for kk in 0..k {
-                    let av = if o.trans_a { a[bi * m * k + kk * m + i] } else { a[bi * m * k + i * k + kk] };
-                    let bo = if b_batched { bi * k * n } else { 0 };
-                    let bv = if o.trans_b { b[bo + j * k + kk] } else { b[bo + kk * n + j] };
-                    s += av as f64 * bv as f64;
-                }
-                let mut v = o.alpha as f64 * s + bias.map_or(0.0, |bb| bb[j] as f64);
-                v = match o.act {
-                    Activation::Silu => v / (1.0 + (-v).exp()),
-                    Activation::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
-                    _ => v,
-                };
-                let idx = bi * m * n + i * n + j;
-                out[idx] = (v + res.map_or(0.0, |r| r[idx] as f64)) as f32;
-            }
-        }
-    }
-    out
+    let s = GemmShape { batch, b_batched, m, n, k, trans_a: o.trans_a, trans_b: o.trans_b };
+    pigment::ops::reference::gemm(&s, a, b, o.alpha, bias, o.act, res)
 }
 
 /// f32: the kernel sums K products in a different order than the f64 reference; with inputs in
@@ -38,6 +18,13 @@ fn reference(a: &[f32], b: &[f32], batch: usize, b_batched: bool, m: usize, n: u
 /// f16: inputs are quantised identically on both sides, products accumulate in f32, and only the
 /// stored output is rounded (relative 2^-11), so 2e-3 relative plus a small absolute term.
 fn check(batch: usize, b_batched: bool, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, with_bias: bool, act: Activation, with_res: bool, tile: Option<Tile>) {
+    check_kernel(batch, b_batched, m, n, k, trans_a, trans_b, with_bias, act, with_res, tile.map(Kernel::Register));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_kernel(batch: usize, b_batched: bool, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, with_bias: bool, act: Activation, with_res: bool, kernel: Option<Kernel>) {
+    // Another test lowers the binding limit (variants_split_at_lowered_limit): not while this runs.
+    let _g = LIMIT.read().unwrap();
     for dtype in dtypes() {
         let seed = (m * 31 + n * 7 + k) as u64;
         let av = quantize(&rand_vec(batch * m * k, seed), dtype);
@@ -59,7 +46,7 @@ fn check(batch: usize, b_batched: bool, m: usize, n: usize, k: usize, trans_a: b
             act,
             residual: with_res.then_some(&tres),
         };
-        let got = matmul_tiled(ctx(), &ta, &tb, o, tile).unwrap();
+        let got = matmul_with(ctx(), &ta, &tb, o, kernel).unwrap();
         assert_eq!(got.shape(), &[batch, m, n]);
         let got = got.to_vec(ctx()).unwrap();
         let want = reference(&av, &bv, batch, b_batched, m, n, k, &o, with_bias.then_some(&biasv[..]), with_res.then_some(&resv[..]));
@@ -67,7 +54,7 @@ fn check(batch: usize, b_batched: bool, m: usize, n: usize, k: usize, trans_a: b
             DType::F32 => (1e-4, 1e-5),
             DType::F16 => (4e-3, 2e-3),
         };
-        assert_close(&got, &want, at, rt, &format!("gemm {batch}x{m}x{n}x{k} ta {trans_a} tb {trans_b} {dtype:?} {tile:?}"));
+        assert_close(&got, &want, at, rt, &format!("gemm {batch}x{m}x{n}x{k} ta {trans_a} tb {trans_b} {dtype:?} {kernel:?}"));
     }
 }
 
@@ -111,6 +98,7 @@ fn every_tile_shape_is_correct() {
 /// it over rows. Checked on sampled rows (the full CPU reference would be slow).
 #[test]
 fn splits_over_rows_past_the_binding_limit() {
+    let _g = LIMIT.read().unwrap();
     let ctx = ctx();
     let (m, k, n) = (33_000, 1024, 8); // A = 135 MB f32
     let av = rand_vec(m * k, 9);
@@ -129,6 +117,7 @@ fn splits_over_rows_past_the_binding_limit() {
 
 #[test]
 fn mismatched_inner_dims_are_an_error() {
+    let _g = LIMIT.read().unwrap();
     let a = upload(&[0.0; 6], &[2, 3], DType::F32);
     let b = upload(&[0.0; 8], &[4, 2], DType::F32);
     let e = matmul(ctx(), &a, &b, GemmOpts::default()).unwrap_err().to_string();
@@ -140,6 +129,7 @@ fn mismatched_inner_dims_are_an_error() {
 /// bound, and past it the op must refuse rather than return a partial sum.
 #[test]
 fn long_reductions_are_complete() {
+    let _g = LIMIT.read().unwrap();
     let (m, n, k) = (3, 8, 59_996);
     // Small integers: every partial sum is exact in f32, so any skipped term shows exactly.
     let av: Vec<f32> = (0..m * k).map(|i| (i % 3) as f32).collect();
@@ -163,5 +153,110 @@ fn long_reductions_are_complete() {
         let t = upload(&[1.0; 70_001], &[1, 70_001], DType::F32);
         let e = matmul(ctx(), &t, &upload(&[1.0; 70_001], &[70_001, 1], DType::F32), GemmOpts::default()).unwrap_err();
         assert!(e.to_string().contains("70001"), "{e}");
+    }
+}
+
+/// Every GPU-class variant the adapter can run, forced, at awkward shapes (odd M/N/K, K not a
+/// multiple of 4 or of BK, 1-row, sizes just over a block edge), every layout, with the fused
+/// epilogue. On lavapipe: the tiled kernels and the subgroup kernel (subgroups of 8).
+#[test]
+fn every_variant_matches_the_reference() {
+    let mut kernels: Vec<Kernel> = pigment::ops::gemm_variants::TILED_CANDIDATES.iter().map(|b| Kernel::Tiled(*b)).collect();
+    kernels.push(Kernel::Tiled(Blocking { bm: 32, bn: 16, bk: 8, tm: 2, tn: 4 }));
+    if ctx().subgroups {
+        kernels.extend(pigment::ops::gemm_variants::SUBGROUP_CANDIDATES.iter().map(|t| Kernel::Subgroup(*t)));
+    } else {
+        eprintln!("no SUBGROUP on this adapter: subgroup variant not run");
+    }
+    if ctx().coopmat {
+        kernels.push(Kernel::CoopMat);
+    }
+    for kernel in kernels {
+        for &(m, n, k) in &[(1, 1, 1), (37, 45, 29), (65, 130, 77), (129, 68, 36)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                if kernel == Kernel::CoopMat && !ctx().f16 {
+                    continue;
+                }
+                check_kernel(2, true, m, n, k, ta, tb, true, Activation::Silu, true, Some(kernel));
+            }
+        }
+        check_kernel(3, false, 70, 132, 44, false, false, true, Activation::QuickGelu, true, Some(kernel));
+    }
+}
+
+/// The variants split over rows past a lowered binding limit like the register kernel.
+#[test]
+fn variants_split_at_lowered_limit() {
+    let _g = Lowered::new();
+    let (m, k, n) = (1000, 64, 36);
+    let av = rand_vec(m * k, 21);
+    let bv = rand_vec(k * n, 22);
+    let want = reference(&av, &bv, 1, false, m, n, k, &GemmOpts::default(), None, None);
+    let ta = upload(&av, &[m, k], DType::F32);
+    let tb = upload(&bv, &[k, n], DType::F32);
+    ctx().set_max_binding_for_tests(64 * 1024);
+    let mut kernels = vec![Kernel::Tiled(Blocking { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 })];
+    if ctx().subgroups {
+        kernels.push(Kernel::Subgroup(Tile { tm: 4, tn: 4, wg: 64 }));
+    }
+    for kernel in kernels {
+        let got = matmul_with(ctx(), &ta, &tb, GemmOpts::default(), Some(kernel)).unwrap().to_vec(ctx()).unwrap();
+        assert_close(&got, &want, 1e-4, 1e-5, &format!("split {kernel:?}"));
+    }
+}
+
+/// Long reductions on the tiled and subgroup kernels: exact integer sums up to the loop budget
+/// they declare, and a clear refusal past it on a CPU adapter.
+#[test]
+fn variants_long_reductions_are_complete() {
+    let _g = LIMIT.read().unwrap();
+    let tiled = Kernel::Tiled(Blocking { bm: 64, bn: 64, bk: 32, tm: 4, tn: 4 });
+    let mut kernels = vec![tiled];
+    if ctx().subgroups {
+        kernels.push(Kernel::Subgroup(Tile { tm: 4, tn: 4, wg: 64 }));
+    }
+    let cpu = ctx().info.device_type == wgpu::DeviceType::Cpu;
+    for kernel in kernels {
+        let (m, n) = (3, 8);
+        // The longest K under the budget (every K on a GPU: take 3000).
+        let mut k = if cpu { 32 } else { 3000 };
+        if cpu {
+            while kernel.loop_iters(&problem(m, n, k + 32)) <= pigment::ops::gemm::LAVAPIPE_MAX_LOOP {
+                k += 32;
+            }
+        }
+        let av: Vec<f32> = (0..m * k).map(|i| (i % 3) as f32).collect();
+        let bv: Vec<f32> = (0..k * n).map(|i| (i % 2) as f32).collect();
+        let want = reference(&av, &bv, 1, false, m, n, k, &GemmOpts::default(), None, None);
+        let (ta, tb) = (upload(&av, &[m, k], DType::F32), upload(&bv, &[k, n], DType::F32));
+        let got = matmul_with(ctx(), &ta, &tb, GemmOpts::default(), Some(kernel)).unwrap().to_vec(ctx()).unwrap();
+        assert_close(&got, &want, 0.0, 0.0, &format!("k={k} {kernel:?}"));
+        if cpu {
+            let k = k + 4096;
+            let (ta, tb) = (upload(&vec![1.0; k], &[1, k], DType::F32), upload(&vec![1.0; k], &[k, 1], DType::F32));
+            let e = matmul_with(ctx(), &ta, &tb, GemmOpts::default(), Some(kernel)).unwrap_err().to_string();
+            assert!(e.contains(&k.to_string()) && e.contains("loop iterations"), "{e}");
+        }
+    }
+}
+
+fn problem(m: usize, n: usize, k: usize) -> pigment::ops::gemm::Problem {
+    pigment::ops::gemm::Problem { batch: 1, m, n, k, trans_a: false, trans_b: false, dtype: DType::F32 }
+}
+
+/// Every variant's WGSL (the cooperative-matrix one included, which lavapipe cannot run)
+/// parses, validates and translates to SPIR-V with naga, the compiler wgpu uses.
+#[test]
+fn every_variant_validates_with_naga() {
+    for dtype in [DType::F32, DType::F16] {
+        let sources = pigment::ops::gemm_variants::sources_for_validation(dtype);
+        assert!(sources.iter().any(|(n, _)| n.starts_with("coopmat")) == (dtype == DType::F16));
+        for (name, src) in sources {
+            let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+            naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 }

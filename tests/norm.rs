@@ -5,24 +5,7 @@ use pigment::DType;
 
 /// f64 reference group norm (+ SiLU).
 fn gn_ref(x: &[f32], n: usize, c: usize, hw: usize, g: usize, w: &[f32], b: &[f32], eps: f64, silu: bool) -> Vec<f32> {
-    let cpg = c / g;
-    let gl = cpg * hw;
-    let mut y = vec![0.0; x.len()];
-    for gi in 0..n * g {
-        let s = &x[gi * gl..(gi + 1) * gl];
-        let mean = s.iter().map(|&v| v as f64).sum::<f64>() / gl as f64;
-        let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / gl as f64;
-        let rstd = 1.0 / (var + eps).sqrt();
-        for (i, &v) in s.iter().enumerate() {
-            let ch = (gi % g) * cpg + i / hw;
-            let mut o = (v as f64 - mean) * rstd * w[ch] as f64 + b[ch] as f64;
-            if silu {
-                o = o / (1.0 + (-o).exp());
-            }
-            y[gi * gl + i] = o as f32;
-        }
-    }
-    y
+    pigment::ops::reference::group_norm(x, n, c, hw, g, w, b, eps, silu)
 }
 
 /// Tolerance: outputs are O(1) (normalised, |gamma|,|beta| <= 1, inputs offset by `shift` to

@@ -6,15 +6,7 @@ use pigment::DType;
 // Both ops only move values, so results must be bit-exact in either dtype (tolerance 0).
 
 fn up_ref(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut y = vec![0.0; n * c * 4 * h * w];
-    for p in 0..n * c {
-        for oy in 0..2 * h {
-            for ox in 0..2 * w {
-                y[(p * 2 * h + oy) * 2 * w + ox] = x[(p * h + oy / 2) * w + ox / 2];
-            }
-        }
-    }
-    y
+    pigment::ops::reference::upsample_nearest2x(x, n * c, h, w)
 }
 
 fn check_up(dtype: DType, n: usize, c: usize, h: usize, w: usize, seed: u64) {
@@ -101,17 +93,7 @@ fn transpose_last2_matches_cpu() {
 /// computed here in f64 as torch does with its float scale (equal to the kernel's integer
 /// division at these sizes).
 fn resize_ref(x: &[f32], nc: usize, (h, w): (usize, usize), (ho, wo): (usize, usize)) -> Vec<f32> {
-    let mut y = vec![0.0; nc * ho * wo];
-    for p in 0..nc {
-        for oy in 0..ho {
-            let sy = ((oy as f64) * (h as f64 / ho as f64)).floor() as usize;
-            for ox in 0..wo {
-                let sx = ((ox as f64) * (w as f64 / wo as f64)).floor() as usize;
-                y[(p * ho + oy) * wo + ox] = x[(p * h + sy.min(h - 1)) * w + sx.min(w - 1)];
-            }
-        }
-    }
-    y
+    pigment::ops::reference::resize_nearest(x, nc, (h, w), (ho, wo))
 }
 
 #[test]

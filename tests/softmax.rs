@@ -5,16 +5,7 @@ use pigment::DType;
 
 /// f64 reference softmax(scale * x) over rows of `n`.
 fn softmax_ref(x: &[f32], n: usize, scale: f32) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    for (xr, yr) in x.chunks(n).zip(y.chunks_mut(n)) {
-        let s: Vec<f64> = xr.iter().map(|&v| v as f64 * scale as f64).collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let l: f64 = s.iter().map(|v| (v - m).exp()).sum();
-        for (o, v) in yr.iter_mut().zip(&s) {
-            *o = ((v - m).exp() / l) as f32;
-        }
-    }
-    y
+    pigment::ops::reference::softmax(x, n, scale)
 }
 
 /// Tolerances, relative per element (outputs are probabilities down to ~1e-7 for long rows).
@@ -80,25 +71,7 @@ fn softmax_split_at_lowered_limit() {
 
 /// GEGLU reference in f64: hidden * gelu_erf(gate) with (hidden, gate) = chunk(2, -1).
 fn geglu_ref(x: &[f32], f: usize) -> Vec<f32> {
-    let erf = |v: f64| {
-        // Simpson on a fine grid (as tests/elementwise.rs).
-        let n = 2000;
-        let h = v / n as f64;
-        let g = |t: f64| (-t * t).exp();
-        let mut s = g(0.0) + g(v);
-        for i in 1..n {
-            s += g(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
-        }
-        s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
-    };
-    let mut y = vec![];
-    for r in x.chunks(2 * f) {
-        for c in 0..f {
-            let (h, g) = (r[c] as f64, r[f + c] as f64);
-            y.push((h * 0.5 * g * (1.0 + erf(g / 2f64.sqrt()))) as f32);
-        }
-    }
-    y
+    pigment::ops::reference::geglu(x, f)
 }
 
 fn check_geglu(shape: &[usize], seed: u64) {

@@ -9,6 +9,7 @@ use crate::{DType, Tensor};
 use std::time::Instant;
 
 pub mod models;
+pub mod tune;
 
 /// One row of the table.
 pub struct Row {

@@ -50,10 +50,19 @@ impl KernelSpec {
             DType::F32 => src.push_str("alias T = f32;\nalias T4 = vec4<f32>;\n"),
             DType::F16 => src.push_str("enable f16;\nalias T = f16;\nalias T4 = vec4<f16>;\n"),
         }
+        // WGSL directives (`enable X;`) must precede every declaration: hoist the source's.
+        let (directives, body): (Vec<&str>, Vec<&str>) = self.source.lines().partition(|l| l.starts_with("enable "));
+        for d in directives {
+            src.insert_str(0, &format!("{d}\n"));
+        }
         for (k, v) in &self.defines {
             src.push_str(&format!("const {k} = {v};\n"));
         }
-        src.push_str(&self.source);
+        if body.len() == self.source.lines().count() {
+            src.push_str(&self.source);
+        } else {
+            src.push_str(&body.join("\n"));
+        }
         src
     }
 }

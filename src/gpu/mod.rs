@@ -46,6 +46,12 @@ pub struct Context {
     /// The adapter offers SHADER_F16 and it was enabled: f16 storage kernels may be used.
     pub f16: bool,
     pub timestamps: bool,
+    /// SUBGROUP is enabled (the subgroup GEMM variant may run).
+    pub subgroups: bool,
+    /// Cooperative matrices (16x16x16 f16 -> f32) are enabled (the coopmat GEMM may run).
+    pub coopmat: bool,
+    /// The GEMM variant chosen per problem on this device (`ops::gemm_tune`), keyed by problem.
+    pub gemm_choices: Mutex<std::collections::HashMap<String, String>>,
     pipelines: PipelineCache,
     pool: BufferPool,
     batch: Mutex<Batch>,
@@ -91,13 +97,27 @@ impl Context {
         let info = adapter.get_info();
         let offered = adapter.features();
         let mut features = wgpu::Features::empty();
-        for f in [wgpu::Features::SHADER_F16, wgpu::Features::TIMESTAMP_QUERY] {
+        for f in [wgpu::Features::SHADER_F16, wgpu::Features::TIMESTAMP_QUERY, wgpu::Features::SUBGROUP] {
             if offered.contains(f) {
                 features |= f;
             }
         }
         if choice.disable_f16 {
             features.remove(wgpu::Features::SHADER_F16);
+        }
+        // The cooperative-matrix GEMM multiplies 16x16x16 f16 tiles into f32 accumulators:
+        // enable the (experimental) feature only where the adapter lists that configuration.
+        #[cfg(not(target_arch = "wasm32"))]
+        let coopmat = offered.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && features.contains(wgpu::Features::SHADER_F16)
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                use wgpu::CooperativeScalarType as S;
+                (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type) == (16, 16, 16, S::F16, S::F32)
+            });
+        #[cfg(target_arch = "wasm32")]
+        let coopmat = false;
+        if coopmat {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         // Ask for everything the adapter has: the defaults would cap bindings at 128 MiB even on
         // GPUs that allow more.
@@ -107,7 +127,9 @@ impl Context {
                 label: Some("pigment"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                // SAFETY: the only experimental feature requested is cooperative matrices, used by
+                // one kernel (kernels/gemm_coopmat.wgsl) that `pigment selftest` checks.
+                experimental_features: if coopmat { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -117,6 +139,9 @@ impl Context {
         Ok(Context {
             f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            coopmat,
+            gemm_choices: Default::default(),
             pipelines: PipelineCache::default(),
             pool: BufferPool::default(),
             batch: Mutex::new(Batch::new(&device, &limits)),

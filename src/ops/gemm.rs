@@ -32,7 +32,7 @@ impl Default for GemmOpts<'_> {
 }
 
 /// Register tile of one invocation (TM rows x TN columns) and invocations per workgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
     pub tm: u32,
     pub tn: u32,
@@ -71,6 +71,119 @@ impl Tile {
     }
 }
 
+/// A GEMM problem after batch folding: what a variant is chosen and tuned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Problem {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub dtype: crate::DType,
+}
+
+impl Problem {
+    /// Row-major operands whose rows stay 16-byte aligned: vec4 loads apply.
+    pub fn vec4(&self) -> bool {
+        !self.trans_a && !self.trans_b && self.k % 4 == 0 && self.n % 4 == 0
+    }
+}
+
+/// The GEMM kernel variants (one family, `gemm`). Every variant fuses the same epilogue and
+/// runs under the same splitting; which one runs is chosen by measurement
+/// ([`super::gemm_tune`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `kernels/gemm.wgsl`: register-blocked, no workgroup memory. The CPU-adapter kernel.
+    Register(Tile),
+    /// `kernels/gemm_tiled.wgsl`: workgroup-memory tiles, double-buffered.
+    Tiled(super::gemm_variants::Blocking),
+    /// `kernels/gemm_subgroup.wgsl`: register-blocked with A shared by subgroup shuffles
+    /// (TM rows x TN columns per invocation, WG invocations).
+    Subgroup(Tile),
+    /// `kernels/gemm_coopmat.wgsl`: 16x16 f16 cooperative matrices, f32 accumulation.
+    CoopMat,
+}
+
+impl Kernel {
+    /// Stable name (`pigment adapters`, the tuning cache, selftest lines): `register:16x16x8`,
+    /// `tiled:64x64x16:4x4`, `subgroup:4x4x64`, `coopmat`.
+    pub fn name(&self) -> String {
+        match self {
+            Kernel::Register(t) => format!("register:{}x{}x{}", t.tm, t.tn, t.wg),
+            Kernel::Tiled(b) => format!("tiled:{}x{}x{}:{}x{}", b.bm, b.bn, b.bk, b.tm, b.tn),
+            Kernel::Subgroup(t) => format!("subgroup:{}x{}x{}", t.tm, t.tn, t.wg),
+            Kernel::CoopMat => "coopmat".into(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kernel> {
+        let (family, rest) = s.split_once(':').unwrap_or((s, ""));
+        match family {
+            "register" => Tile::parse(rest).map(Kernel::Register),
+            "subgroup" => Tile::parse(rest).map(Kernel::Subgroup),
+            "tiled" => super::gemm_variants::Blocking::parse(rest).map(Kernel::Tiled),
+            "coopmat" if rest.is_empty() => Some(Kernel::CoopMat),
+            _ => None,
+        }
+    }
+
+    /// The family part of the name (`register`, `tiled`, ...).
+    pub fn family(&self) -> &'static str {
+        match self {
+            Kernel::Register(_) => "register",
+            Kernel::Tiled(_) => "tiled",
+            Kernel::Subgroup(_) => "subgroup",
+            Kernel::CoopMat => "coopmat",
+        }
+    }
+
+    /// Why this adapter or problem cannot run the variant (None: it can).
+    pub fn unsupported(&self, ctx: &Context, p: &Problem) -> Option<String> {
+        match self {
+            Kernel::Register(_) => None,
+            _ => super::gemm_variants::unsupported(self, ctx, p),
+        }
+    }
+
+    /// Loop iterations one invocation runs (lavapipe's limiter counts them all).
+    pub fn loop_iters(&self, p: &Problem) -> usize {
+        match self {
+            // Only the k loop iterates: the register tile is unrolled.
+            Kernel::Register(t) => if register_vec4(p, *t) { p.k / 4 } else { p.k },
+            _ => super::gemm_variants::loop_iters(self, p),
+        }
+    }
+
+    /// Output rows and columns one workgroup covers.
+    pub fn block(&self, p: &Problem) -> (usize, usize) {
+        match self {
+            Kernel::Register(t) => (t.tm as usize, (t.wg * t.tn) as usize),
+            _ => super::gemm_variants::block(self, p),
+        }
+    }
+
+    /// The kernel and its tile constants (the op adds the layout and epilogue defines).
+    pub fn spec(&self, p: &Problem) -> KernelSpec {
+        match self {
+            Kernel::Register(t) => {
+                let vec4 = register_vec4(p, *t);
+                KernelSpec::new("gemm", gemm_source(vec4, *t), if vec4 { "main_vec4" } else { "main" }, p.dtype)
+                    .define("TM", format!("{}u", t.tm))
+                    .define("TN", format!("{}u", t.tn))
+                    .define("WG", format!("{}u", t.wg))
+            }
+            _ => super::gemm_variants::spec(self, p),
+        }
+    }
+}
+
+/// The register kernel's vec4 entry point needs aligned row-major operands and TN % 4 == 0.
+fn register_vec4(p: &Problem, t: Tile) -> bool {
+    p.vec4() && t.tn % 4 == 0
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -95,8 +208,15 @@ pub fn matmul(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts) -> Result<Tens
     matmul_tiled(ctx, a, b, o, None)
 }
 
-/// [`matmul`] with an explicit register tile (benchmarks and tests).
+/// [`matmul`] with an explicit register tile for the register-blocked kernel (benchmarks and
+/// tests).
 pub fn matmul_tiled(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, tile: Option<Tile>) -> Result<Tensor> {
+    matmul_with(ctx, a, b, o, tile.map(Kernel::Register))
+}
+
+/// [`matmul`] with an explicit kernel variant (selftest, tuning, tests); `None` chooses one as
+/// [`matmul`] does ([`super::gemm_tune::choose`]).
+pub fn matmul_with(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, kernel: Option<Kernel>) -> Result<Tensor> {
     let (ar, br) = (a.shape().len(), b.shape().len());
     if ar < 2 || br < 2 {
         return shape_err("matmul", format!("operands need 2+ dims: {:?} x {:?}", a.shape(), b.shape()));
@@ -129,30 +249,34 @@ pub fn matmul_tiled(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, tile: Op
     }
     // A weight shared by every batch with a row-major A: fold the batch into the rows.
     let (batch, m) = if b_batch == 1 && !o.trans_a { (1, batch * m) } else { (batch, m) };
-    // The vec4 kernel needs row-major operands whose rows stay 16-byte aligned.
-    let vec4 = !o.trans_a && !o.trans_b && k % 4 == 0 && n % 4 == 0 && tile.is_none_or(|t| t.tn % 4 == 0);
-    let tile = tile.unwrap_or_else(|| Tile::choose(ctx, m, n, vec4));
-    // Mesa 22's lavapipe silently ends an invocation's loops after 65535 iterations in total;
-    // the k loop is the only loop that runs long, so bound it rather than return wrong sums.
-    let k_iters = if vec4 { k / 4 } else { k };
-    if ctx.info.device_type == wgpu::DeviceType::Cpu && k_iters > LAVAPIPE_MAX_LOOP {
+    let problem = Problem { batch, m, n, k, trans_a: o.trans_a, trans_b: o.trans_b, dtype: a.dtype() };
+    let kernel = match kernel {
+        Some(kernel) => kernel,
+        None => super::gemm_tune::choose(ctx, &problem, |kernel| matmul_with(ctx, a, b, o, Some(kernel)).map(drop)),
+    };
+    // Mesa 22's lavapipe silently ends an invocation's loops after 65535 iterations in total:
+    // bound them rather than return partial sums.
+    let loop_iters = kernel.loop_iters(&problem);
+    if ctx.info.device_type == wgpu::DeviceType::Cpu && loop_iters > LAVAPIPE_MAX_LOOP {
         return Err(Error::Unsupported(format!(
-            "matmul {:?} x {:?}: a reduction of {k} needs {k_iters} loop iterations per invocation, over \
-             the {LAVAPIPE_MAX_LOOP} this software Vulkan driver runs; split K or use a GPU",
+            "matmul {:?} x {:?} ({}): a reduction of {k} needs {loop_iters} loop iterations per invocation, \
+             over the {LAVAPIPE_MAX_LOOP} this software Vulkan driver runs; split K or use a GPU",
             a.shape(),
-            b.shape()
+            b.shape(),
+            kernel.name()
         )));
     }
-    let source = gemm_source(vec4, tile);
-    let spec = KernelSpec::new("gemm", source, if vec4 { "main_vec4" } else { "main" }, a.dtype())
-        .define("TM", format!("{}u", tile.tm))
-        .define("TN", format!("{}u", tile.tn))
-        .define("WG", format!("{}u", tile.wg))
+    if let Some(why) = kernel.unsupported(ctx, &problem) {
+        return Err(Error::Unsupported(format!("matmul {:?} x {:?}: gemm variant {}: {why}", a.shape(), b.shape(), kernel.name())));
+    }
+    let spec = kernel
+        .spec(&problem)
         .define("TRANS_A", o.trans_a)
         .define("TRANS_B", o.trans_b)
         .define("HAS_BIAS", o.bias.is_some())
         .define("HAS_RES", o.residual.is_some())
         .define("ACT", format!("{}u", o.act as u32));
+    let (block_rows, block_cols) = kernel.block(&problem);
 
     let es = a.dtype().size() as u64;
     let limit = ctx.max_binding();
@@ -169,7 +293,7 @@ pub fn matmul_tiled(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, tile: Op
     // which keeps byte offsets on the storage alignment.
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
     let row_bytes = (k.max(n) as u64) * es;
-    let mut rows = m.min(max_groups * tile.tm as usize);
+    let mut rows = m.min(max_groups * block_rows);
     if (rows as u64) * row_bytes > limit {
         if o.trans_a {
             return Err(Error::BindingTooLarge { what: format!("transposed matmul operand A {:?}", a.shape()), bytes: (a_mat as u64) * es, limit });
@@ -184,7 +308,7 @@ pub fn matmul_tiled(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, tile: Op
     // Batches per dispatch (only when a whole matrix fits).
     let per_batch = (a_mat.max(c_mat) as u64) * es;
     let batches_per = if rows < m { 1 } else { ((limit / per_batch.max(1)) as usize).clamp(1, max_groups) };
-    let col_groups = n.div_ceil((tile.wg * tile.tn) as usize) as u32;
+    let col_groups = n.div_ceil(block_cols) as u32;
 
     let mut bstart = 0;
     while bstart < batch {
@@ -216,7 +340,7 @@ pub fn matmul_tiled(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, tile: Op
                 alpha: o.alpha,
                 _pad: [0; 2],
             };
-            let grid = [col_groups, (mrows as u32).div_ceil(tile.tm), nb as u32];
+            let grid = [col_groups, mrows.div_ceil(block_rows) as u32, nb as u32];
             ctx.dispatch(
                 &spec,
                 bytemuck::bytes_of(&params),

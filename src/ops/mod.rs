@@ -7,6 +7,9 @@ pub mod conv;
 pub mod norm;
 pub mod resample;
 pub mod gemm;
+pub mod gemm_tune;
+pub mod gemm_variants;
+pub mod reference;
 pub mod softmax;
 pub mod embedding;
 

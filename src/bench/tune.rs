@@ -1,0 +1,89 @@
+//! `pigment tune`: time every GEMM variant and tile that can run each of a model's GEMM
+//! problems on this adapter, print the table, and cache the winners (`ops::gemm_tune::disk`).
+
+use crate::error::Result;
+use crate::gpu::Context;
+use crate::ops::gemm::{self, GemmOpts, Problem};
+use crate::ops::gemm_tune::{self, disk};
+use crate::{DType, Tensor};
+
+/// The problems to tune: SD 1.5's UNet at `latent`, or those `model`'s UNet issues (learnt by
+/// running one evaluation with recording on).
+pub fn problems(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>) -> Result<Vec<Problem>> {
+    match model {
+        None => Ok(dtypes.iter().flat_map(|&d| gemm_tune::sd15_unet_problems(latent, d)).collect()),
+        Some(dir) => {
+            gemm_tune::set_recording(true);
+            let run = super::model_rows(ctx, dtypes, latent, Some(dir), true, false);
+            let seen = gemm_tune::set_recording(false);
+            run?;
+            Ok(seen)
+        }
+    }
+}
+
+pub fn run(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, secs: f64, save: bool, limit: Option<usize>) -> anyhow::Result<()> {
+    let mut problems = problems(ctx, dtypes, latent, model)?;
+    problems.truncate(limit.unwrap_or(usize::MAX));
+    println!("tuning {} GEMM problems on {} (latent {latent}, {secs} s per candidate); per problem, candidates fastest first:", problems.len(), ctx.describe());
+    let mut choices = std::collections::HashMap::new();
+    for p in &problems {
+        let (winner, line) = tune_one(ctx, p, secs)?;
+        println!("{line}");
+        choices.insert(gemm_tune::problem_key(p), winner.name());
+        ctx.gemm_choices.lock().unwrap().insert(gemm_tune::problem_key(p), winner.name());
+        // Saved as it goes, so a run cut short still keeps what it measured.
+        if save {
+            disk::save(ctx, &choices)?;
+        }
+    }
+    if save {
+        let path = disk::save(ctx, &choices)?;
+        println!("cached {} choices for '{}' in {}", choices.len(), disk::adapter_key(&ctx.info), path.display());
+    }
+    Ok(())
+}
+
+/// Time every candidate on random operands of `p`; the winner and a table line.
+pub fn tune_one(ctx: &Context, p: &Problem, secs: f64) -> Result<(gemm::Kernel, String)> {
+    let a_shape = if p.trans_a { [p.batch, p.k, p.m] } else { [p.batch, p.m, p.k] };
+    let b_inner = if p.trans_b { [p.n, p.k] } else { [p.k, p.n] };
+    let b_shape: Vec<usize> = if p.batch > 1 { vec![p.batch, b_inner[0], b_inner[1]] } else { b_inner.to_vec() };
+    let a = Tensor::from_f32(ctx, &super::random(p.batch * p.m * p.k, 1), &a_shape, p.dtype)?;
+    let b = Tensor::from_f32(ctx, &super::random(b_shape.iter().product(), 2), &b_shape, p.dtype)?;
+    let o = GemmOpts { trans_a: p.trans_a, trans_b: p.trans_b, ..Default::default() };
+    let flops = gemm::flops(p.m, p.n, p.k) * p.batch as f64;
+    let mut timed = vec![];
+    for k in gemm_tune::candidates(ctx, p) {
+        match gemm_tune::time(ctx, 3, secs, || gemm::matmul_with(ctx, &a, &b, o, Some(k)).map(drop)) {
+            Ok(ms) => timed.push((k, ms)),
+            Err(e) => eprintln!("  {} {} failed: {e}", gemm_tune::problem_key(p), k.name()),
+        }
+    }
+    timed.sort_by(|x, y| x.1.partial_cmp(&y.1).unwrap_or(std::cmp::Ordering::Greater));
+    let winner = timed.first().map(|t| t.0).unwrap_or_else(|| gemm_tune::fixed(ctx, p));
+    let cells: Vec<String> = timed.iter().map(|(k, ms)| format!("{} {:.3} ms {:.0} GF/s", k.name(), ms, flops / ms / 1e6)).collect();
+    Ok((winner, format!("{:<28} {}", gemm_tune::problem_key(p), cells.join(" | "))))
+}
+
+/// `pigment adapters`: the variants this build has and what `pigment tune` cached for `info`.
+pub fn print_choices(info: &wgpu::AdapterInfo) {
+    match disk::load_for(info) {
+        Some(c) if !c.is_empty() => {
+            let mut by_kernel: std::collections::BTreeMap<String, usize> = Default::default();
+            for k in c.values() {
+                *by_kernel.entry(k.clone()).or_default() += 1;
+            }
+            let list: Vec<String> = by_kernel.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+            println!("   gemm tuned for {} problems: {}", c.len(), list.join(", "));
+            if std::env::var("PIGMENT_VERBOSE").is_ok_and(|v| v != "0") {
+                let mut rows: Vec<_> = c.iter().collect();
+                rows.sort();
+                for (p, k) in rows {
+                    println!("     {p:<28} {k}");
+                }
+            }
+        }
+        _ => println!("   gemm: not tuned (run `pigment tune`; until then first use measures on GPUs, fixed ranking on CPU adapters)"),
+    }
+}
