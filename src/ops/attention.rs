@@ -247,6 +247,12 @@ pub fn attention_strided(
     if lk == 0 {
         return shape_err("attention", "no keys (Lk = 0)");
     }
+    ctx.profile_op("attention", || {
+        (
+            format!("{b}x{heads}h {lq}x{lk} d{head_dim}{}", if causal { " causal" } else { "" }),
+            crate::gpu::Work::Flops(4.0 * (b * heads * lq * lk * head_dim) as f64),
+        )
+    });
     let out = Tensor::empty(ctx, &[b, lq, width], dtype)?;
     if b == 0 || lq == 0 || heads == 0 {
         return Ok(out);

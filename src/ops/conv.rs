@@ -142,6 +142,12 @@ fn conv2d_impl(
     same_dtype(op, &ts)?;
     let dtype = x.dtype();
     let es = dtype.size() as u64;
+    ctx.profile_op("conv2d", || {
+        (
+            format!("{} k{kh} s{stride} ->{cout}{}", super::dims(x.shape()), if residual.is_some() { " +res" } else { "" }),
+            crate::gpu::Work::Flops(conv2d_flops(x.shape(), w.shape(), stride, padding)),
+        )
+    });
     let y = Tensor::empty(ctx, &out_shape, dtype)?;
     if y.numel() == 0 {
         return Ok(y);
