@@ -245,13 +245,14 @@ pub fn host_peak_bytes() -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// Time `f` as one model call: the mean of timed calls, or with `profile` a single profiled call
-/// whose table is printed (GPU timestamps, so pipeline compiles do not count; the wall time
-/// printed does include them).
+/// Time `f` as one model call: the mean of timed calls, or with `profile` a warm-up call and
+/// then a single profiled call whose table is printed. (The warm-up matters on lavapipe, which
+/// compiles a pipeline's machine code at its first dispatch, inside the timestamps.)
 fn time_model(ctx: &Context, profile: bool, what: &str, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     if !profile {
         return time_gpu(ctx, 0.0, f);
     }
+    f()?;
     let was = ctx.profiling();
     ctx.set_profiling(true);
     ctx.profile_reset()?;
