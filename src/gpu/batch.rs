@@ -69,6 +69,7 @@ impl Batch {
     }
 
     /// The resolved timestamp batches not read yet (flush first).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // reports are native-only
     pub fn take_timestamps(&mut self) -> Vec<(wgpu::Buffer, Vec<usize>)> {
         self.timestamps.as_mut().map(|t| std::mem::take(&mut t.pending)).unwrap_or_default()
     }

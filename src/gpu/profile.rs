@@ -93,10 +93,12 @@ impl State {
         i
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // reports are native-only
     pub fn add_ms(&mut self, row: usize, ms: f64) {
         self.rows[row].ms += ms;
     }
 
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn rows(&self) -> Vec<ProfileRow> {
         self.rows.clone()
     }
@@ -106,6 +108,7 @@ impl Profiler {
     pub fn on(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn reset(&self) {
         *self.state.lock().unwrap() = State::default();
     }
