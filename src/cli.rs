@@ -175,9 +175,13 @@ pub enum Command {
         /// unet/vae: latent size (image = 8x); default 64 (512x512) on GPUs, 8 on CPU adapters.
         #[arg(long)]
         latent: Option<usize>,
-        /// unet/vae: a diffusers folder to time; default random SD 1.5-sized weights.
+        /// unet/vae/clip: a diffusers folder to time; default random SD 1.5-sized weights.
         #[arg(long)]
         model: Option<std::path::PathBuf>,
+        /// unet/vae/clip: one profiled call instead of timed calls, with a table of GPU time
+        /// per kernel family and shape (`PIGMENT_PROFILE=1` profiles any command).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -199,6 +203,7 @@ pub enum BenchWhat {
     All,
     Unet,
     Vae,
+    Clip,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -215,6 +220,14 @@ fn open(cli: &Cli) -> anyhow::Result<Context> {
     }
     choice.disable_f16 |= cli.no_f16;
     Ok(Context::new_blocking(&choice)?)
+}
+
+/// The profile of everything the command ran, when `PIGMENT_PROFILE=1` turned it on.
+fn print_profile(ctx: &Context) -> anyhow::Result<()> {
+    if ctx.profiling() {
+        crate::gpu::print_profile(&ctx.profile_report()?, None);
+    }
+    Ok(())
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -389,6 +402,7 @@ pub fn main() -> anyhow::Result<()> {
                 write_png(&path, &image, &params)?;
                 println!("wrote {}", path.display());
             }
+            print_profile(&ctx)?;
         }
         Command::Adapters => {
             for (i, info) in pollster::block_on(crate::gpu::list_adapters()).iter().enumerate() {
@@ -418,7 +432,7 @@ pub fn main() -> anyhow::Result<()> {
             let latent = latent.unwrap_or(if cpu { 8 } else { 64 });
             crate::bench::tune::run(&ctx, &dtypes, latent, model.as_deref(), *secs, !*dry_run, *limit)?;
         }
-        Command::Bench { what, dtype, secs, full, latent, model } => {
+        Command::Bench { what, dtype, secs, full, latent, model, profile } => {
             let ctx = open(&cli)?;
             let dtypes = pick_dtypes(&ctx, *dtype)?;
             let scale = bench::Scale::for_adapter(&ctx, *full);
@@ -436,11 +450,18 @@ pub fn main() -> anyhow::Result<()> {
             if all || *what == BenchWhat::Attention {
                 bench::print_rows(&bench::attention_rows(&ctx, &dtypes, *secs, scale)?);
             }
-            if matches!(what, BenchWhat::Unet | BenchWhat::Vae) {
+            if matches!(what, BenchWhat::Unet | BenchWhat::Vae | BenchWhat::Clip) {
                 let cpu = ctx.info.device_type == wgpu::DeviceType::Cpu;
                 let latent = latent.unwrap_or(if cpu && !*full { 8 } else { 64 });
-                let (u, v) = (*what == BenchWhat::Unet, *what == BenchWhat::Vae);
-                bench::print_rows(&bench::model_rows(&ctx, &dtypes, latent, model.as_deref(), u, v)?);
+                let which = match what {
+                    BenchWhat::Unet => bench::ModelBench::Unet,
+                    BenchWhat::Vae => bench::ModelBench::Vae,
+                    _ => bench::ModelBench::Clip,
+                };
+                bench::print_rows(&bench::model_rows(&ctx, &dtypes, latent, model.as_deref(), which, *profile)?);
+            }
+            if !*profile {
+                print_profile(&ctx)?;
             }
         }
     }

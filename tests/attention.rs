@@ -60,6 +60,18 @@ fn self_attention_head_dims() {
     check(1, 45, 45, 3, 32, false, 24);
 }
 
+/// SD's low-resolution levels at small latents: 1, 4, 16 and 64 queries per head (workgroups
+/// narrower than 64), to 77 text tokens and to themselves, 8 heads of 40 and 20 of 64.
+#[test]
+fn short_queries_small_workgroups() {
+    for lq in [1, 4, 16, 64] {
+        check(2, lq, 77, 8, 40, false, 60 + lq as u64);
+        check(2, lq, lq, 8, 40, false, 70 + lq as u64);
+    }
+    check(2, 3, 77, 20, 64, false, 80);
+    check(1, 9, 9, 5, 160, true, 81);
+}
+
 #[test]
 fn causal_self_attention() {
     check(2, 77, 77, 2, 64, true, 30);

@@ -229,3 +229,33 @@ fn conv_full_sd_reduction_length() {
     run_exact(&Case { n: 1, cin: 8192, h: 4, w: 3, cout: 3, k: 3, stride: 1, pad: 1 }, DType::F32, 42);
     run_exact(&Case { n: 1, cin: 70000, h: 2, w: 3, cout: 2, k: 1, stride: 1, pad: 0 }, DType::F32, 43);
 }
+
+/// Small images take the flattened-pixel entry point (`main_flat`): SD's lowest UNet levels at
+/// small latents (1x1, 2x2, 4x4, batch 2) with deep reductions (Cin 1280 and 2560 at 3x3, as
+/// the up blocks' concats), more output channels than one workgroup covers (520 > 512 at 1x1),
+/// the 8x8 -> 4x4 downsampler, 1x1 shortcuts with residual, and a pixel count that is not a
+/// multiple of the 8-pixel tile. Against the f64 reference.
+#[test]
+fn conv_small_spatial_flat() {
+    let _g = LIMIT.read().unwrap();
+    for dtype in dtypes() {
+        run_case(&Case { n: 2, cin: 1280, h: 1, w: 1, cout: 520, k: 3, stride: 1, pad: 1 }, dtype, true, true, 50);
+        run_case(&Case { n: 2, cin: 2560, h: 2, w: 2, cout: 24, k: 3, stride: 1, pad: 1 }, dtype, true, false, 51);
+        run_case(&Case { n: 2, cin: 64, h: 4, w: 4, cout: 70, k: 3, stride: 1, pad: 1 }, dtype, true, true, 52);
+        run_case(&Case { n: 2, cin: 40, h: 8, w: 8, cout: 33, k: 3, stride: 2, pad: 1 }, dtype, true, false, 53);
+        run_case(&Case { n: 2, cin: 96, h: 4, w: 4, cout: 17, k: 1, stride: 1, pad: 0 }, dtype, true, true, 54);
+        run_case(&Case { n: 3, cin: 5, h: 3, w: 5, cout: 9, k: 3, stride: 1, pad: 1 }, dtype, false, false, 55);
+    }
+}
+
+/// Images wide enough for the row kernel (`main`, whole tensors in one dispatch), beside the
+/// flattened one above; 48x48 fills most of its workgroups.
+#[test]
+fn conv_row_kernel_whole() {
+    let _g = LIMIT.read().unwrap();
+    for dtype in dtypes() {
+        run_case(&Case { n: 2, cin: 8, h: 48, w: 45, cout: 12, k: 3, stride: 1, pad: 1 }, dtype, true, true, 56);
+        run_case(&Case { n: 1, cin: 6, h: 50, w: 48, cout: 9, k: 1, stride: 1, pad: 0 }, dtype, true, false, 57);
+    }
+}
+

@@ -8,6 +8,7 @@ use crate::ops::{attention, conv, norm};
 use crate::{DType, Tensor};
 use std::time::Instant;
 
+pub mod clip;
 pub mod models;
 pub mod tune;
 
@@ -230,53 +231,88 @@ pub fn attention_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Sca
     Ok(rows)
 }
 
-/// A UNet evaluation (batch 2, [uncond, cond], 77 text tokens) and a VAE decode at
-/// `latent`x`latent` latents, for the model at `model` or random SD 1.5-sized weights. Reports
-/// ms per call and the peak of GPU buffers Pigment holds (weights + activations) in MiB.
-pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, unet: bool, vae: bool) -> Result<Vec<Row>> {
-    use crate::models::{unet::UNet2DConditionModel, vae::Vae};
-    let dir = match model {
-        Some(p) => p.to_path_buf(),
-        None => models::random_sd15_folder().map_err(|e| crate::Error::Unsupported(format!("writing random SD 1.5 weights: {e}")))?,
+/// Which model `pigment bench unet|vae|clip` times.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ModelBench {
+    Unet,
+    Vae,
+    Clip,
+}
+
+/// Peak resident host memory of this process (VmHWM), in bytes; `None` where /proc is absent.
+pub fn host_peak_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Time `f` as one model call: the mean of timed calls, or with `profile` a warm-up call and
+/// then a single profiled call whose table is printed. (The warm-up matters on lavapipe, which
+/// compiles a pipeline's machine code at its first dispatch, inside the timestamps.)
+fn time_model(ctx: &Context, profile: bool, what: &str, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    if !profile {
+        return time_gpu(ctx, 0.0, f);
+    }
+    f()?;
+    let was = ctx.profiling();
+    ctx.set_profiling(true);
+    ctx.profile_reset()?;
+    let start = Instant::now();
+    f()?;
+    ctx.sync()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let rows = ctx.profile_report()?;
+    println!("-- {what}");
+    crate::gpu::print_profile(&rows, Some(ms));
+    ctx.profile_reset()?;
+    ctx.set_profiling(was);
+    Ok(ms)
+}
+
+/// A UNet evaluation (batch 2, [uncond, cond], 77 text tokens), a VAE decode at
+/// `latent`x`latent` latents, or a CLIP text encoding (batch 2 x 77 tokens), for the model at
+/// `model` or random SD 1.5-sized weights. Reports ms per call and the peak of GPU buffers
+/// Pigment holds (weights + activations) in MiB; prints the process's host peak (VmHWM).
+pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, which: ModelBench, profile: bool) -> Result<Vec<Row>> {
+    use crate::models::{clip::ClipTextModel, unet::UNet2DConditionModel, vae::Vae};
+    let dir = match (model, which) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, ModelBench::Clip) => clip::random_clip_folder().map_err(|e| crate::Error::Unsupported(format!("writing random CLIP-L weights: {e}")))?,
+        (None, _) => models::random_sd15_folder().map_err(|e| crate::Error::Unsupported(format!("writing random SD 1.5 weights: {e}")))?,
     };
     let w = crate::weights::Weights::open(&dir)?;
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let mut rows = vec![];
     for &dtype in dtypes {
-        if unet {
-            ctx.trim_pool();
-            ctx.reset_peak();
-            let c = w.unet()?;
-            let m = UNet2DConditionModel::load(ctx, c, dtype)?;
-            let ctx_dim = c.config_value("cross_attention_dim").and_then(|v| v.as_u64()).unwrap_or(768) as usize;
-            let x = Tensor::from_f32(ctx, &random(2 * 4 * latent * latent, 1), &[2, 4, latent, latent], dtype)?;
-            let text = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 2), &[2, 77, ctx_dim], dtype)?;
-            let ms = time_gpu(ctx, 0.0, || m.forward(ctx, &x, 500.0, &text).map(drop))?;
-            rows.push(Row {
-                kernel: "unet step".into(),
-                shape: format!("2x4x{latent}x{latent} ({}px)", latent * 8),
-                dtype: dtype.name(),
-                ms,
-                rate: mib(ctx.pool_bytes().1),
-                unit: "MiB peak",
-                cpu_ms: None,
-            });
-        }
-        if vae {
-            ctx.trim_pool();
-            ctx.reset_peak();
-            let v = Vae::load_decoder(ctx, w.vae()?, dtype)?;
-            let z = Tensor::from_f32(ctx, &random(4 * latent * latent, 3), &[1, 4, latent, latent], dtype)?;
-            let ms = time_gpu(ctx, 0.0, || v.decode(ctx, &z).map(drop))?;
-            rows.push(Row {
-                kernel: "vae decode".into(),
-                shape: format!("1x4x{latent}x{latent} -> {}px", latent * 8),
-                dtype: dtype.name(),
-                ms,
-                rate: mib(ctx.pool_bytes().1),
-                unit: "MiB peak",
-                cpu_ms: None,
-            });
+        ctx.trim_pool();
+        ctx.reset_peak();
+        let (kernel, shape, ms) = match which {
+            ModelBench::Unet => {
+                let c = w.unet()?;
+                let m = UNet2DConditionModel::load(ctx, c, dtype)?;
+                let ctx_dim = c.config_value("cross_attention_dim").and_then(|v| v.as_u64()).unwrap_or(768) as usize;
+                let x = Tensor::from_f32(ctx, &random(2 * 4 * latent * latent, 1), &[2, 4, latent, latent], dtype)?;
+                let text = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 2), &[2, 77, ctx_dim], dtype)?;
+                let ms = time_model(ctx, profile, "unet step", || m.forward(ctx, &x, 500.0, &text).map(drop))?;
+                ("unet step", format!("2x4x{latent}x{latent} ({}px)", latent * 8), ms)
+            }
+            ModelBench::Vae => {
+                let v = Vae::load_decoder(ctx, w.vae()?, dtype)?;
+                let z = Tensor::from_f32(ctx, &random(4 * latent * latent, 3), &[1, 4, latent, latent], dtype)?;
+                let ms = time_model(ctx, profile, "vae decode", || v.decode(ctx, &z).map(drop))?;
+                ("vae decode", format!("1x4x{latent}x{latent} -> {}px", latent * 8), ms)
+            }
+            ModelBench::Clip => {
+                let m = ClipTextModel::load(ctx, w.text_encoder()?, dtype)?;
+                // Two prompts ([uncond, cond] as the pipeline encodes them): BOS, words, EOS padding.
+                let ids: Vec<u32> = (0..2 * 77).map(|i| if i % 77 == 0 { 49406 } else if i % 77 < 20 { 320 + (i as u32 * 37) % 40000 } else { 49407 }).collect();
+                let ms = time_model(ctx, profile, "clip encode", || m.forward(ctx, &ids, 77, 0, false).map(drop))?;
+                ("clip encode", "2x77 tokens".to_string(), ms)
+            }
+        };
+        rows.push(Row { kernel: kernel.into(), shape, dtype: dtype.name(), ms, rate: mib(ctx.pool_bytes().1), unit: "MiB peak", cpu_ms: None });
+        if let Some(h) = host_peak_bytes() {
+            println!("{kernel} {}: GPU buffers peak {:.0} MiB, host RSS peak (VmHWM, whole process) {:.0} MiB", dtype.name(), mib(ctx.pool_bytes().1), mib(h));
         }
     }
     Ok(rows)

@@ -6,7 +6,7 @@
 
 pub(crate) const ARENA_BYTES: u64 = 64 * 1024;
 /// Flush after this many passes even if the arena has room, to keep the GPU fed.
-const MAX_PASSES: usize = 192;
+pub(crate) const MAX_PASSES: usize = 192;
 
 pub(crate) struct Batch {
     pub encoder: Option<wgpu::CommandEncoder>,
@@ -14,6 +14,8 @@ pub(crate) struct Batch {
     pub arena_data: Vec<u8>,
     pub align: usize,
     pub passes: usize,
+    /// Pass timestamps while profiling on an adapter with TIMESTAMP_QUERY.
+    pub timestamps: Option<super::profile::Timestamps>,
 }
 
 impl Batch {
@@ -29,6 +31,7 @@ impl Batch {
             arena_data: Vec::with_capacity(ARENA_BYTES as usize),
             align: limits.min_uniform_buffer_offset_alignment.max(16) as usize,
             passes: 0,
+            timestamps: None,
         }
     }
 
@@ -49,8 +52,11 @@ impl Batch {
         })
     }
 
-    pub fn flush(&mut self, _device: &wgpu::Device, queue: &wgpu::Queue) {
-        if let Some(encoder) = self.encoder.take() {
+    pub fn flush(&mut self, device: &wgpu::Device, queue: &wgpu::Queue) {
+        if let Some(mut encoder) = self.encoder.take() {
+            if let Some(ts) = &mut self.timestamps {
+                ts.resolve(device, &mut encoder);
+            }
             if !self.arena_data.is_empty() {
                 let len = self.arena_data.len().next_multiple_of(4);
                 self.arena_data.resize(len, 0);
@@ -60,5 +66,11 @@ impl Batch {
         }
         self.arena_data.clear();
         self.passes = 0;
+    }
+
+    /// The resolved timestamp batches not read yet (flush first).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // reports are native-only
+    pub fn take_timestamps(&mut self) -> Vec<(wgpu::Buffer, Vec<usize>)> {
+        self.timestamps.as_mut().map(|t| std::mem::take(&mut t.pending)).unwrap_or_default()
     }
 }

@@ -183,6 +183,18 @@ impl Context {
             return Ok(());
         }
         let compiled = self.compiled(spec)?;
+        let profiling = self.profiler.on();
+        let row = profiling.then(|| self.profiler.state.lock().unwrap().dispatch_row(spec.name));
+        // Without timestamp queries a profiled dispatch runs alone: wait for what came before,
+        // then time it from record to completion.
+        #[cfg(not(target_arch = "wasm32"))]
+        let host_timed = profiling && !self.timestamps;
+        #[cfg(not(target_arch = "wasm32"))]
+        if host_timed {
+            self.sync()?;
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        let t0 = std::time::Instant::now();
         let mut batch = self.batch.lock().unwrap();
         let offset = batch.reserve(&self.device, &self.queue, params.len());
         if !params.is_empty() {
@@ -219,11 +231,38 @@ impl Context {
             entries: &entries,
         });
         batch.passes += 1;
-        let encoder = batch.encoder(&self.device);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(spec.name), timestamp_writes: None });
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        let mut guard = batch;
+        let batch = &mut *guard;
+        let timestamp_writes = match row {
+            Some(row) if self.timestamps => {
+                let ts = batch.timestamps.get_or_insert_with(|| super::profile::Timestamps::new(&self.device, super::batch::MAX_PASSES as u32));
+                let i = ts.rows.len() as u32;
+                ts.rows.push(row);
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &ts.queries,
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                })
+            }
+            _ => None,
+        };
+        let encoder = batch.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("pigment.batch") })
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(spec.name), timestamp_writes });
+            pass.set_pipeline(&compiled.pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        if host_timed {
+            drop(guard);
+            self.sync()?;
+            if let Some(row) = row {
+                self.profiler.state.lock().unwrap().add_ms(row, t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
         Ok(())
     }
 }

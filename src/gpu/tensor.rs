@@ -138,6 +138,7 @@ impl Tensor {
             }
         }
         buffer.unmap();
+        ctx.note_upload(size);
         Ok(Tensor { buf: Arc::new(ctx.pool.adopt(buffer)), offset: 0, shape: shape.to_vec(), dtype })
     }
 

@@ -247,6 +247,12 @@ pub fn attention_strided(
     if lk == 0 {
         return shape_err("attention", "no keys (Lk = 0)");
     }
+    ctx.profile_op("attention", || {
+        (
+            format!("{b}x{heads}h {lq}x{lk} d{head_dim}{}", if causal { " causal" } else { "" }),
+            crate::gpu::Work::Flops(4.0 * (b * heads * lq * lk * head_dim) as f64),
+        )
+    });
     let out = Tensor::empty(ctx, &[b, lq, width], dtype)?;
     if b == 0 || lq == 0 || heads == 0 {
         return Ok(out);
@@ -271,7 +277,9 @@ pub fn attention_strided(
             lk.div_ceil(kb)
         )));
     }
-    let wg = 64usize;
+    // 64 invocations per workgroup, fewer for short queries (SD's low-resolution levels: 64, 16,
+    // 4 or 1 rows per head at small latents), where most of a 64-wide group would idle.
+    let wg = lq.div_ceil(rows_per_inv).next_power_of_two().clamp(8, 64);
     let spec = KernelSpec::new("attention", kernel_source(head_dim.div_ceil(4), rows_per_inv, kb), "main", dtype)
         .define("D", format!("{head_dim}u"))
         .define("DF", format!("{}u", head_dim / 4))

@@ -142,13 +142,21 @@ fn conv2d_impl(
     same_dtype(op, &ts)?;
     let dtype = x.dtype();
     let es = dtype.size() as u64;
+    ctx.profile_op("conv2d", || {
+        (
+            format!("{} k{kh} s{stride} ->{cout}{}", super::dims(x.shape()), if residual.is_some() { " +res" } else { "" }),
+            crate::gpu::Work::Flops(conv2d_flops(x.shape(), w.shape(), stride, padding)),
+        )
+    });
     let y = Tensor::empty(ctx, &out_shape, dtype)?;
     if y.numel() == 0 {
         return Ok(y);
     }
 
-    let spec_for = |accum: bool, with_bias: bool, with_res: bool| {
-        KernelSpec::new("conv2d", CONV2D, "main", dtype)
+    // `pb` > 0: the flattened-pixel entry point with `pb` pixel blocks per workgroup.
+    let spec_for = |accum: bool, with_bias: bool, with_res: bool, pb: usize| {
+        KernelSpec::new("conv2d", CONV2D, if pb > 0 { "main_flat" } else { "main" }, dtype)
+            .define("PB", format!("{}u", pb.max(1)))
             .define("KH", kh)
             .define("KW", kw)
             .define("STRIDE", stride)
@@ -210,7 +218,7 @@ fn conv2d_impl(
             ox_blocks: ox_blocks as u32,
             _pad: [0; 3],
         };
-        let spec = spec_for(!first, first && bias.is_some(), first && residual.is_some());
+        let spec = spec_for(!first, first && bias.is_some(), first && residual.is_some(), 0);
         let groups = [((oy1 - oy0) * ox_blocks).div_ceil(WG) as u32, (co1 - co0).div_ceil(TM) as u32, nb as u32];
         ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[xb, wb, bb, rb, yb], groups)
     };
@@ -219,12 +227,64 @@ fn conv2d_impl(
     let grid_rows = (max_groups * WG / ox_blocks).max(1);
     let fits = |t: &Tensor| t.byte_len() <= ctx.max_binding();
     // Mesa 22's lavapipe silently ends every loop of an invocation once 65535 iterations (all
-    // loops together) have run in it. Per input channel the kernel runs its ci, ky and kx loops
-    // (1 + KH + KH*KW iterations if none is unrolled), plus ~72 for the stores: cap the input
-    // channels per dispatch (partial sums accumulate in y). SD's largest, Cin = 2560 at 3x3,
-    // stays in one dispatch (the cap is 4600 input channels at 3x3, 19933 at 1x1).
-    let cin_cap = ((LOOP_BUDGET - 200) / (1 + kh + kh * kw)).max(1);
-    if fits(x) && fits(w) && fits(&y) && ho <= grid_rows && n <= max_groups && cin <= cin_cap {
+    // loops together) have run in it. Per input channel the kernels run their ci, ky and kx
+    // loops, each entry also counting its exit test when not unrolled: 1 + (KH + 1) +
+    // KH * (KW + 1) iterations (17 at 3x3: measured, `main_flat` failed past ~3850 channels),
+    // plus ~72 for the stores: cap the input channels per dispatch (partial sums accumulate in
+    // y). SD's largest, Cin = 2560 at 3x3, stays in one dispatch (the cap is 3517 at 3x3,
+    // 11960 at 1x1).
+    let cin_cap = ((LOOP_BUDGET - 200) / (1 + (kh + 1) + kh * (kw + 1))).max(1);
+    let whole = fits(x) && fits(w) && fits(&y) && ho <= grid_rows && n <= max_groups;
+    // Share of the row kernel's pixel slots (WG invocations x TN pixels per workgroup, along
+    // one image's rows) that hold real pixels; small images (16x16 and below) waste most.
+    let row_groups = (ho * ox_blocks).div_ceil(WG);
+    let row_use = hwo as f64 / (row_groups * WG * TN) as f64;
+    let pixels = n * hwo;
+    let pix_blocks = pixels.div_ceil(TN);
+    if whole && row_use < 0.6 && pix_blocks.div_ceil(WG) <= max_groups && x.numel() <= i32::MAX as usize {
+        let pb = pix_blocks.next_power_of_two().min(WG);
+        let co_per_group = WG / pb * TM;
+        let groups = [pix_blocks.div_ceil(pb) as u32, cout.div_ceil(co_per_group) as u32, 1];
+        let (xb, wb, yb) = (x.binding(), w.binding(), y.binding());
+        let mut ci0 = 0;
+        while ci0 < cin {
+            let ci1 = (ci0 + cin_cap).min(cin);
+            let first = ci0 == 0;
+            let params = ConvParams {
+                cin: (ci1 - ci0) as u32,
+                kstride: (cin * kk) as u32,
+                ci0: ci0 as u32,
+                h: h as u32,
+                w: wi as u32,
+                x_off: (ci0 * hw) as i32,
+                x_bstride: (cin * hw) as u32,
+                cout: cout as u32,
+                w_off: 0,
+                co0: 0,
+                ho: ho as u32,
+                wo: wo as u32,
+                oy0: 0,
+                rows: pixels as u32,
+                y_off: 0,
+                y_bstride: (cout * hwo) as u32,
+                ox_blocks: ox_blocks as u32,
+                _pad: [0; 3],
+            };
+            let bb = match bias {
+                Some(b) if first => b.binding(),
+                _ => wb,
+            };
+            let rb = match residual {
+                Some(r) if first => r.binding(),
+                _ => wb,
+            };
+            let spec = spec_for(!first, first && bias.is_some(), first && residual.is_some(), pb);
+            ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[xb, wb, bb, rb, yb], groups)?;
+            ci0 = ci1;
+        }
+        return Ok(y);
+    }
+    if whole && cin <= cin_cap {
         return record(0, n, (0, cout), (0, ho), (0, cin)).map(|_| y);
     }
 

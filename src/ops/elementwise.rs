@@ -53,6 +53,7 @@ pub fn binary_broadcast(ctx: &Context, op: BinaryOp, a: &Tensor, b: &Tensor, inn
     if inner == 0 || bn == 0 || n % (inner * bn) != 0 && (n / inner) % bn != 0 {
         return shape_err("elementwise", format!("cannot broadcast {:?} over {:?} (inner {inner})", b.shape(), a.shape()));
     }
+    ctx.profile_op("elementwise", || (format!("{op:?} {}", super::dims(a.shape())), super::bytes_of(a, 3 * n)));
     let y = Tensor::empty(ctx, a.shape(), a.dtype())?;
     let spec = KernelSpec::new("elementwise", ELEMENTWISE, "main", a.dtype()).define("OP", format!("{}u", op as u32));
     let chunk = chunk_elems(ctx, a.dtype().size());
@@ -89,6 +90,7 @@ pub fn mul(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `act(alpha * x + beta)`.
 pub fn unary(ctx: &Context, act: Activation, x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
     let n = x.numel();
+    ctx.profile_op("activation", || (format!("{act:?} {}", super::dims(x.shape())), super::bytes_of(x, 2 * n)));
     let y = Tensor::empty(ctx, x.shape(), x.dtype())?;
     let spec = KernelSpec::new("activation", ACTIVATION, "main", x.dtype()).define("ACT", format!("{}u", act as u32));
     let chunk = chunk_elems(ctx, x.dtype().size());

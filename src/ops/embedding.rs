@@ -98,6 +98,7 @@ pub fn embedding_lookup(ctx: &Context, table: &Tensor, ids: &[u32], positions: O
     }
     let dtype = table.dtype();
     let l = ids.len();
+    ctx.profile_op("embedding", || (format!("lookup {l}x{d}"), super::bytes_of(table, (2 + positions.is_some() as usize) * l * d)));
     let out = Tensor::empty(ctx, &[l, d], dtype)?;
     if out.numel() == 0 {
         return Ok(out);

@@ -2,7 +2,7 @@
 
 use super::elementwise::Activation;
 use crate::error::{shape_err, Error, Result};
-use crate::gpu::{Binding, Context, KernelSpec, Tensor};
+use crate::gpu::{Binding, Context, KernelSpec, Tensor, Work};
 use bytemuck::{Pod, Zeroable};
 
 const GEMM: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm.wgsl"));
@@ -243,6 +243,10 @@ pub fn matmul_with(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, kernel: O
             return shape_err("matmul", format!("residual {:?} for output {out_shape:?}", r.shape()));
         }
     }
+    ctx.profile_op("gemm", || {
+        let t = match (o.trans_a, o.trans_b) { (false, false) => "", (true, false) => " tA", (false, true) => " tB", (true, true) => " tAB" };
+        (format!("{batch}x {m}x{n}x{k}{t}"), Work::Flops(flops(batch * m, n, k)))
+    });
     let c = Tensor::empty(ctx, &out_shape, a.dtype())?;
     if m == 0 || n == 0 {
         return Ok(c);

@@ -32,6 +32,16 @@ pub(crate) fn flat_grid(ctx: &Context, threads: usize, wg: u32) -> ([u32; 3], u3
     (grid, grid[0] * wg)
 }
 
+/// `[2, 320, 64, 64]` as `2x320x64x64`, for profile shape strings.
+pub(crate) fn dims(s: &[usize]) -> String {
+    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+}
+
+/// Bytes of `elems` elements of `t`'s dtype, for bandwidth-bound ops' profile rates.
+pub(crate) fn bytes_of(t: &Tensor, elems: usize) -> crate::gpu::Work {
+    crate::gpu::Work::Bytes((elems * t.dtype().size()) as f64)
+}
+
 pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     if ts.windows(2).any(|w| w[0].dtype() != w[1].dtype()) {
         let d: Vec<_> = ts.iter().map(|t| t.dtype().name()).collect();

@@ -79,6 +79,10 @@ pub fn group_norm(ctx: &Context, x: &Tensor, groups: usize, weight: &Tensor, bia
     same_dtype(op, &[x, weight, bias])?;
     let dtype = x.dtype();
     let es = dtype.size();
+    ctx.profile_op("norm", || {
+        let act = if silu { "+silu" } else { "" };
+        (format!("group_norm{act} {} g{groups}", super::dims(x.shape())), crate::gpu::Work::Bytes(norm_bytes(x.numel(), dtype)))
+    });
     let y = Tensor::empty(ctx, x.shape(), dtype)?;
     let hw = x.numel() / (n * c).max(1);
     let cpg = c / groups;
@@ -123,7 +127,7 @@ pub fn group_norm(ctx: &Context, x: &Tensor, groups: usize, weight: &Tensor, bia
         }
     }
     let spec = |entry: &'static str| {
-        KernelSpec::new("group_norm", gn_source(), entry, dtype)
+        KernelSpec::new("norm", gn_source(), entry, dtype)
             .define("WG", format!("{WG}u"))
             .define("SILU", format!("{}u", silu as u32))
     };
@@ -170,6 +174,7 @@ pub fn layer_norm(ctx: &Context, x: &Tensor, weight: &Tensor, bias: &Tensor, eps
     }
     same_dtype(op, &[x, weight, bias])?;
     let dtype = x.dtype();
+    ctx.profile_op("norm", || (format!("layer_norm {}", super::dims(x.shape())), crate::gpu::Work::Bytes(norm_bytes(x.numel(), dtype))));
     let y = Tensor::empty(ctx, x.shape(), dtype)?;
     if y.numel() == 0 {
         return Ok(y);
@@ -180,7 +185,7 @@ pub fn layer_norm(ctx: &Context, x: &Tensor, weight: &Tensor, bias: &Tensor, eps
     if per == 0 {
         return Err(Error::BindingTooLarge { what: format!("layer_norm row of {d}"), bytes: (d * dtype.size()) as u64, limit: ctx.max_binding() });
     }
-    let spec = KernelSpec::new("layer_norm", ln_source(), "ln_main", dtype).define("WG", format!("{LN_WG}u"));
+    let spec = KernelSpec::new("norm", ln_source(), "ln_main", dtype).define("WG", format!("{LN_WG}u"));
     let mut r0 = 0;
     while r0 < rows {
         let rs = per.min(rows - r0);

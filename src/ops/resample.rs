@@ -29,6 +29,7 @@ pub fn upsample_nearest2x(ctx: &Context, x: &Tensor) -> Result<Tensor> {
         return shape_err("upsample_nearest2x", format!("x {:?} must be [N, C, H, W]", x.shape()));
     }
     let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    ctx.profile_op("resample", || (format!("up2 {}", super::dims(x.shape())), super::bytes_of(x, 5 * x.numel())));
     let y = Tensor::empty(ctx, &[n, c, 2 * h, 2 * w], x.dtype())?;
     if y.numel() == 0 {
         return Ok(y);
@@ -40,7 +41,7 @@ pub fn upsample_nearest2x(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     if per == 0 {
         return Err(Error::BindingTooLarge { what: format!("upsample_nearest2x of {:?}", x.shape()), bytes: (4 * w * x.dtype().size()) as u64, limit: ctx.max_binding() });
     }
-    let spec = KernelSpec::new("upsample_nearest2x", RESAMPLE, "up2", x.dtype()).define("WG", format!("{WG}u"));
+    let spec = KernelSpec::new("resample", RESAMPLE, "up2", x.dtype()).define("WG", format!("{WG}u"));
     let mut r0 = 0;
     while r0 < rows {
         let rs = per.min(rows - r0);
@@ -64,6 +65,7 @@ pub fn resize_nearest(ctx: &Context, x: &Tensor, ho: usize, wo: usize) -> Result
         return shape_err("resize_nearest", format!("x {:?} must be [N, C, H, W]", x.shape()));
     }
     let (n, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    ctx.profile_op("resample", || (format!("resize {} ->{ho}x{wo}", super::dims(x.shape())), super::bytes_of(x, x.numel() + n * c * ho * wo)));
     let y = Tensor::empty(ctx, &[n, c, ho, wo], x.dtype())?;
     if y.numel() == 0 || x.numel() == 0 {
         return Ok(y);
@@ -74,7 +76,7 @@ pub fn resize_nearest(ctx: &Context, x: &Tensor, ho: usize, wo: usize) -> Result
             return Err(Error::BindingTooLarge { what: format!("resize_nearest of {:?} to {ho}x{wo}", x.shape()), bytes, limit: ctx.max_binding() });
         }
     }
-    let spec = KernelSpec::new("resize_nearest", RESAMPLE, "resize", x.dtype()).define("WG", format!("{WG}u"));
+    let spec = KernelSpec::new("resample", RESAMPLE, "resize", x.dtype()).define("WG", format!("{WG}u"));
     let (sb, src_off) = aligned_range(ctx, x, 0, x.numel(), 0);
     let (db, dst_off) = aligned_range(ctx, &y, 0, y.numel(), 0);
     let (grid, row) = flat_grid(ctx, y.numel(), WG);
@@ -94,6 +96,7 @@ pub fn concat_channels(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> 
     let (n, ca, cb) = (a.dim(0), a.dim(1), b.dim(1));
     let mut shape = a.shape().to_vec();
     shape[1] = ca + cb;
+    ctx.profile_op("resample", || (format!("concat {}+{}", super::dims(a.shape()), cb), super::bytes_of(a, 2 * (a.numel() + b.numel()))));
     let y = Tensor::empty(ctx, &shape, a.dtype())?;
     if y.numel() == 0 {
         return Ok(y);
@@ -101,7 +104,7 @@ pub fn concat_channels(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> 
     let inner = a.numel() / (n * ca).max(1);
     let (la, lb, ly) = (ca * inner, cb * inner, (ca + cb) * inner);
     let avail = usable_binding(ctx) as usize / a.dtype().size();
-    let spec = KernelSpec::new("concat_channels", RESAMPLE, "copy", a.dtype()).define("WG", format!("{WG}u"));
+    let spec = KernelSpec::new("resample", RESAMPLE, "copy", a.dtype()).define("WG", format!("{WG}u"));
     let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
     if avail == 0 {
         return Err(Error::BindingTooLarge { what: op.into(), bytes: a.dtype().size() as u64, limit: ctx.max_binding() });
@@ -148,6 +151,7 @@ pub fn transpose_last2(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     let batch: usize = x.shape()[..r - 2].iter().product();
     let mut shape = x.shape().to_vec();
     shape.swap(r - 2, r - 1);
+    ctx.profile_op("resample", || (format!("transpose {}", super::dims(x.shape())), super::bytes_of(x, 2 * x.numel())));
     let y = Tensor::empty(ctx, &shape, x.dtype())?;
     let mat = m * n;
     let es = x.dtype().size() as u64;
@@ -156,7 +160,7 @@ pub fn transpose_last2(ctx: &Context, x: &Tensor) -> Result<Tensor> {
         return Err(Error::BindingTooLarge { what: format!("transpose of one {m}x{n} matrix"), bytes: mat as u64 * es, limit });
     }
     let per = ((limit / (mat as u64 * es).max(1)) as usize).clamp(1, ctx.limits.max_compute_workgroups_per_dimension as usize);
-    let spec = KernelSpec::new("transpose", RESAMPLE, "transpose", x.dtype()).define("WG", format!("{WG}u"));
+    let spec = KernelSpec::new("resample", RESAMPLE, "transpose", x.dtype()).define("WG", format!("{WG}u"));
     let mut b0 = 0;
     while b0 < batch {
         let nb = per.min(batch - b0);

@@ -60,6 +60,7 @@ pub fn softmax(ctx: &Context, x: &Tensor, scale: f32) -> Result<Tensor> {
         return shape_err("softmax", "x is a scalar");
     }
     let dtype = x.dtype();
+    ctx.profile_op("softmax", || (format!("softmax {}", super::dims(x.shape())), super::bytes_of(x, 3 * x.numel())));
     let y = Tensor::empty(ctx, x.shape(), dtype)?;
     if x.numel() == 0 {
         return Ok(y);
@@ -167,6 +168,7 @@ pub fn geglu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     let f = x.dim(-1) / 2;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = f;
+    ctx.profile_op("softmax", || (format!("geglu {}", super::dims(x.shape())), super::bytes_of(x, x.numel() * 3 / 2)));
     let y = Tensor::empty(ctx, &shape, dtype)?;
     if y.numel() == 0 {
         return Ok(y);
