@@ -8,7 +8,6 @@ use crate::ops::{attention, conv, norm};
 use crate::{DType, Tensor};
 use std::time::Instant;
 
-pub mod models;
 
 /// One row of the table.
 pub struct Row {
@@ -234,11 +233,12 @@ pub fn attention_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Sca
 /// ms per call and the peak of GPU buffers Pigment holds (weights + activations) in MiB.
 pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, unet: bool, vae: bool) -> Result<Vec<Row>> {
     use crate::models::{unet::UNet2DConditionModel, vae::Vae};
-    let dir = match model {
-        Some(p) => p.to_path_buf(),
-        None => models::random_sd15_folder().map_err(|e| crate::Error::Unsupported(format!("writing random SD 1.5 weights: {e}")))?,
+    use crate::weights::{synthetic::SyntheticModel, ComponentKind};
+    let spec = model.map_or("synthetic:sd15".into(), |p| p.to_string_lossy().into_owned());
+    let w = match SyntheticModel::from_spec(&spec) {
+        Some(m) => m?.weights_of(&[ComponentKind::Unet, ComponentKind::Vae])?,
+        None => crate::weights::Weights::open(&spec)?,
     };
-    let w = crate::weights::Weights::open(&dir)?;
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let mut rows = vec![];
     for &dtype in dtypes {
