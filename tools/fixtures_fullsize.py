@@ -15,7 +15,9 @@ Writes (overwriting):
         unet.safetensors     sample [2,4,8,8] (torch randn), timestep 981 -> out; the text encoder's
                              last_hidden_state for [negative, prompt] is the encoder_hidden_states
                              (its first HEAD_TOKENS tokens are kept as `ehs_head`, and input_ids)
-        vae.safetensors      decode_in [1,4,16,16] (torch randn) -> decode_out [1,3,128,128]
+    tests/fixtures/golden/fullsize/vae.safetensors  (both models: their VAEs' tensors are the same)
+                             decode_in [1,4,16,16] (torch randn) -> decode_out [1,3,128,128]
+    tests/fixtures/golden/fullsize/<model>/
         txt2img.png          StableDiffusionPipeline, 64x64, 2 steps, cfg 7.5, seed 42, model's
                              own scheduler; txt2img.safetensors: the final latents
         conditioning.json    the conditioning check (see below) and output statistics
@@ -299,7 +301,8 @@ def goldens(name, pipe, out):
     )
     z = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(1011))
     dec = pipe.vae.decode(z).sample
-    save({"decode_in": z, "decode_out": t32(dec)}, os.path.join(out, "vae.safetensors"), {"note": "raw z into vae.decode (post_quant_conv included, no scaling)"})
+    # SD 1.5's and SD 2.1's VAEs have the same tensors, hence the same generated weights: one file
+    save({"decode_in": z, "decode_out": t32(dec)}, os.path.join(os.path.dirname(out), "vae.safetensors"), {"note": "raw z into vae.decode (post_quant_conv included, no scaling)"})
     print(f"  unet/vae goldens in {time.time() - t0:.0f} s: unet out std {out_u.std():.3f}, ehs std {ehs.std():.3f}, vae out std {dec.std():.3f}")
 
     t0 = time.time()
