@@ -1,20 +1,26 @@
 //! Full-size SD 1.5 and SD 2.1-768-v with the synthetic generator's weights
 //! (`synthetic:sd15`, `synthetic:sd21v`, src/weights/synthetic.rs) against diffusers 0.39 (CPU,
 //! f32) on the same weights (`tools/fixtures_fullsize.py`, goldens in
-//! `tests/fixtures/golden/fullsize/<model>/`). One model load per model and dtype covers:
+//! `tests/fixtures/golden/fullsize/`):
 //!
-//! * the text encoder: `[negative, prompt]` last_hidden_state (first 16 tokens kept);
+//! * the text encoder: `[negative, prompt]` last_hidden_state (its first 16 tokens are kept);
 //! * a UNet call at an 8x8 latent, batch 2, t = 981, on Pigment's own text encoder output;
-//! * a VAE decode of a 16x16 latent;
+//! * a VAE decode of a 16x16 latent (one golden: both models' VAEs have the same tensors);
 //! * a 2-step 64x64 txt2img (the model's scheduler, cfg 7.5, seed 42) against diffusers' PNG.
 //!
-//! Tolerances, as max |got - want| / max |want| per tensor (the tiny models' measure):
-//! TOLERANCES_DOC
+//! Tolerances are the tiny models' (tests/clip.rs, unet.rs, vae.rs, pipeline.rs): max |got -
+//! want| / max |want| ≤ 1e-4 in f32; 1e-2 (text, UNet) and 2e-2 (VAE) in f16; the PNG within
+//! mean 1 / max 8 levels. Full-size accumulation did not need wider ones. Measured on lavapipe
+//! (llvmpipe 15, 2 busy cores): f32 text 7.6e-7 (sd15), UNet 2.7e-6, VAE 8.4e-6; f16 text
+//! 2.0e-3 (sd15) / 2.6e-3 (sd21v), VAE 2.7e-3. A 1 % change of one generator scale (the
+//! embeddings') moves the text encoder output by 7.3e-3, 73x the f32 tolerance.
 //!
-//! Peak memory is several GiB (the generated f16 weights in RAM plus their GPU copies, which
-//! lavapipe keeps in RAM too): the tests of this binary run one at a time (`SERIAL`); run them
-//! under the big-memory lock on shared machines: `flock /work/bigmem.lock cargo test --release
-//! --test fullsize`.
+//! Cost on that machine: the text encoders ~30 s (sd15) and ~90 s (sd21v) per dtype, so they
+//! run in CI; the VAE decode ~4 min per dtype and a UNet call ~8 min, so those tests are
+//! `#[ignore]`d until the kernels are faster at small shapes: run them with
+//! `flock /work/bigmem.lock cargo test --release --test fullsize -- --ignored` (peak RSS ~10 GiB
+//! for the whole f32 SD 1.5: the f16 weights in RAM plus their f32 GPU copies, which lavapipe
+//! keeps in RAM). The tests of this binary run one at a time (`SERIAL`).
 
 mod common;
 
@@ -43,7 +49,7 @@ struct Tol {
 fn tol(dtype: DType) -> Tol {
     match dtype {
         DType::F32 => Tol { text: 1e-4, unet: 1e-4, vae: 1e-4, image: (1.0, 8) },
-        DType::F16 => Tol { text: 1e-2, unet: 1e-2, vae: 2e-2, image: (2.0, 32) },
+        DType::F16 => Tol { text: 1e-2, unet: 1e-2, vae: 2e-2, image: (1.0, 8) },
     }
 }
 

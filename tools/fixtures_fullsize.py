@@ -3,7 +3,7 @@
 small diffusers goldens for them (issue #10, item 3). Rust rebuilds the same weights in memory
 (src/weights/synthetic.rs), so no weight file is committed.
 
-Run from the repository root (CPU, float32; ~6 GB RAM and ~2 minutes per model on 2 cores):
+Run from the repository root (CPU, float32; ~6 GB RAM and ~8 minutes per model on 2 busy cores):
 
     flock /work/bigmem.lock python tools/fixtures_fullsize.py [--models sd15,sd21v]
 
@@ -15,12 +15,11 @@ Writes (overwriting):
         unet.safetensors     sample [2,4,8,8] (torch randn), timestep 981 -> out; the text encoder's
                              last_hidden_state for [negative, prompt] is the encoder_hidden_states
                              (its first HEAD_TOKENS tokens are kept as `ehs_head`, and input_ids)
-    tests/fixtures/golden/fullsize/vae.safetensors  (both models: their VAEs' tensors are the same)
-                             decode_in [1,4,16,16] (torch randn) -> decode_out [1,3,128,128]
-    tests/fixtures/golden/fullsize/<model>/
         txt2img.png          StableDiffusionPipeline, 64x64, 2 steps, cfg 7.5, seed 42, model's
                              own scheduler; txt2img.safetensors: the final latents
         conditioning.json    the conditioning check (see below) and output statistics
+    tests/fixtures/golden/fullsize/vae.safetensors  (both models: their VAEs' tensors are the same)
+                             decode_in [1,4,16,16] (torch randn) -> decode_out [1,3,128,128]
 
 The generator (documented in tools/README.md, identical in Rust):
     h      = FNV-1a 64 of the tensor's diffusers name (UTF-8)
