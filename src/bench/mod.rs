@@ -229,14 +229,17 @@ pub fn attention_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Sca
 }
 
 /// A UNet evaluation (batch 2, [uncond, cond], 77 text tokens) and a VAE decode at
-/// `latent`x`latent` latents, for the model at `model` or random SD 1.5-sized weights. Reports
+/// `latent`x`latent` latents, for the model at `model` (a folder or `synthetic:NAME`; default `synthetic:sd15`). Reports
 /// ms per call and the peak of GPU buffers Pigment holds (weights + activations) in MiB.
 pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, unet: bool, vae: bool) -> Result<Vec<Row>> {
     use crate::models::{unet::UNet2DConditionModel, vae::Vae};
     use crate::weights::{synthetic::SyntheticModel, ComponentKind};
     let spec = model.map_or("synthetic:sd15".into(), |p| p.to_string_lossy().into_owned());
     let w = match SyntheticModel::from_spec(&spec) {
-        Some(m) => m?.weights_of(&[ComponentKind::Unet, ComponentKind::Vae])?,
+        Some(m) => {
+            let kinds: Vec<ComponentKind> = [(unet, ComponentKind::Unet), (vae, ComponentKind::Vae)].iter().filter(|k| k.0).map(|k| k.1).collect();
+            m?.weights_of(&kinds)?
+        }
         None => crate::weights::Weights::open(&spec)?,
     };
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
