@@ -31,7 +31,8 @@ pub enum Command {
         /// The prompt (or use --prompt).
         #[arg(value_name = "PROMPT")]
         positional_prompt: Option<String>,
-        /// A diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face hub id.
+        /// A diffusers folder, a single-file .safetensors checkpoint, a Hugging Face hub id, or
+        /// `synthetic:sd15` / `synthetic:sd21v` (full-size, generated weights: no download).
         #[arg(long)]
         model: String,
         /// For a single-file checkpoint: a diffusers folder whose configs, tokenizer and
@@ -175,7 +176,7 @@ pub enum Command {
         /// unet/vae: latent size (image = 8x); default 64 (512x512) on GPUs, 8 on CPU adapters.
         #[arg(long)]
         latent: Option<usize>,
-        /// unet/vae/clip: a diffusers folder to time; default random SD 1.5-sized weights.
+        /// unet/vae/clip: a diffusers folder or `synthetic:sd15|sd21v` to time; default synthetic:sd15.
         #[arg(long)]
         model: Option<std::path::PathBuf>,
         /// unet/vae/clip: one profiled call instead of timed calls, with a table of GPU time
@@ -486,7 +487,8 @@ fn pick_dtypes(ctx: &Context, dtype: DTypeArg) -> anyhow::Result<Vec<DType>> {
 /// A local path, or a Hugging Face hub id (`org/name`) downloaded into the hf-hub cache.
 fn resolve_model(model: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = std::path::PathBuf::from(model);
-    if path.exists() {
+    // generated in memory by StableDiffusion::load_with_config
+    if path.exists() || model.starts_with("synthetic:") {
         return Ok(path);
     }
     let lower = model.to_lowercase();

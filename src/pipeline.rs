@@ -124,7 +124,12 @@ impl StableDiffusion {
     /// As [`StableDiffusion::load`]; `config_dir` is a diffusers folder whose configs (and
     /// tokenizer and scheduler) describe a single-file checkpoint, as diffusers'
     /// `from_single_file(path, config=folder)`.
+    /// A path `synthetic:sd15` or `synthetic:sd21v` is a full-size model with generated weights
+    /// ([`weights::synthetic`]).
     pub fn load_with_config(ctx: &Context, path: &Path, config_dir: Option<&Path>, want_f16: bool) -> Result<StableDiffusion> {
+        if let Some(model) = path.to_str().and_then(weights::synthetic::SyntheticModel::from_spec) {
+            return Self::load_synthetic(ctx, model?, want_f16);
+        }
         let weights = Weights::open_with(path, &OpenOptions { config_dir: config_dir.map(Path::to_path_buf) })?;
         let dtype = weights::storage_dtype(ctx, want_f16);
         let te = weights.text_encoder()?;
@@ -144,6 +149,22 @@ impl StableDiffusion {
             Some(text) => SchedulerConfig::from_json(&text)?,
             None => SchedulerConfig::stable_diffusion_default(te.text_kind == Some(TextEncoderKind::OpenClip)),
         };
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Self::from_weights(ctx, weights, tokenizer, scheduler_config, name, dtype)
+    }
+
+    /// A synthetic full-size model: generated weights, the embedded CLIP tokenizer, the
+    /// model's scheduler config.
+    pub fn load_synthetic(ctx: &Context, model: weights::synthetic::SyntheticModel, want_f16: bool) -> Result<StableDiffusion> {
+        use weights::synthetic::SyntheticModel;
+        let pad = if model == SyntheticModel::Sd15 { PadToken::EndOfText } else { PadToken::Exclamation };
+        let scheduler_config = SchedulerConfig::from_json(model.scheduler_json())?;
+        let name = format!("synthetic-{}", model.name());
+        Self::from_weights(ctx, model.weights()?, ClipTokenizer::embedded(pad), scheduler_config, name, weights::storage_dtype(ctx, want_f16))
+    }
+
+    fn from_weights(ctx: &Context, weights: Weights, tokenizer: ClipTokenizer, scheduler_config: SchedulerConfig, name: String, dtype: DType) -> Result<StableDiffusion> {
+        let te = weights.text_encoder()?;
         Ok(StableDiffusion {
             tokenizer,
             clip: ClipTextModel::load(ctx, te, dtype)?,
@@ -152,7 +173,7 @@ impl StableDiffusion {
             vae: AutoencoderKL::load(ctx, weights.vae()?, dtype)?,
             controlnet: None,
             scheduler_config,
-            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            name,
             weights,
             loras: Default::default(),
         })

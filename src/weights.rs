@@ -21,6 +21,7 @@
 //! ([`TensorView::upload`]).
 
 pub mod single_file;
+pub mod synthetic;
 
 use crate::gpu::{Context, DType, Tensor};
 use half::{bf16, f16};

@@ -8,8 +8,6 @@ use crate::ops::{attention, conv, norm};
 use crate::{DType, Tensor};
 use std::time::Instant;
 
-pub mod clip;
-pub mod models;
 pub mod tune;
 
 /// One row of the table.
@@ -271,16 +269,21 @@ fn time_model(ctx: &Context, profile: bool, what: &str, mut f: impl FnMut() -> R
 
 /// A UNet evaluation (batch 2, [uncond, cond], 77 text tokens), a VAE decode at
 /// `latent`x`latent` latents, or a CLIP text encoding (batch 2 x 77 tokens), for the model at
-/// `model` or random SD 1.5-sized weights. Reports ms per call and the peak of GPU buffers
+/// `model` (a folder or `synthetic:NAME`; default `synthetic:sd15`, only the component timed). Reports ms per call and the peak of GPU buffers
 /// Pigment holds (weights + activations) in MiB; prints the process's host peak (VmHWM).
 pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, which: ModelBench, profile: bool) -> Result<Vec<Row>> {
     use crate::models::{clip::ClipTextModel, unet::UNet2DConditionModel, vae::Vae};
-    let dir = match (model, which) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, ModelBench::Clip) => clip::random_clip_folder().map_err(|e| crate::Error::Unsupported(format!("writing random CLIP-L weights: {e}")))?,
-        (None, _) => models::random_sd15_folder().map_err(|e| crate::Error::Unsupported(format!("writing random SD 1.5 weights: {e}")))?,
+    use crate::weights::{synthetic::SyntheticModel, ComponentKind};
+    let spec = model.map_or("synthetic:sd15".into(), |p| p.to_string_lossy().into_owned());
+    let kind = match which {
+        ModelBench::Unet => ComponentKind::Unet,
+        ModelBench::Vae => ComponentKind::Vae,
+        ModelBench::Clip => ComponentKind::TextEncoder,
     };
-    let w = crate::weights::Weights::open(&dir)?;
+    let w = match SyntheticModel::from_spec(&spec) {
+        Some(m) => m?.weights_of(&[kind])?,
+        None => crate::weights::Weights::open(&spec)?,
+    };
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let mut rows = vec![];
     for &dtype in dtypes {

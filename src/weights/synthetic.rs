@@ -1,0 +1,265 @@
+//! Full-size random-weight models from a documented deterministic generator: SD 1.5 and
+//! SD 2.1-768-v with every tensor of the real diffusers folders, built in memory (no file), the
+//! same values `tools/fixtures_fullsize.py` puts into diffusers' models for the goldens.
+//!
+//! The generator, per tensor (diffusers name `name`) and flat element index `i`:
+//!
+//! ```text
+//! h     = FNV-1a 64 of name (UTF-8)
+//! z     = splitmix64 finaliser of (h + i * 0x9E3779B97F4A7C15) mod 2^64
+//! u     = (z >> 40) * 2^-23 - 1                   in [-1, 1), exact in f32
+//! value = f16(base + scale * u)                   f32 arithmetic, rounded to f16 (nearest even)
+//! ```
+//!
+//! `(base, scale)` comes from the tensor's role, read from its name and shape: a 1-D `.weight`
+//! (GroupNorm/LayerNorm) `(1, 0.1)`; its `.bias` `(0, 0.1)`; a `_embedding.weight` (CLIP token
+//! and position tables) `(0, 1)`; any other weight (Linear/Conv) `(0, gain / sqrt(fan_in))` with
+//! `fan_in = prod(shape[1..])`; its bias `(0, 1 / sqrt(fan_in))`. With gain 1 this is PyTorch's
+//! default init (uniform, bound 1/sqrt(fan_in)), which diffusers keeps; [`GAINS`] lists the
+//! exceptions. Values are f16 so f32 and f16 runs see the same weights.
+//!
+//! The tensor list and configs are the diffusers classes' own (`assets/synthetic/<model>/`,
+//! written by the fixture tool): nothing is hand-written here, so names and shapes cannot drift.
+
+use super::{Component, ComponentKind, Result, SafetensorsFile, Source, Weights, WeightsError};
+use half::f16;
+use serde_json::Value;
+use std::io::Read;
+
+/// Name suffix → gain on a Linear/Conv weight's scale (the same table as the fixture tool's).
+pub const GAINS: &[(&str, f32)] = &[];
+/// Scale of the CLIP token and position embeddings.
+pub const EMBED_SCALE: f32 = 1.0;
+
+/// One of the synthetic models (`--model synthetic:sd15` / `synthetic:sd21v`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyntheticModel {
+    /// SD 1.5: UNet (320, 640, 1280, 1280), CLIP ViT-L/14 text encoder, VAE (128..512), PNDM.
+    Sd15,
+    /// SD 2.1-768-v: UNet with heads (5, 10, 20, 20), linear projections, cross-attention 1024;
+    /// OpenCLIP ViT-H text encoder (1024 wide, 23 layers); VAE; DDIM with v-prediction.
+    Sd21v,
+}
+
+struct Assets {
+    tensors_gz: &'static [u8],
+    text_encoder: &'static str,
+    unet: &'static str,
+    vae: &'static str,
+    scheduler: &'static str,
+}
+
+macro_rules! assets {
+    ($m:literal) => {
+        Assets {
+            tensors_gz: include_bytes!(concat!("../../assets/synthetic/", $m, "/tensors.txt.gz")),
+            text_encoder: include_str!(concat!("../../assets/synthetic/", $m, "/text_encoder.json")),
+            unet: include_str!(concat!("../../assets/synthetic/", $m, "/unet.json")),
+            vae: include_str!(concat!("../../assets/synthetic/", $m, "/vae.json")),
+            scheduler: include_str!(concat!("../../assets/synthetic/", $m, "/scheduler.json")),
+        }
+    };
+}
+
+impl SyntheticModel {
+    pub const ALL: [SyntheticModel; 2] = [SyntheticModel::Sd15, SyntheticModel::Sd21v];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SyntheticModel::Sd15 => "sd15",
+            SyntheticModel::Sd21v => "sd21v",
+        }
+    }
+
+    /// `synthetic:NAME` → the model; `None` for anything not starting with `synthetic:`; an
+    /// unknown name is an error listing the known ones.
+    pub fn from_spec(spec: &str) -> Option<Result<SyntheticModel>> {
+        let name = spec.strip_prefix("synthetic:")?;
+        Some(Self::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| WeightsError::Architecture {
+            path: spec.to_string(),
+            detail: format!("unknown synthetic model '{name}'; use synthetic:sd15 or synthetic:sd21v"),
+        }))
+    }
+
+    fn assets(self) -> Assets {
+        match self {
+            SyntheticModel::Sd15 => assets!("sd15"),
+            SyntheticModel::Sd21v => assets!("sd21v"),
+        }
+    }
+
+    fn spec(self) -> String {
+        format!("synthetic:{}", self.name())
+    }
+
+    /// A component's `config.json` (for the scheduler: `scheduler_config.json`).
+    pub fn config(self, part: &str) -> Value {
+        let a = self.assets();
+        let text = match part {
+            "text_encoder" => a.text_encoder,
+            "unet" => a.unet,
+            "vae" => a.vae,
+            _ => a.scheduler,
+        };
+        serde_json::from_str(text).expect("embedded synthetic config is valid JSON")
+    }
+
+    /// The scheduler config as JSON text (for `SchedulerConfig::from_json`).
+    pub fn scheduler_json(self) -> &'static str {
+        self.assets().scheduler
+    }
+
+    /// Names and shapes of one component's tensors, in file order (sorted by name).
+    pub fn tensors(self, kind: ComponentKind) -> Vec<(String, Vec<usize>)> {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(self.assets().tensors_gz)
+            .read_to_string(&mut text)
+            .expect("embedded synthetic tensor list is valid gzip UTF-8");
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                let (c, n, s) = (f.next()?, f.next()?, f.next()?);
+                (c == kind.folder()).then(|| (n.to_string(), s.split(',').map(|d| d.parse().expect("tensor list dimension")).collect()))
+            })
+            .collect()
+    }
+
+    /// One component with its values generated in memory (f16 safetensors bytes).
+    pub fn component(self, kind: ComponentKind) -> Result<Component> {
+        let tensors = self.tensors(kind);
+        let bytes = safetensors_bytes(&tensors);
+        let file = SafetensorsFile::from_bytes(format!("{}/{}", self.spec(), kind.folder()), bytes)?;
+        Ok(Component::from_folder_file(kind, file, Some(self.config(kind.folder()))))
+    }
+
+    /// The whole model (text encoder, UNet, VAE), ~2 GiB of f16 for SD 1.5.
+    pub fn weights(self) -> Result<Weights> {
+        self.weights_of(&[ComponentKind::TextEncoder, ComponentKind::Unet, ComponentKind::Vae])
+    }
+
+    /// Only the listed components (the others are absent).
+    pub fn weights_of(self, kinds: &[ComponentKind]) -> Result<Weights> {
+        let get = |k| if kinds.contains(&k) { self.component(k).map(Some) } else { Ok(None) };
+        Ok(Weights::from_parts(
+            Source::Folder(self.spec().into()),
+            get(ComponentKind::TextEncoder)?,
+            get(ComponentKind::Unet)?,
+            get(ComponentKind::Vae)?,
+        ))
+    }
+}
+
+/// FNV-1a, 64 bit.
+pub fn fnv1a64(s: &str) -> u64 {
+    s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3))
+}
+
+/// The generator's `u` for element `i` of the tensor whose name hashes to `h`: in [-1, 1).
+#[inline]
+pub fn uniform(h: u64, i: u64) -> f32 {
+    let mut z = h.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / (1u32 << 23) as f32) - 1.0
+}
+
+/// `(base, scale)` of a tensor from its name and shape (and its weight's shape, for a bias).
+pub fn role(name: &str, shape: &[usize], weight_shape: Option<&[usize]>) -> (f32, f32) {
+    let inv_sqrt_fan_in = |s: &[usize]| 1.0 / (s[1..].iter().product::<usize>() as f32).sqrt();
+    if shape.len() == 1 && name.ends_with(".weight") {
+        return (1.0, 0.1);
+    }
+    if name.ends_with(".bias") {
+        return match weight_shape {
+            Some(w) if w.len() > 1 => (0.0, inv_sqrt_fan_in(w)),
+            _ => (0.0, 0.1),
+        };
+    }
+    if name.ends_with("_embedding.weight") {
+        return (0.0, EMBED_SCALE);
+    }
+    let gain = GAINS.iter().find(|(s, _)| name.ends_with(s)).map_or(1.0, |g| g.1);
+    (0.0, gain * inv_sqrt_fan_in(shape))
+}
+
+/// A tensor's values as f16, written into `out` (2 bytes per element).
+pub fn fill(name: &str, shape: &[usize], weight_shape: Option<&[usize]>, out: &mut [u8]) {
+    let (base, scale) = role(name, shape, weight_shape);
+    let h = fnv1a64(name);
+    for (i, o) in out.chunks_exact_mut(2).enumerate() {
+        let mut v = uniform(h, i as u64) * scale;
+        if base != 0.0 {
+            v += base;
+        }
+        o.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+    }
+}
+
+/// A safetensors file (F16, in `tensors` order) holding the generated values; tensors are
+/// filled on all cores (natively), largest first.
+fn safetensors_bytes(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in tensors {
+        let n = shape.iter().product::<usize>() * 2;
+        header.insert(name.clone(), serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + n]}));
+        offset += n;
+    }
+    let mut head = Value::Object(header).to_string().into_bytes();
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let mut bytes = vec![0u8; 8 + head.len() + offset];
+    bytes[..8].copy_from_slice(&(head.len() as u64).to_le_bytes());
+    bytes[8..8 + head.len()].copy_from_slice(&head);
+    let shapes: std::collections::HashMap<&str, &[usize]> = tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
+    let mut jobs = Vec::with_capacity(tensors.len());
+    let mut rest = &mut bytes[8 + head.len()..];
+    for (name, shape) in tensors {
+        let (mine, tail) = rest.split_at_mut(shape.iter().product::<usize>() * 2);
+        let weight = name.strip_suffix(".bias").and_then(|p| shapes.get(format!("{p}.weight").as_str()).copied());
+        jobs.push((name.as_str(), shape.as_slice(), weight, mine));
+        rest = tail;
+    }
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.3.len()));
+    run_jobs(jobs);
+    bytes
+}
+
+type Job<'a> = (&'a str, &'a [usize], Option<&'a [usize]>, &'a mut [u8]);
+
+#[cfg(not(target_arch = "wasm32"))]
+fn run_jobs(jobs: Vec<Job<'_>>) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let Some((name, shape, w, out)) = queue.lock().unwrap().next() else { break };
+                fill(name, shape, w, out);
+            });
+        }
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+fn run_jobs(jobs: Vec<Job<'_>>) {
+    for (name, shape, w, out) in jobs {
+        fill(name, shape, w, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values printed by tools/fixtures_fullsize.py's numpy generator (`uniform`, `values`).
+    #[test]
+    fn matches_the_python_generator() {
+        assert_eq!(fnv1a64("a"), 0xaf63dc4c8601ec8c);
+        let h = fnv1a64("conv_in.weight");
+        let want = [-0.39869225f32, 0.14250004, 0.7665291, -0.819942];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(uniform(h, i as u64), *w, "element {i}");
+        }
+    }
+}
