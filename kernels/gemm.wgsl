@@ -12,27 +12,8 @@
 // Prelude consts: TM, TN, WG (u32), TRANS_A, TRANS_B, HAS_BIAS, HAS_RES (bool), ACT (u32, as
 // in activation.wgsl). Rows past M / columns past N are clamped for loads and skipped at store.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32, // row stride of A as stored
-    ldb: u32,
-    ldc: u32,
-    stride_a: u32, // batch strides in elements
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    _p0: u32,
-    _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
-@group(0) @binding(3) var<storage, read_write> c: array<T>;
-@group(0) @binding(4) var<storage, read> bias: array<T>;
-@group(0) @binding(5) var<storage, read> res: array<T>;
 
 // Scalar kernel for any layout (transposed operands, K or N not multiples of 4): entry point
 // `main`, unrolled by `src/ops/gemm.rs` (`scalar_main`) for a TM-row by TN-column tile.
@@ -56,22 +37,6 @@ fn load_b(off: u32, k: u32, n: u32) -> f32 {
     return f32(b[off + k * p.ldb + n]);
 }
 
-fn store1(m: u32, n: u32, acc: f32) {
-    if (m >= p.m || n >= p.n) {
-        return;
-    }
-    var v = p.alpha * acc;
-    if (HAS_BIAS) {
-        v += f32(bias[n]);
-    }
-    v = apply_act(v, ACT);
-    let ci = store_base + m * p.ldc + n;
-    if (HAS_RES) {
-        v += f32(res[ci]);
-    }
-    c[ci] = T(v);
-}
-
 // Vectorised kernel for row-major A and B with K and N multiples of 4 (every SD layer). Its
 // entry point `main_vec4` is unrolled for an R-row by 4*C4-column register tile by
 // `src/ops/gemm.rs` (`vec4_main`) and appended here. A is read as vec4 along K and B as vec4
@@ -88,25 +53,13 @@ fn quad(a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>
     return a.x * b0 + a.y * b1 + a.z * b2 + a.w * b3;
 }
 
+fn store1(m: u32, n: u32, acc: f32) {
+    epilogue_store(store_base, m, n, acc);
+}
+
 fn store4(m: u32, nc: u32, v4: vec4<f32>) {
-    if (m >= p.m) {
-        return;
-    }
     for (var e = 0u; e < 4u; e++) {
-        let n = nc + e;
-        if (n >= p.n) {
-            return;
-        }
-        var v = p.alpha * v4[e];
-        if (HAS_BIAS) {
-            v += f32(bias[n]);
-        }
-        v = apply_act(v, ACT);
-        let ci = store_base + m * p.ldc + n;
-        if (HAS_RES) {
-            v += f32(res[ci]);
-        }
-        c[ci] = T(v);
+        epilogue_store(store_base, m, nc + e, v4[e]);
     }
 }
 

@@ -17,27 +17,8 @@
 
 enable wgpu_cooperative_matrix;
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    _p0: u32,
-    _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
-@group(0) @binding(3) var<storage, read_write> c: array<T>;
-@group(0) @binding(4) var<storage, read> bias: array<T>;
-@group(0) @binding(5) var<storage, read> res: array<T>;
 
 var<workgroup> wa: array<f16, 1024>; // [m][k], row-major 32x32
 var<workgroup> wb: array<f16, 1024>; // [k][n]
@@ -100,19 +81,6 @@ fn main(
     workgroupBarrier();
     let base = wid.z * p.stride_c;
     for (var e = lid; e < 1024u; e += WG) {
-        let m = m0 + e / 32u;
-        let n = n0 + e % 32u;
-        if (m < p.m && n < p.n) {
-            var v = p.alpha * wc[e];
-            if (HAS_BIAS) {
-                v += f32(bias[n]);
-            }
-            v = apply_act(v, ACT);
-            let ci = base + m * p.ldc + n;
-            if (HAS_RES) {
-                v += f32(res[ci]);
-            }
-            c[ci] = T(v);
-        }
+        epilogue_store(base, m0 + e / 32u, n0 + e % 32u, wc[e]);
     }
 }

@@ -8,27 +8,8 @@
 //
 // Prelude consts: TM, TN, WG (u32), TRANS_A, TRANS_B, HAS_BIAS, HAS_RES (bool), ACT (u32).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    _p0: u32,
-    _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<T>;
 @group(0) @binding(2) var<storage, read> b: array<T>;
-@group(0) @binding(3) var<storage, read_write> c: array<T>;
-@group(0) @binding(4) var<storage, read> bias: array<T>;
-@group(0) @binding(5) var<storage, read> res: array<T>;
 
 fn load_a(off: u32, m: u32, k: u32) -> f32 {
     if (k >= p.k) {
@@ -45,22 +26,6 @@ fn load_b(off: u32, k: u32, n: u32) -> f32 {
         return f32(b[off + n * p.ldb + k]);
     }
     return f32(b[off + k * p.ldb + n]);
-}
-
-fn store1(base: u32, m: u32, n: u32, acc: f32) {
-    if (m >= p.m || n >= p.n) {
-        return;
-    }
-    var v = p.alpha * acc;
-    if (HAS_BIAS) {
-        v += f32(bias[n]);
-    }
-    v = apply_act(v, ACT);
-    let ci = base + m * p.ldc + n;
-    if (HAS_RES) {
-        v += f32(res[ci]);
-    }
-    c[ci] = T(v);
 }
 
 @compute @workgroup_size(WG)
@@ -102,7 +67,7 @@ fn main(
     let base = wid.z * p.stride_c;
     for (var i = 0u; i < TM; i++) {
         for (var j = 0u; j < TN; j++) {
-            store1(base, m0 + i, n0 + j * WG, acc[i * TN + j]);
+            epilogue_store(base, m0 + i, n0 + j * WG, acc[i * TN + j]);
         }
     }
 }

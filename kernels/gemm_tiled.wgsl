@@ -14,25 +14,6 @@
 // TRANS_A, TRANS_B, HAS_BIAS, HAS_RES (bool), ACT (u32). Rows/columns past M/N are clamped for
 // loads and skipped at store; k past K loads as zero.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    _p0: u32,
-    _p1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(3) var<storage, read_write> c: array<T>;
-@group(0) @binding(4) var<storage, read> bias: array<T>;
-@group(0) @binding(5) var<storage, read> res: array<T>;
 
 const NT: u32 = (BM / TM) * (BN / TN);
 const TX: u32 = BN / TN;
@@ -62,22 +43,6 @@ fn load_tiles(buf: u32, k0: u32, m0: u32, n0: u32, a_off: u32, b_off: u32, lid: 
         sb[s + 2u] = v.z;
         sb[s + 3u] = v.w;
     }
-}
-
-fn store1(base: u32, m: u32, n: u32, acc: f32) {
-    if (m >= p.m || n >= p.n) {
-        return;
-    }
-    var v = p.alpha * acc;
-    if (HAS_BIAS) {
-        v += f32(bias[n]);
-    }
-    v = apply_act(v, ACT);
-    let ci = base + m * p.ldc + n;
-    if (HAS_RES) {
-        v += f32(res[ci]);
-    }
-    c[ci] = T(v);
 }
 
 @compute @workgroup_size(NT)
@@ -119,7 +84,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let base = wid.z * p.stride_c;
     for (var i = 0u; i < TM; i++) {
         for (var j = 0u; j < TN; j++) {
-            store1(base, m0 + ty + i * TY, n0 + tx + j * TX, acc[i * TN + j]);
+            epilogue_store(base, m0 + ty + i * TY, n0 + tx + j * TX, acc[i * TN + j]);
         }
     }
 }

@@ -5,7 +5,9 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor, Work};
 use bytemuck::{Pod, Zeroable};
 
-const GEMM: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm.wgsl"));
+/// The epilogue every GEMM variant shares (parameters, output bindings, bias/activation/residual).
+pub(crate) const GEMM_EPILOGUE: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm_epilogue.wgsl"));
+const GEMM: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm_epilogue.wgsl"), include_str!("../../kernels/gemm.wgsl"));
 
 /// Loop iterations an invocation may run on Mesa 22's lavapipe (its loop limiter), with margin
 /// for the store loops.

@@ -7,10 +7,10 @@
 use super::gemm::{Kernel, Problem};
 use crate::gpu::{Context, DType, KernelSpec};
 
-const ACTIVATIONS: &str = include_str!("../../kernels/activations.wgsl");
+const PRELUDE: &str = super::gemm::GEMM_EPILOGUE;
 const TILED: &str = include_str!("../../kernels/gemm_tiled.wgsl");
-const SUBGROUP: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm_subgroup.wgsl"));
-const COOPMAT: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm_coopmat.wgsl"));
+const SUBGROUP: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm_epilogue.wgsl"), include_str!("../../kernels/gemm_subgroup.wgsl"));
+const COOPMAT: &str = concat!(include_str!("../../kernels/activations.wgsl"), include_str!("../../kernels/gemm_epilogue.wgsl"), include_str!("../../kernels/gemm_coopmat.wgsl"));
 
 /// Workgroup tile of the tiled kernel: a BM x BN block of C per workgroup, K in steps of BK,
 /// a TM x TN register tile per invocation ((BM/TM)*(BN/TN) invocations).
@@ -151,7 +151,7 @@ fn tiled_source(vec4: bool) -> &'static str {
     SOURCES[vec4 as usize].get_or_init(|| {
         let (body, loads) = TILED.split_once("//--- loads: scalar").expect("gemm_tiled.wgsl sections");
         let (scalar, vec) = loads.split_once("//--- loads: vec4").expect("gemm_tiled.wgsl sections");
-        format!("{ACTIVATIONS}{body}{}", if vec4 { vec } else { scalar })
+        format!("{PRELUDE}{body}{}", if vec4 { vec } else { scalar })
     })
 }
 
