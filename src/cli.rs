@@ -184,6 +184,34 @@ pub enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// Merge checkpoints as A1111's Checkpoint Merger: `(1-alpha)*A + alpha*B`, or with C
+    /// `A + alpha*(B-C)`. Folders give a folder, single files a file; the VAE is A's.
+    Merge {
+        /// The primary model (a diffusers folder or a .safetensors file); its VAE, configs and
+        /// any tensors the others lack are kept.
+        a: std::path::PathBuf,
+        b: std::path::PathBuf,
+        /// The model subtracted in add-difference (e.g. the base B was trained from).
+        c: Option<std::path::PathBuf>,
+        /// weighted (A1111 "Weighted sum") or add-difference (needs C).
+        #[arg(long, value_enum, default_value = "weighted")]
+        mode: MergeModeArg,
+        /// A1111's "Multiplier (M)".
+        #[arg(long, default_value_t = 0.3)]
+        alpha: f32,
+        /// The merged model: a folder for folder inputs, a .safetensors file for single files.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Store the result in float16 (A1111's "Save as float16").
+        #[arg(long)]
+        fp16: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum MergeModeArg {
+    Weighted,
+    AddDifference,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -404,6 +432,24 @@ pub fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
             print_profile(&ctx)?;
+        }
+        Command::Merge { a, b, c, mode, alpha, out, fp16 } => {
+            use crate::weights::merge;
+            let mode = match mode {
+                MergeModeArg::Weighted => merge::Mode::Weighted,
+                MergeModeArg::AddDifference => merge::Mode::AddDifference,
+            };
+            let start = std::time::Instant::now();
+            let r = merge::merge(a, b, c.as_deref(), out, &merge::MergeOptions { mode, alpha: *alpha, fp16: *fp16 })?;
+            println!(
+                "wrote {}: {} tensors merged ({} keeping A's extra input channels), {} copied from A ({} missing in the others), {:.1} s",
+                out.display(),
+                r.merged,
+                r.partial,
+                r.copied,
+                r.missing_in_other,
+                start.elapsed().as_secs_f64()
+            );
         }
         Command::Adapters => {
             for (i, info) in pollster::block_on(crate::gpu::list_adapters()).iter().enumerate() {

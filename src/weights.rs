@@ -20,6 +20,8 @@
 //! when the caller asks for [`DType::F16`] (and the adapter has SHADER_F16), else f32
 //! ([`TensorView::upload`]).
 
+#[cfg(feature = "cli")]
+pub mod merge;
 pub mod single_file;
 pub mod synthetic;
 
