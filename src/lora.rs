@@ -15,7 +15,13 @@
 //! kohya names are matched against the model's own diffusers names with `.` replaced by `_`
 //! (unambiguous, unlike turning `_` back into `.`), so they work on diffusers folders and single
 //! files alike. Module paths in the UNet are diffusers' (what kohya's sd-scripts uses for SD 1.x/2.x);
-//! SDXL-style LDM names (`lora_unet_input_blocks_…`) and LyCORIS LoHa/LoKr/DoRA are not supported.
+//! SDXL-style LDM names (`lora_unet_input_blocks_…`) are not supported.
+//!
+//! LyCORIS ([`lycoris`]), in the same namings: LoHa (`hada_w1_a/b`, `hada_w2_a/b`), LoKr
+//! (`lokr_w1` or `lokr_w1_a/b`, `lokr_w2` or `lokr_w2_a/b`) and DoRA (`dora_scale` beside any of
+//! them). Scale `alpha / rank` with the rank of the first factored pair (LoKr with none: 1), as
+//! A1111 does; DoRA merges as LyCORIS's `weight_decompose(W + scale·ΔW, dora_scale, multiplier)`.
+//! Tucker-decomposed convs (`hada_t1`, `lokr_t2`, `lora_mid`) are refused by name.
 //!
 //! Matching rules: a file whose pairs match no layer is an error (naming the file and a few keys:
 //! it is for another model family or naming); a file where only some pairs match is merged with a
@@ -31,6 +37,8 @@
 //! subtracting the old deltas: with f16 weights `(W + d) - d != W`, and the drift would build up
 //! with every change; from the base, each merged weight is rounded to the storage dtype once, as
 //! diffusers' `fuse_lora` does.
+
+mod lycoris;
 
 use crate::error::Result;
 use crate::gpu::Context;
@@ -56,14 +64,60 @@ enum Module {
     Dotted(String),
 }
 
-/// One down/up pair of a file.
+/// One module's tensors in a file: a down/up pair, or a LyCORIS factorisation.
 #[derive(Clone, Debug)]
 struct Pair {
     part: Part,
     module: Module,
-    down: String,
-    up: String,
+    kind: Kind,
     alpha: Option<String>,
+    /// DoRA's magnitude vector (`<stem>.dora_scale`).
+    dora: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    /// `up @ down`.
+    Lora { down: String, up: String },
+    /// `(w1a @ w1b) ⊙ (w2a @ w2b)`.
+    LoHa { w1a: String, w1b: String, w2a: String, w2b: String },
+    /// `kron(w1, w2)`, each stored whole or as a factor pair.
+    LoKr { w1: Factor, w2: Factor },
+}
+
+#[derive(Clone, Debug)]
+enum Factor {
+    Full(String),
+    Pair(String, String),
+}
+
+impl Factor {
+    fn names(&self) -> Vec<&String> {
+        match self {
+            Factor::Full(a) => vec![a],
+            Factor::Pair(a, b) => vec![a, b],
+        }
+    }
+}
+
+impl Pair {
+    /// Its first tensor (named in messages).
+    fn key(&self) -> &str {
+        match &self.kind {
+            Kind::Lora { down, .. } => down,
+            Kind::LoHa { w1a, .. } => w1a,
+            Kind::LoKr { w1, .. } => w1.names()[0],
+        }
+    }
+    fn tensors(&self) -> Vec<&String> {
+        let mut v = match &self.kind {
+            Kind::Lora { down, up } => vec![down, up],
+            Kind::LoHa { w1a, w1b, w2a, w2b } => vec![w1a, w1b, w2a, w2b],
+            Kind::LoKr { w1, w2 } => [w1.names(), w2.names()].concat(),
+        };
+        v.extend(self.alpha.iter().chain(&self.dora));
+        v
+    }
 }
 
 /// A LoRA file, parsed (tensor data stays in the file until merged).
@@ -129,12 +183,11 @@ const PAIR_SUFFIXES: &[(&str, &str)] = &[
     (".lora.down.weight", ".lora.up.weight"),
 ];
 
-/// LyCORIS variants that are not a plain down/up product.
+/// LyCORIS variants not supported: Tucker-decomposed convolutions.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("hada_w1_a", "LoHa"),
-    ("lokr_w1", "LoKr"),
+    ("hada_t1", "LoHa with Tucker-decomposed convolutions"),
+    ("lokr_t2", "LoKr with a Tucker-decomposed convolution"),
     ("lora_mid.weight", "LoCon with a Tucker mid weight"),
-    ("dora_scale", "DoRA"),
 ];
 
 fn err(path: &str, detail: String) -> WeightsError {
@@ -181,22 +234,40 @@ impl Lora {
         let mut used = std::collections::HashSet::new();
         for key in &names {
             if let Some((_, what)) = UNSUPPORTED.iter().find(|(s, _)| key.contains(s)) {
-                return Err(err(&path, format!("'{key}' is a LyCORIS {what} weight; only plain LoRA / LoCon (down·up) files are supported")).into());
+                return Err(err(&path, format!("'{key}' is a LyCORIS {what} weight, which Pigment does not merge (plain LoRA/LoCon, LoHa, LoKr and DoRA are supported)")).into());
             }
-            let Some((down_sfx, up_sfx)) = PAIR_SUFFIXES.iter().find(|(d, _)| key.ends_with(d)) else { continue };
-            let stem = &key[..key.len() - down_sfx.len()];
-            let up = format!("{stem}{up_sfx}");
-            if !file.contains(&up) {
-                return Err(err(&path, format!("'{key}' has no matching '{up}' (a truncated or malformed LoRA)")).into());
-            }
+            let need = |name: String| -> Result<String> {
+                if file.contains(&name) {
+                    Ok(name)
+                } else {
+                    Err(err(&path, format!("'{key}' has no matching '{name}' (a truncated or malformed LoRA)")).into())
+                }
+            };
+            let (stem, kind) = if let Some(stem) = key.strip_suffix(".hada_w1_a") {
+                let k = |n: &str| need(format!("{stem}.{n}"));
+                (stem, Kind::LoHa { w1a: key.to_string(), w1b: k("hada_w1_b")?, w2a: k("hada_w2_a")?, w2b: k("hada_w2_b")? })
+            } else if let Some(stem) = key.strip_suffix(".lokr_w1").or_else(|| key.strip_suffix(".lokr_w1_a")) {
+                let factor = |n: &str| -> Result<Factor> {
+                    let full = format!("{stem}.{n}");
+                    if file.contains(&full) {
+                        Ok(Factor::Full(full))
+                    } else {
+                        Ok(Factor::Pair(need(format!("{full}_a"))?, need(format!("{full}_b"))?))
+                    }
+                };
+                (stem, Kind::LoKr { w1: factor("lokr_w1")?, w2: factor("lokr_w2")? })
+            } else if let Some((down_sfx, up_sfx)) = PAIR_SUFFIXES.iter().find(|(d, _)| key.ends_with(d)) {
+                let stem = &key[..key.len() - down_sfx.len()];
+                (stem, Kind::Lora { down: key.to_string(), up: need(format!("{stem}{up_sfx}"))? })
+            } else {
+                continue;
+            };
             let alpha = [format!("{stem}.alpha"), format!("{stem}.lora.alpha")].into_iter().find(|a| file.contains(a));
+            let dora = Some(format!("{stem}.dora_scale")).filter(|d| file.contains(d));
             let (part, module) = classify(stem);
-            used.insert(key.to_string());
-            used.insert(up.clone());
-            if let Some(a) = &alpha {
-                used.insert(a.clone());
-            }
-            pairs.push(Pair { part, module, down: key.to_string(), up, alpha });
+            let pair = Pair { part, module, kind, alpha, dora };
+            used.extend(pair.tensors().into_iter().cloned());
+            pairs.push(pair);
         }
         let unrecognized: Vec<String> = names.iter().filter(|k| !used.contains(**k)).map(|k| k.to_string()).collect();
         if pairs.is_empty() {
@@ -204,7 +275,7 @@ impl Lora {
             return Err(err(
                 &path,
                 format!(
-                    "not a LoRA: no `.lora_down/.lora_up`, `.lora_A/.lora_B` or `.lora.down/.lora.up` weight pairs among its {} tensors, e.g. {sample:?}",
+                    "not a LoRA: no `.lora_down/.lora_up`, `.lora_A/.lora_B`, `.lora.down/.lora.up`, LoHa `.hada_w1_a` or LoKr `.lokr_w1` weights among its {} tensors, e.g. {sample:?}",
                     names.len()
                 ),
             )
@@ -299,6 +370,66 @@ fn check_fit(path: &str, down: (&str, &[usize]), up: (&str, &[usize]), target: &
     Ok(())
 }
 
+/// Error unless the pair's tensors fit the target's shape `wshape`; returns the rank its
+/// `alpha` divides by (`None`: a LoKr with no factored half, scale 1).
+fn check_pair(lora: &Lora, p: &Pair, target: &str, wshape: &[usize]) -> Result<Option<usize>> {
+    let path = lora.path();
+    let shape_of = |k: &str| lora.file.info(k).map(|(_, s)| s.to_vec()).unwrap_or_default();
+    let (out, numel) = (wshape.first().copied().unwrap_or(0), wshape.iter().product::<usize>());
+    let inner = if out > 0 { numel / out } else { 0 };
+    let numel_of = |s: &[usize]| s.iter().product::<usize>();
+    let misfit = |names: Vec<&String>| -> crate::Error {
+        let shapes: Vec<String> = names.iter().map(|n| format!("'{n}' {:?}", shape_of(n))).collect();
+        err(path, format!("LyCORIS tensors {} do not fit the model's '{target}' {wshape:?} (a LoRA for another model architecture?)", shapes.join(", "))).into()
+    };
+    let rank = match &p.kind {
+        Kind::Lora { down, up } => {
+            let d = shape_of(down);
+            check_fit(path, (down, &d), (up, &shape_of(up)), target, wshape)?;
+            Some(d[0])
+        }
+        Kind::LoHa { w1a, w1b, w2a, w2b } => {
+            let fits = |a: &String, b: &String| {
+                let (sa, sb) = (shape_of(a), shape_of(b));
+                sa.len() == 2 && sa[0] == out && sa[1] > 0 && sb.first() == Some(&sa[1]) && numel_of(&sb) == sa[1] * inner
+            };
+            if out == 0 || !fits(w1a, w1b) || !fits(w2a, w2b) {
+                return Err(misfit(p.tensors()));
+            }
+            Some(shape_of(w1b)[0])
+        }
+        Kind::LoKr { w1, w2 } => {
+            // (rows, columns, rank if factored) of each half.
+            let dims = |f: &Factor| -> Option<(usize, usize, Option<usize>)> {
+                match f {
+                    Factor::Full(n) => {
+                        let s = shape_of(n);
+                        (s.len() >= 2 && s[0] > 0).then(|| (s[0], numel_of(&s) / s[0], None))
+                    }
+                    Factor::Pair(a, b) => {
+                        let (sa, sb) = (shape_of(a), shape_of(b));
+                        (sa.len() == 2 && sa[1] > 0 && sb.first() == Some(&sa[1])).then(|| (sa[0], numel_of(&sb) / sa[1], Some(sa[1])))
+                    }
+                }
+            };
+            match (dims(w1), dims(w2)) {
+                (Some((a, b, r1)), Some((c, e, r2))) if a * c == out && b * e == inner && out > 0 => r1.or(r2),
+                _ => return Err(misfit(p.tensors())),
+            }
+        }
+    };
+    if let Some(d) = &p.dora {
+        let s = shape_of(d);
+        let in_ch = wshape.get(1).copied().unwrap_or(0);
+        let per_out = s.first() == Some(&out) && numel_of(&s) == out;
+        let per_in = s.len() >= 2 && s[0] == 1 && s[1] == in_ch && numel_of(&s) == in_ch;
+        if !per_out && !per_in {
+            return Err(err(path, format!("DoRA '{d}' {s:?} fits neither the output rows ([{out}, 1, ..]) nor the input channels ([1, {in_ch}, ..]) of '{target}' {wshape:?}")).into());
+        }
+    }
+    Ok(rank)
+}
+
 /// `w [out, inner] += s · up [out, r] @ down [r, inner]` (shapes checked by [`check_fit`]).
 fn add_delta(w: &mut [f32], down: &TensorView, up: &TensorView, s: f32) -> Result<()> {
     let (r, out) = (down.shape[0], up.shape[0]);
@@ -318,8 +449,8 @@ fn add_delta(w: &mut [f32], down: &TensorView, up: &TensorView, s: f32) -> Resul
     Ok(())
 }
 
-/// One pair to merge: target weight name → (LoRA, pair, multiplier · alpha / rank).
-type Item<'a> = (&'a Lora, &'a Pair, f32);
+/// One pair to merge on a target weight: (LoRA, pair, multiplier, alpha / rank).
+type Item<'a> = (&'a Lora, &'a Pair, f32, f32);
 
 /// Every pair of every LoRA resolved to a target and checked against its shape (no tensor data
 /// read, so errors come before anything is rebuilt), grouped by part and target.
@@ -344,27 +475,27 @@ fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> 
                 Part::Unet => (&unet_table, unet, &mut plan.unet, u.unet_scale),
             };
             let Some(target) = table.resolve(&p.module) else {
-                unmatched.push(&p.down);
+                unmatched.push(p.key());
                 continue;
             };
             matched += 1;
-            let shape_of = |k: &str| lora.file.info(k).map(|(_, s)| s.to_vec()).unwrap_or_default();
-            let (down, up) = (shape_of(&p.down), shape_of(&p.up));
-            check_fit(path, (&p.down, &down), (&p.up, &up), &target, &comp.shape(&target).unwrap_or_default())?;
-            let alpha = match &p.alpha {
-                Some(a) => {
+            let rank = check_pair(lora, p, &target, &comp.shape(&target).unwrap_or_default())?;
+            let alpha = match (&p.alpha, rank) {
+                (Some(a), rank) => {
                     let v = lora.file.get(a)?.to_f32()?;
                     let [alpha] = v[..] else { return Err(err(path, format!("'{a}' has {} values, expected one", v.len())).into()) };
-                    alpha / down[0] as f32
+                    rank.map_or(1.0, |r| alpha / r as f32)
                 }
-                None => match (lora.peft.get(&p.part), &p.module) {
-                    (Some(cfg), Module::Dotted(m)) => cfg.scale(m, down[0]),
+                (None, Some(r)) if matches!(p.kind, Kind::Lora { .. }) => match (lora.peft.get(&p.part), &p.module) {
+                    (Some(cfg), Module::Dotted(m)) => cfg.scale(m, r),
                     _ => 1.0,
                 },
+                (None, _) => 1.0,
             };
-            // A zero multiplier is still checked above (an error should not depend on it).
+            // A zero multiplier is still checked above (an error should not depend on it), and
+            // leaves the weight as it is (LyCORIS's own DoRA merge would still add ΔW).
             if mult != 0.0 {
-                group.entry(target).or_default().push((lora, p, mult * alpha));
+                group.entry(target).or_default().push((lora, p, mult, alpha));
             }
         }
         if matched == 0 {
@@ -392,9 +523,48 @@ fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> 
 /// Merge one part's planned pairs, handing each merged tensor (f32) to `sink` as it is done.
 fn merge_part(comp: &Component, group: &BTreeMap<String, Vec<Item>>, mut sink: impl FnMut(String, Vec<f32>)) -> Result<()> {
     for (target, items) in group {
-        let mut w = comp.get(target)?.to_f32()?;
-        for (lora, p, s) in items {
-            add_delta(&mut w, &lora.file.get(&p.down)?, &lora.file.get(&p.up)?, *s)?;
+        let wv = comp.get(target)?;
+        let (out, in_ch) = (wv.shape[0], wv.shape.get(1).copied().unwrap_or(1));
+        let mut w = wv.to_f32()?;
+        drop(wv);
+        let inner = w.len() / out;
+        for (lora, p, mult, scale) in items {
+            let get = |k: &str| lora.file.get(k);
+            let f32s = |k: &str| get(k).and_then(|t| t.to_f32());
+            if let (Kind::Lora { down, up }, None) = (&p.kind, &p.dora) {
+                add_delta(&mut w, &get(down)?, &get(up)?, mult * scale)?;
+                continue;
+            }
+            let delta = match &p.kind {
+                Kind::Lora { down, up } => {
+                    let (d, u) = (f32s(down)?, f32s(up)?);
+                    lycoris::matmul(&u, &d, out, u.len() / out, inner)
+                }
+                Kind::LoHa { w1a, w1b, w2a, w2b } => lycoris::loha((&f32s(w1a)?, &f32s(w1b)?), (&f32s(w2a)?, &f32s(w2b)?), out, inner),
+                Kind::LoKr { w1, w2 } => {
+                    let whole = |f: &Factor| -> Result<(Vec<f32>, usize)> {
+                        Ok(match f {
+                            Factor::Full(n) => (f32s(n)?, get(n)?.shape[0]),
+                            Factor::Pair(a, b) => {
+                                let (ta, vb) = (get(a)?, f32s(b)?);
+                                let (rows, r) = (ta.shape[0], ta.shape[1]);
+                                (lycoris::matmul(&ta.to_f32()?, &vb, rows, r, vb.len() / r), rows)
+                            }
+                        })
+                    };
+                    let ((v1, a), (v2, c)) = (whole(w1)?, whole(w2)?);
+                    lycoris::kron(&v1, (a, v1.len() / a), &v2, (c, v2.len() / c))
+                }
+            };
+            match &p.dora {
+                None => w.iter_mut().zip(delta).for_each(|(x, d)| *x += mult * scale * d),
+                Some(name) => {
+                    w.iter_mut().zip(delta).for_each(|(x, d)| *x += scale * d);
+                    let m = get(name)?;
+                    let per_out = m.shape[0] == out && m.numel() == out;
+                    lycoris::weight_decompose(&mut w, out, in_ch, &m.to_f32()?, per_out, *mult);
+                }
+            }
         }
         sink(target.clone(), w);
     }
