@@ -420,6 +420,7 @@ pub fn main() -> anyhow::Result<()> {
                 bar.finish();
                 let path = if *batch_count > 1 { numbered(output, n + 1) } else { output.clone() };
                 let mut params = crate::pipeline::a1111_parameters(&opts, &sd.name);
+                params.push_str(&crate::lora::a1111_hashes(&uses));
                 if let (Some(c), Some(cn)) = (&opts.control, controlnet) {
                     let name = cn.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     let module = match control_preprocess {

@@ -290,6 +290,14 @@ impl Lora {
         self.file.path()
     }
 
+    /// A1111's short hash of a LoRA (`Lora hashes` in the PNG parameters): the first 12 hex
+    /// digits of the SHA-256 of the file's tensor data (kohya's `addnet` hash, header excluded).
+    pub fn short_hash(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.file.data_section());
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Number of down/up pairs.
     pub fn len(&self) -> usize {
         self.pairs.len()
@@ -646,6 +654,16 @@ impl StableDiffusion {
     pub fn loras(&self) -> &Applied {
         &self.loras
     }
+}
+
+/// The PNG parameters' `Lora hashes: "name: hash, ..."` for these LoRAs, as A1111 writes it
+/// (empty when there are none).
+pub fn a1111_hashes(uses: &[LoraUse]) -> String {
+    if uses.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = uses.iter().map(|u| format!("{}: {}", u.lora.name, u.lora.short_hash())).collect();
+    format!(", Lora hashes: \"{}\"", list.join(", "))
 }
 
 /// `FILE[:SCALE]` (scale 1 when absent; a suffix that is not a number is part of the path).

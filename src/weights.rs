@@ -321,6 +321,12 @@ impl SafetensorsFile {
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
     }
+    /// Everything after the header (the tensor data), as kohya's `addnet` hash and A1111's
+    /// `Lora hashes` read it.
+    pub fn data_section(&self) -> Cow<'_, [u8]> {
+        let n = u64::from_le_bytes(self.data.bytes(0, 8).as_ref().try_into().unwrap()) as usize;
+        self.data.bytes(8 + n, self.data.len())
+    }
     /// All tensor names, sorted.
     pub fn names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.entries.keys().map(String::as_str).collect();

@@ -324,6 +324,9 @@ fn cli_lora_file_and_prompt_tag() {
     let reader = decoder.read_info().unwrap();
     let text = &reader.info().uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters").unwrap().text;
     assert!(text.starts_with(&format!("{prompt}\nNegative prompt:")), "{text}");
+    // A1111's `Lora hashes` (sha256 of the tensor data after the header, 12 hex digits: from
+    // Python's hashlib), --lora files first, then tags.
+    assert!(text.ends_with(r#", Lora hashes: "sd15-tiny-peft: b124f851cd6e, sd15-tiny-kohya: 807008a2f7ef""#), "{text}");
     // A tag that is not in the folder fails (before the model loads), listing what is there.
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_pigment"))
         .args(["generate", "--model"])
