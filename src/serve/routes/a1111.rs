@@ -109,6 +109,11 @@ fn defaults(img2img: bool) -> Map<String, Value> {
     o.clone()
 }
 
+/// An f32 as the decimal it was typed as (0.6, not 0.6000000238).
+fn short(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
 /// The `info` A1111 returns (as a JSON string) for a generation.
 pub fn info_json(m: &Meta, g: &crate::serve::jobs::Generated, img2img: bool) -> Value {
     let o = &m.first;
@@ -133,7 +138,7 @@ pub fn info_json(m: &Meta, g: &crate::serve::jobs::Generated, img2img: bool) -> 
         "height": o.height,
         "sampler_name": m.sampler_name,
         "scheduler": m.scheduler,
-        "cfg_scale": o.guidance,
+        "cfg_scale": short(o.guidance),
         "steps": o.steps,
         "batch_size": m.batch_size,
         "restore_faces": false,
@@ -144,7 +149,7 @@ pub fn info_json(m: &Meta, g: &crate::serve::jobs::Generated, img2img: bool) -> 
         "sd_vae_hash": null,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": if img2img { json!(o.strength) } else { Value::Null },
+        "denoising_strength": if img2img { json!(short(o.strength)) } else { Value::Null },
         "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": g.images.iter().map(|i| i.parameters.clone()).collect::<Vec<_>>(),
