@@ -49,7 +49,7 @@ impl<'a> Fields<'a> {
 
     fn wrong(&self, k: &str, want: &str, v: &Value) -> ApiError {
         let shown = v.to_string();
-        let shown = if shown.len() > 60 { format!("{}…", &shown[..shown.floor_char_boundary(60)]) } else { shown };
+        let shown = if shown.chars().count() > 60 { format!("{}…", shown.chars().take(60).collect::<String>()) } else { shown };
         ApiError::field(&self.name(k), format!("expected {want}, got {} {shown}", kind_of(v)))
     }
 
