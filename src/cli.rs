@@ -3,6 +3,8 @@
 use crate::bench;
 use crate::gpu::{AdapterChoice, Context};
 use crate::DType;
+pub use crate::imageio::canny_map;
+use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -123,6 +125,39 @@ pub enum Command {
         canny_low: f32,
         #[arg(long, default_value_t = 200.0)]
         canny_high: f32,
+    },
+    /// An HTTP server with AUTOMATIC1111's API (/sdapi/v1/...), OpenAI's
+    /// /v1/images/generations and Pigment's job API: one GPU worker behind a FIFO queue.
+    Serve {
+        /// Address to listen on; a non-loopback address needs --api-key.
+        #[arg(long, default_value = "127.0.0.1:7860")]
+        listen: std::net::SocketAddr,
+        /// Every route then needs `Authorization: Bearer KEY` (or Basic auth with KEY as the password).
+        #[arg(long, env = "PIGMENT_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Model loaded first (default: the first under --models-dir): a diffusers folder, a
+        /// .safetensors checkpoint or synthetic:sd15|sd21v.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Models to list and switch between (diffusers folders and .safetensors files).
+        #[arg(long, value_name = "DIR")]
+        models_dir: Option<std::path::PathBuf>,
+        /// LoRAs for `<lora:NAME:W>` prompt tags.
+        #[arg(long, value_name = "DIR")]
+        lora_dir: Option<std::path::PathBuf>,
+        /// Textual-inversion embeddings (.safetensors), loaded with each model.
+        #[arg(long, value_name = "DIR")]
+        embeddings_dir: Option<std::path::PathBuf>,
+        /// ControlNets for `alwayson_scripts.controlnet` (folders or .safetensors).
+        #[arg(long, value_name = "DIR")]
+        controlnet_dir: Option<std::path::PathBuf>,
+        /// Largest request body, MiB (base64 images make bodies big).
+        #[arg(long, default_value_t = 64)]
+        body_limit_mb: usize,
+        /// A preview (one VAE decode) every N model evaluations for progress' `current_image`
+        /// and the SSE stream; 0 = none.
+        #[arg(long, default_value_t = 10)]
+        preview_every: usize,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them, with the GEMM
     /// variants each can run and those `pigment tune` chose.
@@ -452,6 +487,26 @@ pub fn main() -> anyhow::Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
+        Command::Serve { listen, api_key, model, models_dir, lora_dir, embeddings_dir, controlnet_dir, body_limit_mb, preview_every } => {
+            let mut choice = AdapterChoice::from_env();
+            if cli.adapter.is_some() {
+                choice.name = cli.adapter.clone();
+            }
+            choice.disable_f16 |= cli.no_f16;
+            let opts = crate::serve::Options {
+                listen: *listen,
+                api_key: api_key.clone(),
+                models_dir: models_dir.clone(),
+                model: model.clone(),
+                lora_dir: lora_dir.clone(),
+                embeddings_dir: embeddings_dir.clone(),
+                controlnet_dir: controlnet_dir.clone(),
+                body_limit: body_limit_mb.saturating_mul(1 << 20),
+                preview_every: *preview_every,
+                want_f16: !cli.no_f16,
+            };
+            crate::serve::run(opts, choice)?;
+        }
         Command::Adapters => {
             for (i, info) in pollster::block_on(crate::gpu::list_adapters()).iter().enumerate() {
                 println!("{i}: {} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver_info);
@@ -594,62 +649,8 @@ fn numbered(path: &std::path::Path, n: usize) -> std::path::PathBuf {
     path.with_file_name(format!("{stem}-{n:04}.png"))
 }
 
-/// A PNG, JPEG or WebP as 8-bit RGB (alpha dropped, as PIL's `convert("RGB")`); errors name
-/// the file and what it was for.
-fn read_image(path: &std::path::Path, what: &str) -> anyhow::Result<crate::pipeline::Image> {
-    let img = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))?
-        .decode()
-        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e} (give a PNG or JPEG)", path.display()))?
-        .to_rgb8();
-    Ok(crate::pipeline::Image { width: img.width() as usize, height: img.height() as usize, rgb: img.into_raw() })
-}
-
-/// Lanczos3 resize (diffusers' `VaeImageProcessor` and A1111 resize with PIL's Lanczos; the
-/// `image` crate's filter is the same kernel, rounding may differ by a level).
-fn resize_rgb(img: &crate::pipeline::Image, width: usize, height: usize) -> crate::pipeline::Image {
-    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.clone()).expect("RGB buffer of its own size");
-    let out = image::imageops::resize(&buf, width as u32, height as u32, image::imageops::FilterType::Lanczos3);
-    crate::pipeline::Image { width, height, rgb: out.into_raw() }
-}
-
-/// PNG with A1111's `parameters` tEXt chunk, so its PNG-info tab (and ComfyUI) reads the settings.
-fn write_png(path: &std::path::Path, image: &crate::pipeline::Image, parameters: &str) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), image.width as u32, image.height as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    // tEXt is Latin-1; other prompts go in an iTXt chunk (UTF-8), as A1111 (PIL) does.
-    if parameters.chars().all(|c| (c as u32) < 256) {
-        enc.add_text_chunk("parameters".to_string(), parameters.to_string())?;
-    } else {
-        enc.add_itxt_chunk("parameters".to_string(), parameters.to_string())?;
-    }
-    let mut writer = enc.write_header()?;
-    writer.write_image_data(&image.rgb)?;
-    writer.finish()?;
-    Ok(())
-}
-
 /// The control image as RGB8 at `width` x `height` (resized when its size differs).
 fn read_control_image(path: &std::path::Path, width: usize, height: usize) -> anyhow::Result<crate::pipeline::Image> {
     let img = read_image(path, "control image")?;
     Ok(if (img.width, img.height) == (width, height) { img } else { resize_rgb(&img, width, height) })
-}
-
-/// The canny preprocessor: the image to grey, `imageproc`'s Canny (Gaussian blur σ 1.4, Sobel
-/// gradient magnitude, non-maximum suppression, hysteresis between `low` and `high`), edges white
-/// on black in all three channels. A1111 runs OpenCV's Canny (no blur, |dx|+|dy|) with the same
-/// default thresholds 100/200: edges land in the same places, weak ones may differ.
-pub fn canny_map(img: &crate::pipeline::Image, low: f32, high: f32) -> anyhow::Result<crate::pipeline::Image> {
-    if !(low >= 0.0 && low <= high) {
-        anyhow::bail!("canny thresholds: need 0 <= --canny-low ({low}) <= --canny-high ({high})");
-    }
-    let rgb = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.clone())
-        .ok_or_else(|| anyhow::anyhow!("control image: {} bytes for {}x{} RGB", img.rgb.len(), img.width, img.height))?;
-    let grey = image::DynamicImage::ImageRgb8(rgb).to_luma8();
-    let edges = imageproc::edges::canny(&grey, low, high);
-    let rgb = edges.pixels().flat_map(|p| [p.0[0]; 3]).collect();
-    Ok(crate::pipeline::Image { width: img.width, height: img.height, rgb })
 }

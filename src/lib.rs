@@ -22,6 +22,10 @@ pub mod selftest;
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "serve")]
+pub mod imageio;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use error::{Error, Result};
 pub use gpu::{Context, DType, Tensor};

@@ -226,8 +226,37 @@ impl StableDiffusion {
         &self,
         ctx: &Context,
         o: &GenerateOptions,
-        mut preview: Option<(usize, &mut dyn FnMut(usize, &Image))>,
+        preview: Option<(usize, &mut dyn FnMut(usize, &Image))>,
         mut progress: impl FnMut(usize, usize),
+    ) -> Result<Image> {
+        self.generate_steps_async(ctx, o, preview, |i, total| {
+            progress(i, total);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await
+    }
+
+    /// As [`StableDiffusion::generate_with_previews`], but `step(done, total)` may answer
+    /// `Break` to stop sampling early: the latents so far are decoded and returned (A1111's
+    /// interrupt/skip, which `pigment serve` offers).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn generate_steps(
+        &self,
+        ctx: &Context,
+        o: &GenerateOptions,
+        preview: Option<(usize, &mut dyn FnMut(usize, &Image))>,
+        step: impl FnMut(usize, usize) -> std::ops::ControlFlow<()>,
+    ) -> Result<Image> {
+        pollster::block_on(self.generate_steps_async(ctx, o, preview, step))
+    }
+
+    /// [`StableDiffusion::generate_steps`], async.
+    pub async fn generate_steps_async(
+        &self,
+        ctx: &Context,
+        o: &GenerateOptions,
+        mut preview: Option<(usize, &mut dyn FnMut(usize, &Image))>,
+        mut progress: impl FnMut(usize, usize) -> std::ops::ControlFlow<()>,
     ) -> Result<Image> {
         check_size(o.width, o.height)?;
         if o.steps == 0 {
@@ -267,7 +296,9 @@ impl StableDiffusion {
             if let Some(p) = &inpaint {
                 p.blend(&mut x, sched.as_ref(), i)?;
             }
-            progress(i + 1 - begin, total - begin);
+            if progress(i + 1 - begin, total - begin).is_break() {
+                break;
+            }
             if let Some((every, show)) = preview.as_mut() {
                 let done = i + 1 - begin;
                 if i + 1 < total && done % (*every).max(1) == 0 {
