@@ -26,6 +26,7 @@ fn tol(dtype: DType, shift: f32) -> (f32, f32) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_gn(kernel: NormKernel, dtype: DType, shape: &[usize], g: usize, silu: bool, shift: f32, spread: f32, seed: u64) {
     let (n, c) = (shape[0], shape[1]);
     let hw: usize = shape[2..].iter().product();

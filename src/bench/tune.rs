@@ -99,6 +99,7 @@ pub fn tune_one(ctx: &Context, p: &Problem, secs: f64) -> Result<(gemm::Kernel, 
 
 /// Time named variants with `run`; the fastest (or `fallback` if none ran) and a table line
 /// with `rate(ms)` beside each time.
+#[allow(clippy::too_many_arguments)]
 fn table<K: Copy>(ctx: &Context, key: &str, cands: Vec<K>, name: impl Fn(&K) -> String, secs: f64, rate: impl Fn(f64) -> String, fallback: K, mut run: impl FnMut(K) -> Result<()>) -> (K, String) {
     let mut timed = vec![];
     for k in cands {
