@@ -26,6 +26,16 @@ fn selftest_quick_passes_and_forces_every_variant() {
             );
         }
     }
+    // Attention and norm variants: the workgroup-memory ones everywhere, subgroup ones where offered.
+    let mut want = vec![("attention", "direct"), ("attention", "fa2:wg"), ("group_norm", "direct"), ("group_norm", "tree"), ("layer_norm", "direct"), ("layer_norm", "tree")];
+    if ctx().subgroups {
+        want.extend([("attention", "fa2:subgroup"), ("group_norm", "subgroup"), ("layer_norm", "subgroup")]);
+    }
+    for (family, variant) in want {
+        for dtype in dtypes() {
+            assert!(lines.iter().any(|l| l.family == family && l.variant.starts_with(variant) && l.dtype == dtype), "{family} {variant} {dtype:?} not checked");
+        }
+    }
     for family in ["conv2d", "attention", "group_norm", "layer_norm", "softmax", "geglu", "elementwise", "embedding", "resample"] {
         assert!(lines.iter().any(|l| l.family == family), "{family} not checked");
     }

@@ -4,7 +4,8 @@
 use crate::error::Result;
 use crate::gpu::Context;
 use crate::ops::gemm::{self, GemmOpts};
-use crate::ops::{attention, conv, norm};
+use crate::ops::attention::{self, AttnInput};
+use crate::ops::{attention_variants, conv, norm};
 use crate::{DType, Tensor};
 use std::time::Instant;
 
@@ -177,16 +178,19 @@ pub fn groupnorm_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Sca
         let tx = Tensor::from_f32(ctx, &x, &[n, c, hw, hw], dtype)?;
         let tw = Tensor::from_f32(ctx, &vec![1.0; c], &[c], dtype)?;
         let tb = Tensor::from_f32(ctx, &vec![0.0; c], &[c], dtype)?;
-        let ms = time_gpu(ctx, min_secs, || norm::group_norm(ctx, &tx, groups, &tw, &tb, 1e-5, true).map(drop))?;
-        rows.push(Row {
-            kernel: "groupnorm+silu".into(),
-            shape: format!("{n}x{c}x{hw}x{hw} g{groups}"),
-            dtype: dtype.name(),
-            ms,
-            rate: norm::norm_bytes(x.len(), dtype) / ms / 1e6,
-            unit: "GB/s",
-            cpu_ms: Some(cpu_ms),
-        });
+        let problem = norm::NormProblem::Group { n, c, hw: hw * hw, groups, dtype };
+        for kernel in norm::candidates(ctx, &problem) {
+            let ms = time_gpu(ctx, min_secs, || norm::group_norm_with(ctx, &tx, groups, &tw, &tb, 1e-5, true, Some(kernel)).map(drop))?;
+            rows.push(Row {
+                kernel: format!("groupnorm+silu {}", kernel.name()),
+                shape: format!("{n}x{c}x{hw}x{hw} g{groups}"),
+                dtype: dtype.name(),
+                ms,
+                rate: norm::norm_bytes(x.len(), dtype) / ms / 1e6,
+                unit: "GB/s",
+                cpu_ms: Some(cpu_ms),
+            });
+        }
     }
     Ok(rows)
 }
@@ -214,16 +218,22 @@ pub fn attention_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Sca
             let tk = Tensor::from_f32(ctx, &k, &[b, lk, h * d], dtype)?;
             let tv = Tensor::from_f32(ctx, &v, &[b, lk, h * d], dtype)?;
             let scale_qk = 1.0 / (d as f32).sqrt();
-            let ms = time_gpu(ctx, min_secs, || attention::attention(ctx, &tq, &tk, &tv, h, scale_qk, false).map(drop))?;
-            rows.push(Row {
-                kernel: what.into(),
-                shape: format!("{b}x{h}h {lq}x{lk} d{d}"),
-                dtype: dtype.name(),
-                ms,
-                rate: 4.0 * (b * h * lq * lk * d) as f64 / ms / 1e6,
-                unit: "GFLOP/s",
-                cpu_ms: Some(cpu_ms),
-            });
+            // One row per variant this adapter can run here (the one `pigment tune` would pick
+            // is the fastest).
+            let problem = attention_variants::AttnProblem { batch: b, heads: h, lq, lk, head_dim: d, causal: false, dtype };
+            for kernel in attention_variants::candidates(ctx, &problem) {
+                let (qi, ki, vi) = (AttnInput::whole(&tq), AttnInput::whole(&tk), AttnInput::whole(&tv));
+                let ms = time_gpu(ctx, min_secs, || attention::attention_strided_with(ctx, qi, ki, vi, h, d, scale_qk, false, Some(kernel)).map(drop))?;
+                rows.push(Row {
+                    kernel: format!("{what} {}", kernel.name()),
+                    shape: format!("{b}x{h}h {lq}x{lk} d{d}"),
+                    dtype: dtype.name(),
+                    ms,
+                    rate: 4.0 * (b * h * lq * lk * d) as f64 / ms / 1e6,
+                    unit: "GFLOP/s",
+                    cpu_ms: Some(cpu_ms),
+                });
+            }
         }
     }
     Ok(rows)
@@ -323,7 +333,7 @@ pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<
 
 pub fn print_header(ctx: &Context) {
     println!("adapter: {}", ctx.describe());
-    println!("{:<15} {:<24} {:<5} {:>10} {:>16} {:>10} {:>8}", "kernel", "shape", "dtype", "ms", "rate", "cpu ms", "gpu/cpu");
+    println!("{:<26} {:<24} {:<5} {:>10} {:>16} {:>10} {:>8}", "kernel", "shape", "dtype", "ms", "rate", "cpu ms", "gpu/cpu");
 }
 
 /// One line per row, printed as soon as a group finishes (slow adapters take minutes).
@@ -333,6 +343,6 @@ pub fn print_rows(rows: &[Row]) {
             Some(c) => (format!("{c:.2}"), format!("{:.3}x", c / r.ms)),
             None => ("-".into(), "-".into()),
         };
-        println!("{:<15} {:<24} {:<5} {:>10.2} {:>8.2} {:<7} {:>10} {:>8}", r.kernel, r.shape, r.dtype, r.ms, r.rate, r.unit, cpu, ratio);
+        println!("{:<26} {:<24} {:<5} {:>10.2} {:>8.2} {:<7} {:>10} {:>8}", r.kernel, r.shape, r.dtype, r.ms, r.rate, r.unit, cpu, ratio);
     }
 }

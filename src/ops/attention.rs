@@ -5,6 +5,7 @@
 //! blocks, so memory is O(L * H * D), never O(Lq * Lk). Work is split across dispatches so no
 //! binding exceeds the device's storage binding limit: over batches, then over query rows.
 
+use super::attention_variants::{self, AttnKernel, AttnProblem};
 use super::same_dtype;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor};
@@ -222,6 +223,23 @@ pub fn attention_strided(
     scale: f32,
     causal: bool,
 ) -> Result<Tensor> {
+    attention_strided_with(ctx, q, k, v, heads, head_dim, scale, causal, None)
+}
+
+/// [`attention_strided`] with an explicit kernel variant (selftest, tuning, tests); `None`
+/// chooses one by measurement ([`attention_variants::choose`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_strided_with(
+    ctx: &Context,
+    q: AttnInput,
+    k: AttnInput,
+    v: AttnInput,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    causal: bool,
+    kernel: Option<AttnKernel>,
+) -> Result<Tensor> {
     same_dtype("attention", &[q.tensor, k.tensor, v.tensor])?;
     let dtype = q.tensor.dtype();
     let width = heads * head_dim;
@@ -247,6 +265,15 @@ pub fn attention_strided(
     if lk == 0 {
         return shape_err("attention", "no keys (Lk = 0)");
     }
+    let problem = AttnProblem { batch: b, heads, lq, lk, head_dim, causal, dtype };
+    let kernel = match kernel {
+        Some(kernel) => kernel,
+        None if b == 0 || lq == 0 || heads == 0 => AttnKernel::Direct,
+        None => attention_variants::choose(ctx, &problem, |kern| attention_strided_with(ctx, q, k, v, heads, head_dim, scale, causal, Some(kern)).map(drop)),
+    };
+    if let Some(why) = kernel.unsupported(ctx, &problem) {
+        return Err(Error::Unsupported(format!("attention {}: variant {}: {why}", problem.key(), kernel.name())));
+    }
     ctx.profile_op("attention", || {
         (
             format!("{b}x{heads}h {lq}x{lk} d{head_dim}{}", if causal { " causal" } else { "" }),
@@ -271,7 +298,7 @@ pub fn attention_strided(
     // Mesa 22's lavapipe silently ends every loop of an invocation once 65535 iterations (all
     // loops together) have run in it; the entry point's only loop is over key blocks. SD's longest
     // is 9216 keys (96x96 latents) at D = 40 (2304 blocks); 4096 keys at D = 160 is 4096 blocks.
-    if lk.div_ceil(kb) > MAX_KEY_BLOCKS {
+    if kernel == AttnKernel::Direct && lk.div_ceil(kb) > MAX_KEY_BLOCKS {
         return Err(Error::Unsupported(format!(
             "attention over {lk} keys at head dim {head_dim} ({} key blocks of {kb}; at most {MAX_KEY_BLOCKS} per invocation)",
             lk.div_ceil(kb)
@@ -280,15 +307,19 @@ pub fn attention_strided(
     // 64 invocations per workgroup, fewer for short queries (SD's low-resolution levels: 64, 16,
     // 4 or 1 rows per head at small latents), where most of a 64-wide group would idle.
     let wg = lq.div_ceil(rows_per_inv).next_power_of_two().clamp(8, 64);
-    let spec = KernelSpec::new("attention", kernel_source(head_dim.div_ceil(4), rows_per_inv, kb), "main", dtype)
-        .define("D", format!("{head_dim}u"))
-        .define("DF", format!("{}u", head_dim / 4))
-        .define("TAIL", format!("{}u", head_dim % 4))
-        .define("D4", format!("{}u", head_dim.div_ceil(4)))
-        .define("R", format!("{rows_per_inv}u"))
-        .define("KB", format!("{kb}u"))
-        .define("WG", format!("{wg}u"))
-        .define("CAUSAL", causal);
+    let spec = match kernel {
+        AttnKernel::Direct => KernelSpec::new("attention", kernel_source(head_dim.div_ceil(4), rows_per_inv, kb), "main", dtype)
+            .define("D", format!("{head_dim}u"))
+            .define("DF", format!("{}u", head_dim / 4))
+            .define("TAIL", format!("{}u", head_dim % 4))
+            .define("D4", format!("{}u", head_dim.div_ceil(4)))
+            .define("R", format!("{rows_per_inv}u"))
+            .define("KB", format!("{kb}u"))
+            .define("WG", format!("{wg}u"))
+            .define("CAUSAL", causal),
+        AttnKernel::Fa2 { .. } => kernel.fa2_spec(ctx, head_dim, causal, dtype),
+    };
+    let rows_per_group = kernel.rows_per_group(rows_per_inv, wg);
 
     // Capacity of one binding in elements, keeping room for the alignment slack.
     let es = dtype.size();
@@ -324,13 +355,12 @@ pub fn attention_strided(
         let row_cap = |a: &AttnInput| (cap - width) / a.row_stride + 1;
         nr = row_cap(&q).min(row_cap(&o_in)).max(1);
         // Whole workgroups per chunk where the limit allows (a partial one only wastes lanes).
-        if nr >= wg * rows_per_inv {
-            nr = nr / (wg * rows_per_inv) * (wg * rows_per_inv);
+        if nr >= rows_per_group {
+            nr = nr / rows_per_group * rows_per_group;
         }
         nr = nr.min(lq);
         nb = 1;
     }
-    let rows_per_group = wg * rows_per_inv;
     let max_groups = ctx.limits.max_compute_workgroups_per_dimension as usize;
     if heads > max_groups {
         return Err(Error::Unsupported(format!("attention with {heads} heads (max {max_groups})")));

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::gpu::Context;
 
 /// `PIGMENT_TUNE`: `Some(false)` fixed ranking, `Some(true)` measure on first use, `None` default.
-fn env_mode() -> Option<bool> {
+pub(crate) fn env_mode() -> Option<bool> {
     std::env::var("PIGMENT_TUNE").ok().map(|v| !(v == "0" || v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("false")))
 }
 
@@ -72,20 +72,9 @@ pub fn choose(ctx: &Context, p: &Problem, run: impl FnMut(Kernel) -> Result<()>)
     if env_mode() == Some(false) {
         return fixed(ctx, p);
     }
-    {
-        let mut choices = ctx.gemm_choices.lock().unwrap();
-        if choices.is_empty() {
-            // First GEMM on this context: load what `pigment tune` cached for this adapter.
-            choices.insert(String::new(), String::new());
-            #[cfg(not(target_arch = "wasm32"))]
-            if let Some(cached) = disk::load(ctx) {
-                choices.extend(cached);
-            }
-        }
-        if let Some(k) = choices.get(&key).and_then(|s| Kernel::parse(s)) {
-            if k.unsupported(ctx, p).is_none() {
-                return k;
-            }
+    if let Some(k) = cached_choice(ctx, &key).and_then(|s| Kernel::parse(&s)) {
+        if k.unsupported(ctx, p).is_none() {
+            return k;
         }
     }
     let measure = env_mode().unwrap_or(ctx.info.device_type != wgpu::DeviceType::Cpu);
@@ -96,6 +85,45 @@ pub fn choose(ctx: &Context, p: &Problem, run: impl FnMut(Kernel) -> Result<()>)
     };
     ctx.gemm_choices.lock().unwrap().insert(key, kernel.name());
     kernel
+}
+
+/// The context's choice for `key` (any family), loading `pigment tune`'s disk cache on first use.
+pub(crate) fn cached_choice(ctx: &Context, key: &str) -> Option<String> {
+    let mut choices = ctx.gemm_choices.lock().unwrap();
+    if choices.is_empty() {
+        // First choice on this context: load what `pigment tune` cached for this adapter.
+        choices.insert(String::new(), String::new());
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(cached) = disk::load(ctx) {
+            choices.extend(cached);
+        }
+    }
+    choices.get(key).cloned()
+}
+
+/// [`choose`] for the other families (attention, norms), whose variants are named strings:
+/// `key` is family-prefixed (`attention:f16:...`), `candidates` are the names that can run,
+/// `fixed` the fixed ranking's pick, `run` runs the op with a named variant.
+pub(crate) fn choose_named(ctx: &Context, key: String, candidates: &[String], fixed: &str, mut run: impl FnMut(&str) -> Result<()>) -> String {
+    if env_mode() == Some(false) {
+        return fixed.to_string();
+    }
+    if let Some(name) = cached_choice(ctx, &key).filter(|n| candidates.contains(n)) {
+        return name;
+    }
+    let measure = env_mode().unwrap_or(ctx.info.device_type != wgpu::DeviceType::Cpu) && cfg!(not(target_arch = "wasm32"));
+    let mut best = (fixed.to_string(), f64::INFINITY);
+    if measure {
+        for c in candidates {
+            if let Ok(ms) = time(ctx, 2, 0.0, || run(c)) {
+                if ms < best.1 {
+                    best = (c.clone(), ms);
+                }
+            }
+        }
+    }
+    ctx.gemm_choices.lock().unwrap().insert(key, best.0.clone());
+    best.0
 }
 
 /// One compile-and-warm run and two timed runs per candidate (first use: fast, rough).

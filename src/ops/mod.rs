@@ -2,6 +2,7 @@
 //! exceed one storage binding, and the dispatch.
 
 pub mod attention;
+pub mod attention_variants;
 pub mod elementwise;
 pub mod conv;
 pub mod norm;

@@ -6,7 +6,9 @@ use super::{data, Case, Outcome, Tolerance};
 use crate::gpu::Context;
 use crate::ops::elementwise::{self, Activation, BinaryOp};
 use crate::ops::gemm::{self, GemmOpts, Kernel, Problem, Tile};
-use crate::ops::{attention, conv, embedding, gemm_variants, norm, reference as r, resample, softmax};
+use crate::ops::attention::{self, AttnInput};
+use crate::ops::norm::{self, NormKernel};
+use crate::ops::{attention_variants, conv, embedding, gemm_variants, reference as r, resample, softmax};
 use crate::{DType, Tensor};
 
 fn up(ctx: &Context, v: &[f32], shape: &[usize], dtype: DType) -> crate::Result<Tensor> {
@@ -29,8 +31,8 @@ fn case(family: &'static str, variant: &str, shape: String, dtypes: &[DType], ru
 pub(super) fn all(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut v = gemm_cases(ctx, quick);
     v.extend(conv_cases(quick));
-    v.extend(attention_cases(quick));
-    v.extend(norm_cases());
+    v.extend(attention_cases(ctx, quick));
+    v.extend(norm_cases(ctx));
     v.extend(softmax_cases());
     v.extend(elementwise_cases());
     v.extend(embedding_cases());
@@ -127,50 +129,84 @@ fn conv_cases(quick: bool) -> Vec<Case> {
         .collect()
 }
 
-fn attention_cases(quick: bool) -> Vec<Case> {
-    // (batch, Lq, Lk, heads, head dim, causal)
-    let mut shapes = vec![(2, 37, 77, 2, 40, false), (1, 1, 5, 1, 8, false), (1, 33, 33, 2, 64, true)];
+fn attention_cases(ctx: &Context, quick: bool) -> Vec<Case> {
+    // (batch, Lq, Lk, heads, head dim, causal, fused QKV read in place): Lq/Lk off the tiles,
+    // Lk = 1 and 77, SD's head dims and odd ones.
+    let mut shapes = vec![(2, 37, 77, 2, 40, false, false), (1, 5, 1, 2, 64, false, false), (1, 33, 33, 2, 64, true, true), (1, 41, 41, 2, 33, true, false)];
     if !quick {
-        shapes.extend([(2, 130, 77, 3, 80, false), (1, 300, 300, 1, 160, false)]);
+        shapes.extend([
+            (1, 1, 5, 1, 8, false, false),
+            (2, 19, 45, 1, 80, false, false),
+            (1, 9, 33, 1, 160, false, false),
+            (2, 130, 77, 3, 80, false, false),
+            (1, 300, 300, 1, 160, false, false),
+            (2, 70, 70, 3, 40, true, true),
+        ]);
     }
-    shapes
-        .into_iter()
-        .map(|(b, lq, lk, h, d, causal)| {
-            let shape = format!("B{b} Lq{lq} Lk{lk} H{h} D{d}{}", if causal { " causal" } else { "" });
-            case("attention", "default", shape, &[DType::F32, DType::F16], move |ctx, dtype| {
+    let mut v = vec![];
+    for kernel in attention_variants::ALL {
+        for &(b, lq, lk, h, d, causal, fused) in &shapes {
+            let problem = attention_variants::AttnProblem { batch: b, heads: h, lq, lk, head_dim: d, causal, dtype: DType::F32 };
+            if kernel.unsupported(ctx, &problem).is_some() {
+                continue;
+            }
+            let shape = format!("B{b} Lq{lq} Lk{lk} H{h} D{d}{}{}", if causal { " causal" } else { "" }, if fused { " qkv" } else { "" });
+            v.push(case("attention", &kernel.name(), shape, &[DType::F32, DType::F16], move |ctx, dtype| {
                 let w = h * d;
                 let scale = 2.0 / (d as f32).sqrt();
-                let (q, k, v) = (data(b * lq * w, 5, dtype), data(b * lk * w, 6, dtype), data(b * lk * w, 7, dtype));
-                let y = attention::attention(ctx, &up(ctx, &q, &[b, lq, w], dtype)?, &up(ctx, &k, &[b, lk, w], dtype)?, &up(ctx, &v, &[b, lk, w], dtype)?, h, scale, causal)?;
-                let want = r::attention(&q, &k, &v, b, lq, lk, h, d, scale, causal);
+                let (y, want) = if fused {
+                    let qkv = data(b * lq * 3 * w, 5, dtype);
+                    let part = |i: usize| -> Vec<f32> { (0..b * lq).flat_map(|r| qkv[r * 3 * w + i * w..][..w].to_vec()).collect() };
+                    let t = up(ctx, &qkv, &[b, lq, 3 * w], dtype)?;
+                    let y = attention::attention_strided_with(ctx, AttnInput::cols(&t, 0), AttnInput::cols(&t, w), AttnInput::cols(&t, 2 * w), h, d, scale, causal, Some(kernel))?;
+                    (y, r::attention(&part(0), &part(1), &part(2), b, lq, lk, h, d, scale, causal))
+                } else {
+                    let (q, k, vv) = (data(b * lq * w, 5, dtype), data(b * lk * w, 6, dtype), data(b * lk * w, 7, dtype));
+                    let (tq, tk, tv) = (up(ctx, &q, &[b, lq, w], dtype)?, up(ctx, &k, &[b, lk, w], dtype)?, up(ctx, &vv, &[b, lk, w], dtype)?);
+                    let y = attention::attention_strided_with(ctx, AttnInput::whole(&tq), AttnInput::whole(&tk), AttnInput::whole(&tv), h, d, scale, causal, Some(kernel))?;
+                    (y, r::attention(&q, &k, &vv, b, lq, lk, h, d, scale, causal))
+                };
                 // tests/attention.rs: outputs are convex combinations of |v| <= 1.
                 Ok(Outcome { got: y.to_vec(ctx)?, want, tol: tol(dtype, 2e-5, 0.0, 1e-3, 0.0) })
-            })
-        })
-        .collect()
+            }));
+        }
+    }
+    v
 }
 
-fn norm_cases() -> Vec<Case> {
+fn norm_cases(ctx: &Context) -> Vec<Case> {
     let mut v = vec![];
-    for (shape, g, silu) in [(vec![2, 6, 5, 7], 3, true), (vec![1, 32, 9, 9], 32, false), (vec![1, 4, 1, 1], 2, true)] {
-        let name = format!("{shape:?} g{g}{}", if silu { " silu" } else { "" });
-        v.push(case("group_norm", "default", name, &[DType::F32, DType::F16], move |ctx, dtype| {
-            let (n, c, hw) = (shape[0], shape[1], shape[2] * shape[3]);
-            let x: Vec<f32> = data(n * c * hw, 8, dtype).iter().map(|x| x * 2.0 + 0.5).collect();
-            let x = data_q(&x, dtype);
-            let (w, b) = (data(c, 9, dtype), data(c, 10, dtype));
-            let y = norm::group_norm(ctx, &up(ctx, &x, &shape, dtype)?, g, &up(ctx, &w, &[c], dtype)?, &up(ctx, &b, &[c], dtype)?, 1e-5, silu)?;
-            // tests/norm.rs: O(1) outputs; f16 output rounding dominates.
-            Ok(Outcome { got: y.to_vec(ctx)?, want: r::group_norm(&x, n, c, hw, g, &w, &b, 1e-5, silu), tol: tol(dtype, 2e-5, 1e-5, 4e-3, 2e-3) })
-        }));
-    }
-    for (rows, d) in [(3, 77), (1, 768), (5, 1)] {
-        v.push(case("layer_norm", "default", format!("{rows}x{d}"), &[DType::F32, DType::F16], move |ctx, dtype| {
-            let x = data_q(&data(rows * d, 11, dtype).iter().map(|x| x * 3.0 + 1.0).collect::<Vec<_>>(), dtype);
-            let (w, b) = (data(d, 12, dtype), data(d, 13, dtype));
-            let y = norm::layer_norm(ctx, &up(ctx, &x, &[rows, d], dtype)?, &up(ctx, &w, &[d], dtype)?, &up(ctx, &b, &[d], dtype)?, 1e-5)?;
-            Ok(Outcome { got: y.to_vec(ctx)?, want: r::layer_norm(&x, d, &w, &b, 1e-5), tol: tol(dtype, 2e-5, 1e-5, 4e-3, 2e-3) })
-        }));
+    let kernels: Vec<NormKernel> = norm::ALL.into_iter().filter(|k| ctx.subgroups || *k != NormKernel::Subgroup).collect();
+    // (shape, groups, silu, mean offset): odd group sizes, 1-element groups, and |mean| 1e3 with
+    // std ~1 (f32 only: f16 cannot hold it finely), where E[x^2] - E[x]^2 cancels.
+    let gn = [(vec![2, 6, 5, 7], 3, true, 0.5), (vec![1, 32, 9, 9], 32, false, 0.5), (vec![1, 4, 1, 1], 4, true, 0.5), (vec![1, 40, 32, 32], 4, false, 1000.0)];
+    for &kernel in &kernels {
+        for (shape, g, silu, shift) in gn.clone() {
+            let name = format!("{shape:?} g{g}{}{}", if silu { " silu" } else { "" }, if shift > 1.0 { " mean 1e3" } else { "" });
+            let dtypes: &[DType] = if shift > 1.0 { &[DType::F32] } else { &[DType::F32, DType::F16] };
+            v.push(case("group_norm", kernel.name(), name, dtypes, move |ctx, dtype| {
+                let (n, c, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+                let x: Vec<f32> = data(n * c * hw, 8, dtype).iter().map(|x| x * 2.0 + shift).collect();
+                let x = data_q(&x, dtype);
+                let (w, b) = (data(c, 9, dtype), data(c, 10, dtype));
+                let y = norm::group_norm_with(ctx, &up(ctx, &x, &shape, dtype)?, g, &up(ctx, &w, &[c], dtype)?, &up(ctx, &b, &[c], dtype)?, 1e-5, silu, Some(kernel))?;
+                // tests/norm.rs: O(1) outputs; f16 output rounding dominates; at |mean| 1e3 the
+                // inputs' own f32 spacing (8 ulps of 1e3 over std ~1) bounds any implementation.
+                let f32_atol = 2e-5 + 8.0 * shift * f32::EPSILON;
+                Ok(Outcome { got: y.to_vec(ctx)?, want: r::group_norm(&x, n, c, hw, g, &w, &b, 1e-5, silu), tol: tol(dtype, f32_atol, 1e-5, 4e-3, 2e-3) })
+            }));
+        }
+        for (rows, d, shift) in [(3, 77, 1.0), (1, 768, 1.0), (5, 1, 1.0), (2, 1283, 1000.0)] {
+            let dtypes: &[DType] = if shift > 1.0 { &[DType::F32] } else { &[DType::F32, DType::F16] };
+            let name = format!("{rows}x{d}{}", if shift > 1.0 { " mean 1e3" } else { "" });
+            v.push(case("layer_norm", kernel.name(), name, dtypes, move |ctx, dtype| {
+                let x = data_q(&data(rows * d, 11, dtype).iter().map(|x| x * 3.0 + shift).collect::<Vec<_>>(), dtype);
+                let (w, b) = (data(d, 12, dtype), data(d, 13, dtype));
+                let y = norm::layer_norm_with(ctx, &up(ctx, &x, &[rows, d], dtype)?, &up(ctx, &w, &[d], dtype)?, &up(ctx, &b, &[d], dtype)?, 1e-5, Some(kernel))?;
+                let f32_atol = 2e-5 + 8.0 * shift * f32::EPSILON;
+                Ok(Outcome { got: y.to_vec(ctx)?, want: r::layer_norm(&x, d, &w, &b, 1e-5), tol: tol(dtype, f32_atol, 1e-5, 4e-3, 2e-3) })
+            }));
+        }
     }
     v
 }
