@@ -23,10 +23,12 @@ fn measure<M>(ctx: &Context, load: impl Fn(&Context) -> M, call: impl Fn(&Contex
     let m = load(ctx);
     ctx.trim_pool();
     ctx.reset_peak();
-    let weights = ctx.pool_stats().held;
+    let (weights, made) = (ctx.pool_stats().held, ctx.pool_stats().created);
     call(ctx, &m);
     ctx.sync().unwrap();
-    (weights, ctx.pool_stats())
+    // `created` counts from the context's start: compare the call's own.
+    let s = ctx.pool_stats();
+    (weights, PoolStats { created: s.created - made, ..s })
 }
 
 fn tiny() -> Weights {

@@ -14,7 +14,7 @@ pub fn problems(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&s
         None => Ok(dtypes.iter().flat_map(|&d| gemm_tune::sd15_unet_problems(latent, d)).collect()),
         Some(dir) => {
             gemm_tune::set_recording(true);
-            let run = super::model_rows(ctx, dtypes, latent, Some(dir), super::ModelBench::Unet, false);
+            let run = super::model_rows(ctx, dtypes, latent, Some(dir), super::ModelBench::Unet, false, false);
             let seen = gemm_tune::set_recording(false);
             run?;
             Ok(seen)

@@ -21,6 +21,9 @@ pub struct PoolStats {
     pub peak_live: u64,
     pub held: u64,
     pub peak_held: u64,
+    /// Buffers the pool has made (not counting uploads): 0 more per repeated call means the
+    /// call ran entirely on reused buffers.
+    pub created: u64,
 }
 
 /// The peak bytes of one phase (`Context::begin_phase`): what was held when it began and the
@@ -40,6 +43,9 @@ struct Inner {
     live_bytes: u64,
     peak_live_bytes: u64,
     peak_held_bytes: u64,
+    created: u64,
+    /// The largest class made since the last trim.
+    largest: u64,
     /// Planning pools hand out clones of this 4-byte buffer instead of creating buffers.
     virtual_buffer: Option<wgpu::Buffer>,
     phases: Vec<PhaseStats>,
@@ -113,24 +119,46 @@ impl BufferPool {
         pool
     }
 
-    /// A buffer of at least `bytes` bytes, reused when one of its class is free.
+    /// A buffer of at least `bytes` bytes: a free one of its class, else the smallest free one
+    /// of up to twice its class, else a new one. When the new one is the largest class yet,
+    /// free buffers of smaller classes are released first: keeping them is what made a growing
+    /// sequence (the VAE decoder's stages, up to 128 MiB at 512² f16) hold every earlier
+    /// stage's buffers as well. Only a new largest class releases, so a repeated call (a UNet
+    /// step) settles on buffers it reuses.
     pub fn take(&self, device: &wgpu::Device, bytes: u64) -> PooledBuffer {
-        let size = size_class(bytes);
+        let want = size_class(bytes);
         let mut inner = self.0.lock().unwrap();
-        let buffer = match inner.free.get_mut(&size).and_then(|v| v.pop()) {
-            Some(b) => {
-                inner.free_bytes -= size;
-                b
+        let fit = if inner.free.get(&want).is_some_and(|v| !v.is_empty()) {
+            Some(want)
+        } else {
+            inner.free.iter().filter(|(&c, v)| c > want && c <= 2 * want && !v.is_empty()).map(|(&c, _)| c).min()
+        };
+        let (buffer, size) = match fit {
+            Some(c) => {
+                inner.free_bytes -= c;
+                (inner.free.get_mut(&c).and_then(|v| v.pop()).expect("a free buffer of this class"), c)
             }
-            None => match &inner.virtual_buffer {
-                Some(v) => v.clone(),
-                None => device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("pigment.tensor"),
-                    size,
-                    usage: STORAGE_USAGE,
-                    mapped_at_creation: false,
-                }),
-            },
+            None => {
+                if want > inner.largest {
+                    inner.largest = want;
+                    let smaller: Vec<u64> = inner.free.keys().copied().filter(|&c| c < want).collect();
+                    for c in smaller {
+                        let n = inner.free.remove(&c).map_or(0, |v| v.len() as u64);
+                        inner.free_bytes -= n * c;
+                    }
+                }
+                inner.created += 1;
+                let buffer = match &inner.virtual_buffer {
+                    Some(v) => v.clone(),
+                    None => device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("pigment.tensor"),
+                        size: want,
+                        usage: STORAGE_USAGE,
+                        mapped_at_creation: false,
+                    }),
+                };
+                (buffer, want)
+            }
         };
         inner.live_bytes += size;
         inner.note_peaks();
@@ -169,6 +197,7 @@ impl BufferPool {
             peak_live: inner.peak_live_bytes,
             held: inner.live_bytes + inner.free_bytes,
             peak_held: inner.peak_held_bytes,
+            created: inner.created,
         }
     }
 
@@ -196,6 +225,7 @@ impl BufferPool {
         let mut inner = self.0.lock().unwrap();
         inner.free.clear();
         inner.free_bytes = 0;
+        inner.largest = 0;
     }
 }
 

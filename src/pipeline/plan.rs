@@ -44,11 +44,12 @@ impl MemoryPlan {
         let mut s = format!("weights resident {}\n", mib(self.weights));
         for p in self.by_phase() {
             s.push_str(&format!(
-                "{:<13} held at start {}, peak {} (activations +{})\n",
+                "{:<13} held at start {}, peak {} (activations +{}; live peak {})\n",
                 p.name,
                 mib(p.start_held),
                 mib(p.peak_held),
-                mib(p.peak_held.saturating_sub(p.start_held))
+                mib(p.peak_held.saturating_sub(p.start_held)),
+                mib(p.peak_live)
             ));
         }
         s.push_str(&format!("peak GPU buffers {} ({:.2} GB)", mib(self.peak_held), self.peak_held as f64 / 1e9));
@@ -86,18 +87,28 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 
 impl StableDiffusion {
     /// The GPU memory plan of `generate(o)` on a fresh context: the same models loaded from the
-    /// base weights and the same generation, on a planning context. Errors a real run would
+    /// base weights and the same generation, on a planning context (or, when `ctx` is one and
+    /// `self` was loaded on it, this model's generation there). Errors a real run would
     /// meet before any kernel runs (a tensor over the adapter's buffer limit) come out here.
     /// ControlNet and LoRA rebuilds are not in the plan (a LoRA-merged model has the base's
     /// sizes).
     pub async fn plan_async(&self, ctx: &Context, o: &GenerateOptions) -> Result<MemoryPlan> {
+        let o = GenerateOptions { control: None, ..o.clone() };
+        if ctx.planning() {
+            // Loaded on a planning context already (the CLI's `generate --plan`): run it there.
+            ctx.trim_pool();
+            let weights = ctx.pool_stats().held;
+            ctx.reset_peak();
+            self.generate_with_previews_async(ctx, &o, None, |_, _| {}).await?;
+            let stats = ctx.pool_stats();
+            return Ok(MemoryPlan { weights, phases: ctx.phases(), peak_held: stats.peak_held, peak_live: stats.peak_live });
+        }
         let p = ctx.planner();
         let dtype = self.unet.dtype;
         let sd = Self::from_weights(&p, self.weights.clone(), self.tokenizer.clone(), self.scheduler_config.clone(), self.name.clone(), dtype)
             .map_err(|e| Error::Unsupported(format!("planning this model's memory: {e}")))?;
         let weights = p.pool_stats().held;
         p.reset_peak();
-        let o = GenerateOptions { control: None, ..o.clone() };
         sd.generate_with_previews_async(&p, &o, None, |_, _| {}).await?;
         let stats = p.pool_stats();
         Ok(MemoryPlan { weights, phases: p.phases(), peak_held: stats.peak_held, peak_live: stats.peak_live })
