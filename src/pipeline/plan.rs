@@ -128,7 +128,7 @@ impl StableDiffusion {
         if plan.peak_held > max_bytes {
             let worst = plan.by_phase().into_iter().max_by_key(|p| p.peak_held).map(|p| p.name).unwrap_or_default();
             return Err(Error::Unsupported(format!(
-                "{}x{} needs {:.0} MiB of GPU memory at its peak ({worst}), over the limit of {:.0} MiB (--max-vram / PIGMENT_MAX_VRAM): use a smaller size, f16, or raise the limit if the GPU has more",
+                "{}x{} needs {:.1} MiB of GPU memory at its peak ({worst}), over the limit of {:.1} MiB (--max-vram / PIGMENT_MAX_VRAM): use a smaller size, f16, or raise the limit if the GPU has more",
                 o.width,
                 o.height,
                 plan.peak_held as f64 / (1u64 << 20) as f64,
