@@ -125,6 +125,14 @@ pub enum Command {
         canny_low: f32,
         #[arg(long, default_value_t = 200.0)]
         canny_high: f32,
+        /// Refuse before starting when the generation's predicted GPU peak (its memory plan)
+        /// exceeds this, e.g. 2300M, 8G, 2.3GB (also PIGMENT_MAX_VRAM). wgpu cannot query a
+        /// GPU's memory, so the limit is yours to give.
+        #[arg(long, value_name = "SIZE")]
+        max_vram: Option<String>,
+        /// Print the generation's memory plan (GPU peak per phase) and exit without running.
+        #[arg(long)]
+        plan: bool,
     },
     /// An HTTP server with AUTOMATIC1111's API (/sdapi/v1/...), OpenAI's
     /// /v1/images/generations and Pigment's job API: one GPU worker behind a FIFO queue.
@@ -218,6 +226,10 @@ pub enum Command {
         /// per kernel family and shape (`PIGMENT_PROFILE=1` profiles any command).
         #[arg(long)]
         profile: bool,
+        /// unet/vae/clip: run nothing; print the GPU peak a call would reach (a memory plan:
+        /// the call on virtual buffers, exact, in seconds at any size).
+        #[arg(long)]
+        plan: bool,
     },
     /// Merge checkpoints as A1111's Checkpoint Merger: `(1-alpha)*A + alpha*B`, or with C
     /// `A + alpha*(B-C)`. Folders give a folder, single files a file; the VAE is A's.
@@ -332,6 +344,8 @@ pub fn main() -> anyhow::Result<()> {
             control_preprocess,
             canny_low,
             canny_high,
+            max_vram,
+            plan,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
@@ -411,9 +425,12 @@ pub fn main() -> anyhow::Result<()> {
             let path = resolve_model(model)?;
             // LoRA files and prompt tags first: a missing one fails before the model loads.
             let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
-            let ctx = open(&cli)?;
-            eprintln!("adapter: {}", ctx.describe());
-            let mut sd = crate::pipeline::StableDiffusion::load_with_config(&ctx, &path, config.as_deref(), !cli.no_f16)?;
+            let real = open(&cli)?;
+            eprintln!("adapter: {}", real.describe());
+            // `--plan` loads and runs on a planning context only: no GPU memory, no kernels.
+            let planner = plan.then(|| real.planner());
+            let ctx = planner.as_ref().unwrap_or(&real);
+            let mut sd = crate::pipeline::StableDiffusion::load_with_config(ctx, &path, config.as_deref(), !cli.no_f16)?;
             for u in &uses {
                 eprintln!("lora: {} ({} pairs; text encoder ×{}, UNet ×{})", u.lora.path(), u.lora.len(), u.te_scale, u.unet_scale);
             }
@@ -440,6 +457,15 @@ pub fn main() -> anyhow::Result<()> {
                 mask_blur: *mask_blur,
                 control,
             };
+            let max_vram = max_vram.clone().or_else(|| std::env::var("PIGMENT_MAX_VRAM").ok().filter(|v| !v.is_empty()));
+            if *plan || max_vram.is_some() {
+                let limit = max_vram.as_deref().map(crate::pipeline::plan::parse_bytes).transpose()?.unwrap_or(u64::MAX);
+                let p = sd.check_memory(&ctx, &opts, limit)?;
+                eprintln!("memory plan ({}x{}, {}):\n{}", opts.width, opts.height, sd.unet.dtype.name(), p.describe());
+                if *plan {
+                    return Ok(());
+                }
+            }
             for n in 0..(*batch_count).max(1) {
                 opts.seed = seed.wrapping_add(n as u64);
                 println!("seed: {}", opts.seed);
@@ -535,7 +561,7 @@ pub fn main() -> anyhow::Result<()> {
             let latent = latent.unwrap_or(if cpu { 8 } else { 64 });
             crate::bench::tune::run(&ctx, &dtypes, latent, model.as_deref(), *secs, !*dry_run, *limit)?;
         }
-        Command::Bench { what, dtype, secs, full, latent, model, profile } => {
+        Command::Bench { what, dtype, secs, full, latent, model, profile, plan } => {
             let ctx = open(&cli)?;
             let dtypes = pick_dtypes(&ctx, *dtype)?;
             let scale = bench::Scale::for_adapter(&ctx, *full);
@@ -561,7 +587,7 @@ pub fn main() -> anyhow::Result<()> {
                     BenchWhat::Vae => bench::ModelBench::Vae,
                     _ => bench::ModelBench::Clip,
                 };
-                bench::print_rows(&bench::model_rows(&ctx, &dtypes, latent, model.as_deref(), which, *profile)?);
+                bench::print_rows(&bench::model_rows(&ctx, &dtypes, latent, model.as_deref(), which, *profile, *plan)?);
             }
             if !*profile {
                 print_profile(&ctx)?;

@@ -19,6 +19,8 @@ use std::path::Path;
 pub mod controlnet;
 mod img2img;
 pub mod inpaint;
+pub mod plan;
+pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 
 /// Everything a generation needs besides the model.
@@ -104,7 +106,11 @@ pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     pub clip: ClipTextModel,
     pub unet: UNet2DConditionModel,
+    /// The decoder (and `post_quant_conv`); the encoder is loaded when img2img or inpainting
+    /// first needs it ([`StableDiffusion::encoder_vae`]).
     pub vae: AutoencoderKL,
+    /// `vae` with its encoder, once loaded (shares the decoder's tensors).
+    pub(crate) vae_encoder: std::sync::Mutex<Option<std::sync::Arc<AutoencoderKL>>>,
     /// Set by [`StableDiffusion::load_controlnet`].
     pub controlnet: Option<crate::models::controlnet::ControlNetModel>,
     pub scheduler_config: SchedulerConfig,
@@ -169,14 +175,26 @@ impl StableDiffusion {
             tokenizer,
             clip: ClipTextModel::load(ctx, te, dtype)?,
             unet: UNet2DConditionModel::load(ctx, weights.unet()?, dtype)?,
-            // with the encoder (when the checkpoint has one) for img2img and inpainting
-            vae: AutoencoderKL::load(ctx, weights.vae()?, dtype)?,
+            // txt2img needs only the decoder: the encoder waits for img2img (~70 MB for SD 1.5)
+            vae: AutoencoderKL::load_decoder(ctx, weights.vae()?, dtype)?,
+            vae_encoder: Default::default(),
             controlnet: None,
             scheduler_config,
             name,
             weights,
             loras: Default::default(),
         })
+    }
+
+    /// The VAE with its encoder, loaded from the base weights on first use and kept.
+    pub fn encoder_vae(&self, ctx: &Context) -> Result<std::sync::Arc<AutoencoderKL>> {
+        let mut slot = self.vae_encoder.lock().unwrap();
+        if let Some(v) = slot.as_ref() {
+            return Ok(v.clone());
+        }
+        let v = std::sync::Arc::new(self.vae.with_encoder(ctx, self.weights.vae()?)?);
+        *slot = Some(v.clone());
+        Ok(v)
     }
 
     /// Text conditioning for [uncond, cond] as one [2, 77·chunks, D] tensor.
@@ -263,6 +281,7 @@ impl StableDiffusion {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
         img2img::check(self, o)?;
+        phase(ctx, "text encoder");
         let text = self.encode(ctx, o).await?;
         let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
@@ -276,6 +295,7 @@ impl StableDiffusion {
         let total = sched.timesteps().len();
         let dtype = text.dtype();
         let control = controlnet::prepare(ctx, self, o)?;
+        phase(ctx, "unet");
         for i in begin..total {
             let t = sched.timesteps()[i];
             let mut xin = sched.scale_model_input(&x, i);
@@ -303,6 +323,7 @@ impl StableDiffusion {
                 let done = i + 1 - begin;
                 if i + 1 < total && done % (*every).max(1) == 0 {
                     show(done, &self.decode(ctx, &x, &latent_shape, o).await?);
+                    phase(ctx, "unet");
                 }
             }
         }
@@ -310,10 +331,19 @@ impl StableDiffusion {
     }
 
     async fn decode(&self, ctx: &Context, x: &[f32], latent_shape: &[usize; 4], o: &GenerateOptions) -> Result<Image> {
+        phase(ctx, "vae decode");
         let latents = Tensor::from_f32(ctx, x, latent_shape, DType::F32)?;
         let rgb = self.vae.latents_to_image_u8_async(ctx, &latents).await?;
         Ok(Image { width: o.width, height: o.height, rgb })
     }
+}
+
+/// Start a phase of a generation with the free buffers of the last one dropped: they are sized
+/// for its activations (CLIP's are no use to the UNet, the UNet's none to the VAE's 512²
+/// ones), so keeping them only raised the peak. [`MemoryPlan`] reports per phase.
+pub(crate) fn phase(ctx: &Context, name: &str) {
+    ctx.trim_pool();
+    ctx.begin_phase(name);
 }
 
 /// A1111's `parameters` text, as its PNG info tab shows and parses it. Current A1111 style:

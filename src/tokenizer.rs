@@ -78,6 +78,7 @@ enum Piece<'a> {
 }
 
 /// The CLIP tokenizer. Cheap to share (`&self` everywhere); `Send + Sync`.
+#[derive(Clone)]
 pub struct ClipTokenizer {
     /// BPE model + CLIP regex split + byte-level mapping; `<|startoftext|>`/`<|endoftext|>`
     /// as added special tokens (so the cleaned text `<|endoftext|>` maps to its id, like the

@@ -235,6 +235,7 @@ impl ModelLoader {
             clip: self.clip.ok_or_else(|| missing("text encoder"))?,
             unet: self.unet.ok_or_else(|| missing("UNet"))?,
             vae: self.vae.ok_or_else(|| missing("VAE"))?,
+            vae_encoder: Default::default(),
             controlnet: None,
             scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
             name: name.to_string(),

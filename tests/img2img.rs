@@ -90,7 +90,7 @@ fn start_latents_match_diffusers() {
     let init = o.init_image.as_ref().unwrap();
     let px: Vec<f32> = (0..3 * 64 * 64).map(|i| 2.0 * (init.rgb[(i % 4096) * 3 + i / 4096] as f32 / 255.0) - 1.0).collect();
     let img = upload(&px, &[1, 3, 64, 64], pigment::DType::F32);
-    let (mean, std) = sd.vae.encode(c, &img).unwrap();
+    let (mean, std) = sd.encoder_vae(c).unwrap().encode(c, &img).unwrap();
     let (mean, std) = (pollster::block_on(mean.to_f32(c)).unwrap(), pollster::block_on(std.to_f32(c)).unwrap());
     for (s, strength, golden) in [
         ("ddim", 0.6, "img2img_ddim"),

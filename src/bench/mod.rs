@@ -281,7 +281,10 @@ fn time_model(ctx: &Context, profile: bool, what: &str, mut f: impl FnMut() -> R
 /// `latent`x`latent` latents, or a CLIP text encoding (batch 2 x 77 tokens), for the model at
 /// `model` (a folder or `synthetic:NAME`; default `synthetic:sd15`, only the component timed). Reports ms per call and the peak of GPU buffers
 /// Pigment holds (weights + activations) in MiB; prints the process's host peak (VmHWM).
-pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, which: ModelBench, profile: bool) -> Result<Vec<Row>> {
+///
+/// With `plan` nothing runs: the model is loaded and called once on a planning context
+/// ([`Context::planner`]) twice, and the row is the exact GPU peak real calls would reach (0 ms).
+pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, which: ModelBench, profile: bool, plan: bool) -> Result<Vec<Row>> {
     use crate::models::{clip::ClipTextModel, unet::UNet2DConditionModel, vae::Vae};
     use crate::weights::{synthetic::SyntheticModel, ComponentKind};
     let spec = model.map_or("synthetic:sd15".into(), |p| p.to_string_lossy().into_owned());
@@ -296,37 +299,62 @@ pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<
     };
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let mut rows = vec![];
+    let planner = plan.then(|| ctx.planner());
+    let ctx = planner.as_ref().unwrap_or(ctx);
+    // A plan's single call (nothing to time).
+    let time_model = |ctx: &Context, profile: bool, what: &str, mut f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        if plan {
+            // Twice, as the steps of a generation: the second call should make no buffers.
+            f()?;
+            let made = ctx.pool_stats().created;
+            f()?;
+            println!("{what}: a repeated call made {} new buffers", ctx.pool_stats().created - made);
+            return Ok(0.0);
+        }
+        time_model(ctx, profile, what, &mut f)
+    };
     for &dtype in dtypes {
         ctx.trim_pool();
         ctx.reset_peak();
+        let weights;
         let (kernel, shape, ms) = match which {
             ModelBench::Unet => {
                 let c = w.unet()?;
                 let m = UNet2DConditionModel::load(ctx, c, dtype)?;
+                weights = ctx.pool_stats().live;
                 let ctx_dim = c.config_value("cross_attention_dim").and_then(|v| v.as_u64()).unwrap_or(768) as usize;
                 let x = Tensor::from_f32(ctx, &random(2 * 4 * latent * latent, 1), &[2, 4, latent, latent], dtype)?;
                 let text = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 2), &[2, 77, ctx_dim], dtype)?;
-                let ms = time_model(ctx, profile, "unet step", || m.forward(ctx, &x, 500.0, &text).map(drop))?;
+                let ms = time_model(ctx, profile, "unet step", &mut || m.forward(ctx, &x, 500.0, &text).map(drop))?;
                 ("unet step", format!("2x4x{latent}x{latent} ({}px)", latent * 8), ms)
             }
             ModelBench::Vae => {
                 let v = Vae::load_decoder(ctx, w.vae()?, dtype)?;
+                weights = ctx.pool_stats().live;
                 let z = Tensor::from_f32(ctx, &random(4 * latent * latent, 3), &[1, 4, latent, latent], dtype)?;
-                let ms = time_model(ctx, profile, "vae decode", || v.decode(ctx, &z).map(drop))?;
+                let ms = time_model(ctx, profile, "vae decode", &mut || v.decode(ctx, &z).map(drop))?;
                 ("vae decode", format!("1x4x{latent}x{latent} -> {}px", latent * 8), ms)
             }
             ModelBench::Clip => {
                 let m = ClipTextModel::load(ctx, w.text_encoder()?, dtype)?;
+                weights = ctx.pool_stats().live;
                 // Two prompts ([uncond, cond] as the pipeline encodes them): BOS, words, EOS padding.
                 let ids: Vec<u32> = (0..2 * 77).map(|i| if i % 77 == 0 { 49406 } else if i % 77 < 20 { 320 + (i as u32 * 37) % 40000 } else { 49407 }).collect();
-                let ms = time_model(ctx, profile, "clip encode", || m.forward(ctx, &ids, 77, 0, false).map(drop))?;
+                let ms = time_model(ctx, profile, "clip encode", &mut || m.forward(ctx, &ids, 77, 0, false).map(drop))?;
                 ("clip encode", "2x77 tokens".to_string(), ms)
             }
         };
-        rows.push(Row { kernel: kernel.into(), shape, dtype: dtype.name(), ms, rate: mib(ctx.pool_bytes().1), unit: "MiB peak", cpu_ms: None });
-        if let Some(h) = host_peak_bytes() {
-            println!("{kernel} {}: GPU buffers peak {:.0} MiB, host RSS peak (VmHWM, whole process) {:.0} MiB", dtype.name(), mib(ctx.pool_bytes().1), mib(h));
-        }
+        let s = ctx.pool_stats();
+        rows.push(Row { kernel: kernel.into(), shape, dtype: dtype.name(), ms, rate: mib(s.peak_held), unit: "MiB peak", cpu_ms: None });
+        let host = host_peak_bytes().map(|h| format!(", host RSS peak (VmHWM, whole process) {:.0} MiB", mib(h))).unwrap_or_default();
+        println!(
+            "{kernel} {}{}: GPU buffers peak {:.0} MiB held ({:.0} MiB live; weights {:.0} MiB){host}",
+            dtype.name(),
+            if plan { " (planned)" } else { "" },
+            mib(s.peak_held),
+            mib(s.peak_live),
+            mib(weights)
+        );
     }
     Ok(rows)
 }

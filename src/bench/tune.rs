@@ -24,7 +24,7 @@ pub fn problems(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&s
             gemm_tune::set_recording(true);
             attention_variants::set_recording(true);
             norm::set_recording(true);
-            let run = super::model_rows(ctx, dtypes, latent, Some(dir), super::ModelBench::Unet, false);
+            let run = super::model_rows(ctx, dtypes, latent, Some(dir), super::ModelBench::Unet, false, false);
             let seen = gemm_tune::set_recording(false);
             let (attn, norms) = (attention_variants::set_recording(false), norm::set_recording(false));
             run?;

@@ -179,8 +179,12 @@ impl Context {
                 spec.name
             )));
         }
-        if workgroups.contains(&0) {
+        if workgroups.contains(&0) || self.planning {
             return Ok(());
+        }
+        // A planning context's tensors share one 4-byte buffer; real buffers are ≥ 256 bytes.
+        if storage.iter().any(|b| b.buffer.size() < 256) {
+            return Err(Error::Gpu(format!("kernel '{}' was given a planned (virtual) tensor; plans only run on a planning context", spec.name)));
         }
         let compiled = self.compiled(spec)?;
         let profiling = self.profiler.on();

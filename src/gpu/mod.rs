@@ -12,6 +12,7 @@ mod profile;
 mod tensor;
 
 pub use kernel::{grid_1d, Binding, KernelSpec};
+pub use pool::{PhaseStats, PoolStats};
 pub use profile::{print_profile, ProfileRow, Work};
 pub use tensor::{DType, Tensor};
 
@@ -62,6 +63,8 @@ pub struct Context {
     binding_override: std::sync::atomic::AtomicU64,
     /// Bytes uploaded since the last submit (see [`Context::note_upload`]).
     upload_pending: std::sync::atomic::AtomicU64,
+    /// A planning context ([`Context::planner`]): nothing runs, memory is only accounted.
+    planning: bool,
 }
 
 /// Lower is preferred: a discrete GPU beats an integrated one beats a software rasteriser.
@@ -153,6 +156,7 @@ impl Context {
             profiler: profile::Profiler::default(),
             binding_override: std::sync::atomic::AtomicU64::new(0),
             upload_pending: std::sync::atomic::AtomicU64::new(0),
+            planning: false,
             device,
             queue,
             info,
@@ -163,6 +167,40 @@ impl Context {
             ctx.set_profiling(true);
         }
         Ok(ctx)
+    }
+
+    /// A planning context on the same device: models and ops run on it exactly as on `self`,
+    /// with every check (buffer and binding limits, shapes), but its dispatches are validated
+    /// and dropped, its tensors are virtual (accounted at their real size by a pool with the
+    /// real pool's policy, no memory made), uploads copy nothing and readbacks return zeros.
+    /// So its [`Context::pool_stats`] after a model call are the bytes a real call on a fresh
+    /// context would have held (the plan of that call), in milliseconds instead of minutes.
+    /// Nothing a planned call returns may be used on a real context (its dispatch errors).
+    /// Host-only work (weight conversion, schedulers) still runs.
+    pub fn planner(&self) -> Context {
+        Context {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            info: self.info.clone(),
+            limits: self.limits.clone(),
+            f16: self.f16,
+            timestamps: self.timestamps,
+            subgroups: self.subgroups,
+            coopmat: self.coopmat,
+            gemm_choices: Mutex::new(self.gemm_choices.lock().unwrap().clone()),
+            pipelines: PipelineCache::default(),
+            pool: BufferPool::planning(&self.device),
+            batch: Mutex::new(Batch::new(&self.device, &self.limits)),
+            profiler: profile::Profiler::default(),
+            binding_override: std::sync::atomic::AtomicU64::new(self.binding_override.load(std::sync::atomic::Ordering::Relaxed)),
+            upload_pending: std::sync::atomic::AtomicU64::new(0),
+            planning: true,
+        }
+    }
+
+    /// Whether this is a planning context ([`Context::planner`]).
+    pub fn planning(&self) -> bool {
+        self.planning
     }
 
     /// Blocking constructor for native code and tests.
@@ -244,6 +282,9 @@ impl Context {
     /// Submit and block until the GPU is idle (native only; used by benchmarks).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn sync(&self) -> Result<()> {
+        if self.planning {
+            return Ok(());
+        }
         self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -256,9 +297,27 @@ impl Context {
         self.pool.usage()
     }
 
-    /// Restart the peak of [`Context::pool_bytes`] from the bytes live now.
+    /// Live and held bytes of Pigment's tensors (held = live + free buffers kept for reuse,
+    /// what the device holds) and their peaks. Readback staging and the 64 KiB uniform arena
+    /// are not counted.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Restart the peaks of [`Context::pool_stats`] from the bytes live / held now and forget
+    /// the phases.
     pub fn reset_peak(&self) {
         self.pool.reset_peak()
+    }
+
+    /// Start a named phase (e.g. "unet"): [`Context::phases`] reports each phase's peaks.
+    pub fn begin_phase(&self, name: &str) {
+        self.pool.begin_phase(name)
+    }
+
+    /// The phases begun since the last [`Context::reset_peak`], in order.
+    pub fn phases(&self) -> Vec<PhaseStats> {
+        self.pool.phases()
     }
 
     /// Drop the free intermediates kept for reuse.

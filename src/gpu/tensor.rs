@@ -86,9 +86,20 @@ impl Tensor {
 
     pub fn zeros(ctx: &Context, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = Self::empty(ctx, shape, dtype)?;
+        if ctx.planning() {
+            return Ok(t);
+        }
         let mut batch = ctx.batch.lock().unwrap();
         batch.encoder(&ctx.device).clear_buffer(t.buffer(), 0, None);
         Ok(t)
+    }
+
+    /// A planning context's upload: accounted, nothing copied (`None` on a real context).
+    pub(crate) fn planned(ctx: &Context, bytes: usize, shape: &[usize], dtype: DType) -> Result<Option<Tensor>> {
+        let Some(v) = ctx.pool.virtual_buffer() else { return Ok(None) };
+        Self::check_size(ctx, &format!("tensor {shape:?}"), bytes as u64)?;
+        let buf = ctx.pool.adopt_sized(v, super::pool::upload_size(bytes as u64));
+        Ok(Some(Tensor { buf: Arc::new(buf), offset: 0, shape: shape.to_vec(), dtype }))
     }
 
     /// Upload host data, converting to `dtype`. Always a fresh buffer, mapped at creation: a
@@ -102,6 +113,9 @@ impl Tensor {
         if dtype == DType::F16 && !ctx.f16 {
             return Err(Error::NoF16("an f16 tensor"));
         }
+        if let Some(t) = Self::planned(ctx, n * dtype.size(), shape, dtype)? {
+            return Ok(t);
+        }
         let bytes: Vec<u8> = match dtype {
             DType::F32 => bytemuck::cast_slice(data).to_vec(),
             DType::F16 => {
@@ -114,8 +128,11 @@ impl Tensor {
 
     /// Upload raw little-endian element bytes already in `dtype`.
     pub fn from_bytes(ctx: &Context, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if let Some(t) = Self::planned(ctx, bytes.len(), shape, dtype)? {
+            return Ok(t);
+        }
         Self::check_size(ctx, &format!("tensor {shape:?}"), bytes.len() as u64)?;
-        let size = super::pool::size_class(bytes.len() as u64);
+        let size = super::pool::upload_size(bytes.len() as u64);
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("pigment.upload"),
             size,
@@ -163,6 +180,10 @@ impl Tensor {
 
     /// Read back as f32 (async: on the web the map completes from the event loop).
     pub async fn to_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
+        if ctx.planning() {
+            // Nothing ran: a plan reads zeros (see `Context::planner`).
+            return Ok(vec![0.0; self.numel()]);
+        }
         let bytes = self.byte_len();
         let padded = bytes.next_multiple_of(4).max(4);
         let start = self.byte_offset();

@@ -854,12 +854,12 @@ pub(crate) fn mid_block_forward(ctx: &Context, cfg: &UNetConfig, mid: &MidBlock,
 /// `emb_act` is `silu(temb)` `[B, T]`.
 fn resnet(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_act: &Tensor) -> Result<Tensor> {
     let (g, eps) = (cfg.norm_num_groups, cfg.norm_eps);
-    let h = group_norm(ctx, x, g, &r.norm1.weight, &r.norm1.bias, eps, true)?;
-    let h = r.conv1.forward(ctx, &h)?;
+    // Intermediates are dropped as soon as used (shadowed ones would live to the end).
+    let mut h = r.conv1.forward(ctx, &group_norm(ctx, x, g, &r.norm1.weight, &r.norm1.bias, eps, true)?)?;
     let t = matmul(ctx, emb_act, &r.time_emb_proj.weight_t, GemmOpts { bias: r.time_emb_proj.bias.as_ref(), ..Default::default() })?;
     let hw = h.dim(2) * h.dim(3);
-    let h = binary_broadcast(ctx, BinaryOp::Add, &h, &t, hw, 1.0)?;
-    let h = group_norm(ctx, &h, g, &r.norm2.weight, &r.norm2.bias, eps, true)?;
+    h = binary_broadcast(ctx, BinaryOp::Add, &h, &t, hw, 1.0)?;
+    h = group_norm(ctx, &h, g, &r.norm2.weight, &r.norm2.bias, eps, true)?;
     let shortcut = match &r.conv_shortcut {
         Some(c) => c.forward(ctx, x)?,
         None => x.clone(),
@@ -883,14 +883,14 @@ fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tens
 }
 
 fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-    let n = layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?;
-    let x = attend(ctx, &blk.attn1, &n, None, x)?;
-    let n = layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?;
-    let x = attend(ctx, &blk.attn2, &n, Some(context), &x)?;
-    let n = layer_norm(ctx, &x, &blk.norm3.weight, &blk.norm3.bias, LAYER_NORM_EPS)?;
+    // Norm outputs and the GEGLU's 8C-wide input are dropped once used.
+    let mut x = attend(ctx, &blk.attn1, &layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?, None, x)?;
+    x = attend(ctx, &blk.attn2, &layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?, Some(context), &x)?;
     let p = &blk.ff_proj;
-    let h = matmul(ctx, &n, &p.weight_t, GemmOpts { bias: p.bias.as_ref(), ..Default::default() })?;
-    let h = geglu(ctx, &h)?;
+    let h = {
+        let n = layer_norm(ctx, &x, &blk.norm3.weight, &blk.norm3.bias, LAYER_NORM_EPS)?;
+        geglu(ctx, &matmul(ctx, &n, &p.weight_t, GemmOpts { bias: p.bias.as_ref(), ..Default::default() })?)?
+    };
     let o = &blk.ff_out;
     matmul(ctx, &h, &o.weight_t, GemmOpts { bias: o.bias.as_ref(), residual: Some(&x), ..Default::default() })
 }

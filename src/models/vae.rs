@@ -176,6 +176,7 @@ impl VaeConfig {
     }
 }
 
+#[derive(Clone)]
 pub struct GroupNorm {
     pub weight: Tensor,
     pub bias: Tensor,
@@ -189,6 +190,7 @@ impl GroupNorm {
 }
 
 /// A convolution, weight `[Cout, Cin, k, k]`.
+#[derive(Clone)]
 pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Tensor,
@@ -206,6 +208,7 @@ impl Conv2d {
 }
 
 /// A `Linear` layer, weight pre-transposed to `[in, out]`.
+#[derive(Clone)]
 pub struct Linear {
     pub weight_t: Tensor,
     pub bias: Tensor,
@@ -217,6 +220,7 @@ impl Linear {
     }
 }
 
+#[derive(Clone)]
 pub struct ResnetBlock2D {
     pub norm1: GroupNorm,
     pub conv1: Conv2d,
@@ -226,6 +230,7 @@ pub struct ResnetBlock2D {
 }
 
 /// The mid block's single-head self-attention (`mid_block.attentions.0`).
+#[derive(Clone)]
 pub struct Attention {
     pub group_norm: GroupNorm,
     pub to_q: Linear,
@@ -237,23 +242,27 @@ pub struct Attention {
     pub to_out: Conv2d,
 }
 
+#[derive(Clone)]
 pub struct MidBlock {
     /// Two resnets around the attention.
     pub resnets: Vec<ResnetBlock2D>,
     pub attention: Option<Attention>,
 }
 
+#[derive(Clone)]
 pub struct DownEncoderBlock2D {
     pub resnets: Vec<ResnetBlock2D>,
     /// `downsamplers.0.conv`, stored as the 4×4 stride-2 kernel described in the module docs.
     pub downsampler: Option<Conv2d>,
 }
 
+#[derive(Clone)]
 pub struct UpDecoderBlock2D {
     pub resnets: Vec<ResnetBlock2D>,
     pub upsampler: Option<Conv2d>,
 }
 
+#[derive(Clone)]
 pub struct Encoder {
     pub conv_in: Conv2d,
     pub down_blocks: Vec<DownEncoderBlock2D>,
@@ -262,6 +271,7 @@ pub struct Encoder {
     pub conv_out: Conv2d,
 }
 
+#[derive(Clone)]
 pub struct Decoder {
     pub conv_in: Conv2d,
     pub mid_block: MidBlock,
@@ -294,6 +304,7 @@ pub struct Tiling {
 
 /// The bits of the encoder's last projection producing mean and logvar, split in two so both
 /// come out contiguous for any batch.
+#[derive(Clone)]
 struct MomentsConv {
     mean: Conv2d,
     logvar: Conv2d,
@@ -302,6 +313,7 @@ struct MomentsConv {
 /// The diffusers class name.
 pub type AutoencoderKL = Vae;
 
+#[derive(Clone)]
 pub struct Vae {
     pub config: VaeConfig,
     pub dtype: DType,
@@ -431,6 +443,49 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// The encoder and its mean/logvar projection.
+    fn encoder(&self, cfg: &VaeConfig) -> Result<(Encoder, MomentsConv)> {
+        let ld = self;
+        let ch = &cfg.block_out_channels;
+        let n = ch.len();
+        let g = cfg.norm_num_groups;
+        let lc = cfg.latent_channels;
+        let conv_in = ld.conv("encoder.conv_in", ch[0], cfg.in_channels, 3)?;
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut out_ch = ch[0];
+        for i in 0..n {
+            let inp = out_ch;
+            out_ch = ch[i];
+            let p = format!("encoder.down_blocks.{i}");
+            let resnets = (0..cfg.layers_per_block)
+                .map(|j| ld.resnet(&format!("{p}.resnets.{j}"), if j == 0 { inp } else { out_ch }, out_ch, g))
+                .collect::<Result<Vec<_>>>()?;
+            let downsampler = if i + 1 < n { Some(ld.downsample(&format!("{p}.downsamplers.0.conv"), out_ch)?) } else { None };
+            down_blocks.push(DownEncoderBlock2D { resnets, downsampler });
+        }
+        let cl = ch[n - 1];
+        let mid_block = ld.mid("encoder.mid_block", cl, cfg)?;
+        let conv_norm_out = ld.norm("encoder.conv_norm_out", cl, g)?;
+        let (conv_out, moments) = if cfg.use_quant_conv {
+            let q = MomentsConv {
+                mean: ld.conv_rows("quant_conv", 2 * lc, 2 * lc, 1, 0, lc)?,
+                logvar: ld.conv_rows("quant_conv", 2 * lc, 2 * lc, 1, lc, 2 * lc)?,
+            };
+            (ld.conv("encoder.conv_out", 2 * lc, cl, 3)?, q)
+        } else {
+            // No quant_conv: split the encoder's conv_out itself; `conv_out` is then unused
+            // (a 1-channel placeholder keeps the struct simple).
+            let q = MomentsConv {
+                mean: ld.conv_rows("encoder.conv_out", 2 * lc, cl, 3, 0, lc)?,
+                logvar: ld.conv_rows("encoder.conv_out", 2 * lc, cl, 3, lc, 2 * lc)?,
+            };
+            (ld.conv_rows("encoder.conv_out", 2 * lc, cl, 3, 0, 1)?, q)
+        };
+        Ok((Encoder { conv_in, down_blocks, mid_block, conv_norm_out, conv_out }, moments))
+    }
+}
+
 impl Vae {
     /// Encoder (when the checkpoint has one) and decoder, with the component's config.
     pub fn load(ctx: &Context, c: &Component, dtype: DType) -> Result<Vae> {
@@ -443,6 +498,18 @@ impl Vae {
     pub fn load_decoder(ctx: &Context, c: &Component, dtype: DType) -> Result<Vae> {
         let config = VaeConfig::for_component(c)?;
         Self::load_with(ctx, c, config, dtype, false)
+    }
+
+    /// A decoder-only VAE (see [`Vae::load_decoder`]) with its encoder added: the decoder's
+    /// tensors are shared, only the encoder's are uploaded. What img2img and inpainting need,
+    /// loaded when they first need it.
+    pub fn with_encoder(&self, ctx: &Context, c: &Component) -> Result<Vae> {
+        if !c.contains("encoder.conv_in.weight") {
+            return Err(Error::Unsupported(format!("{}: this VAE has no encoder (encoder.conv_in.weight); img2img and inpainting need one", c.path())));
+        }
+        let ld = Loader { ctx, c, dtype: self.dtype };
+        let (e, m) = ld.encoder(&self.config)?;
+        Ok(Vae { encoder: Some(e), moments: Some(m), ..self.clone() })
     }
 
     pub fn load_with(ctx: &Context, c: &Component, config: VaeConfig, dtype: DType, with_encoder: bool) -> Result<Vae> {
@@ -481,40 +548,9 @@ impl Vae {
         };
         let post_quant_conv = if cfg.use_post_quant_conv { Some(ld.conv1x1("post_quant_conv", lc, lc)?) } else { None };
 
-        // Encoder.
         let (encoder, moments) = if with_encoder {
-            let conv_in = ld.conv("encoder.conv_in", ch[0], cfg.in_channels, 3)?;
-            let mut down_blocks = Vec::with_capacity(n);
-            let mut out_ch = ch[0];
-            for i in 0..n {
-                let inp = out_ch;
-                out_ch = ch[i];
-                let p = format!("encoder.down_blocks.{i}");
-                let resnets = (0..cfg.layers_per_block)
-                    .map(|j| ld.resnet(&format!("{p}.resnets.{j}"), if j == 0 { inp } else { out_ch }, out_ch, g))
-                    .collect::<Result<Vec<_>>>()?;
-                let downsampler = if i + 1 < n { Some(ld.downsample(&format!("{p}.downsamplers.0.conv"), out_ch)?) } else { None };
-                down_blocks.push(DownEncoderBlock2D { resnets, downsampler });
-            }
-            let cl = ch[n - 1];
-            let mid_block = ld.mid("encoder.mid_block", cl, cfg)?;
-            let conv_norm_out = ld.norm("encoder.conv_norm_out", cl, g)?;
-            let (conv_out, moments) = if cfg.use_quant_conv {
-                let q = MomentsConv {
-                    mean: ld.conv_rows("quant_conv", 2 * lc, 2 * lc, 1, 0, lc)?,
-                    logvar: ld.conv_rows("quant_conv", 2 * lc, 2 * lc, 1, lc, 2 * lc)?,
-                };
-                (ld.conv("encoder.conv_out", 2 * lc, cl, 3)?, q)
-            } else {
-                // No quant_conv: split the encoder's conv_out itself; `conv_out` is then unused
-                // (a 1-channel placeholder keeps the struct simple).
-                let q = MomentsConv {
-                    mean: ld.conv_rows("encoder.conv_out", 2 * lc, cl, 3, 0, lc)?,
-                    logvar: ld.conv_rows("encoder.conv_out", 2 * lc, cl, 3, lc, 2 * lc)?,
-                };
-                (ld.conv_rows("encoder.conv_out", 2 * lc, cl, 3, 0, 1)?, q)
-            };
-            (Some(Encoder { conv_in, down_blocks, mid_block, conv_norm_out, conv_out }), Some(moments))
+            let (e, m) = ld.encoder(cfg)?;
+            (Some(e), Some(m))
         } else {
             (None, None)
         };
@@ -533,14 +569,21 @@ impl Vae {
         })
     }
 
-    fn resnet(&self, ctx: &Context, r: &ResnetBlock2D, x: &Tensor) -> Result<Tensor> {
-        let h = r.norm1.forward(ctx, x, true)?;
-        let h = r.conv1.forward(ctx, &h)?;
-        let h = r.norm2.forward(ctx, &h, true)?;
-        let shortcut = match &r.conv_shortcut {
-            Some(c) => c.forward(ctx, x)?,
-            None => x.clone(),
+    /// Takes `x` by value so it can be dropped as soon as it is used, and drops every
+    /// intermediate once used (shadowed ones would live to the end): at 512² f16 the last
+    /// stage's first resnet held 512 MiB of activations this way it holds 256.
+    fn resnet(&self, ctx: &Context, r: &ResnetBlock2D, x: Tensor) -> Result<Tensor> {
+        let (c1, shortcut) = match &r.conv_shortcut {
+            Some(c) => {
+                let shortcut = c.forward(ctx, &x)?;
+                let n = r.norm1.forward(ctx, &x, true)?;
+                drop(x);
+                (r.conv1.forward(ctx, &n)?, shortcut)
+            }
+            None => (r.conv1.forward(ctx, &r.norm1.forward(ctx, &x, true)?)?, x),
         };
+        let h = r.norm2.forward(ctx, &c1, true)?;
+        drop(c1);
         r.conv2.forward_residual(ctx, &h, &shortcut)
     }
 
@@ -564,11 +607,11 @@ impl Vae {
     }
 
     fn mid(&self, ctx: &Context, m: &MidBlock, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.resnet(ctx, &m.resnets[0], x)?;
+        let mut x = self.resnet(ctx, &m.resnets[0], x.clone())?;
         if let Some(a) = &m.attention {
             x = self.attention(ctx, a, &x)?;
         }
-        self.resnet(ctx, &m.resnets[1], &x)
+        self.resnet(ctx, &m.resnets[1], x)
     }
 
     /// `vae.decode(z)`: z `[B, latent, h, w]` (latents already divided by the scaling factor) →
@@ -629,7 +672,7 @@ impl Vae {
         rec("decoder.mid_block", &x);
         for (i, blk) in d.up_blocks.iter().enumerate() {
             for r in &blk.resnets {
-                x = self.resnet(ctx, r, &x)?;
+                x = self.resnet(ctx, r, x)?;
             }
             if let Some(up) = &blk.upsampler {
                 x = up.forward(ctx, &upsample_nearest2x(ctx, &x)?)?;
@@ -779,7 +822,7 @@ impl Vae {
     /// [`Self::encode_traced`] for async callers.
     pub async fn encode_async(&self, ctx: &Context, image: &Tensor, mut trace: Option<&mut Trace>) -> Result<(Tensor, Tensor, Tensor)> {
         let (Some(e), Some(m)) = (&self.encoder, &self.moments) else {
-            return Err(Error::Unsupported("this VAE was loaded without its encoder".into()));
+            return Err(Error::Unsupported("this VAE was loaded without its encoder (StableDiffusion::encoder_vae loads it for img2img)".into()));
         };
         if image.shape().len() != 4 || image.dim(1) != self.config.in_channels || image.dtype() != self.dtype {
             return Err(Error::Shape {
@@ -797,7 +840,7 @@ impl Vae {
         rec("encoder.conv_in", &x);
         for (i, blk) in e.down_blocks.iter().enumerate() {
             for r in &blk.resnets {
-                x = self.resnet(ctx, r, &x)?;
+                x = self.resnet(ctx, r, x)?;
             }
             if let Some(d) = &blk.downsampler {
                 x = d.forward(ctx, &x)?;

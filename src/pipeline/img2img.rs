@@ -101,8 +101,11 @@ pub(crate) async fn encode_sample(
     o: &GenerateOptions,
     rng: &mut TorchRng,
 ) -> Result<Vec<f32>> {
+    super::phase(ctx, "vae encode");
     let img = Tensor::from_f32(ctx, pixels, &[1, 3, o.height, o.width], sd.vae.dtype)?;
-    let (mean, _logvar, std) = sd.vae.encode_async(ctx, &img, None).await?;
+    let vae = sd.encoder_vae(ctx)?;
+    let (mean, _logvar, std) = vae.encode_async(ctx, &img, None).await?;
+    drop((img, _logvar));
     let (mean, std) = (mean.to_f32(ctx).await?, std.to_f32(ctx).await?);
     let eps = rng.randn(mean.len());
     let k = sd.vae.config.scaling_factor;
