@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::gpu::Context;
 
 /// `PIGMENT_TUNE`: `Some(false)` fixed ranking, `Some(true)` measure on first use, `None` default.
-fn env_mode() -> Option<bool> {
+pub(crate) fn env_mode() -> Option<bool> {
     std::env::var("PIGMENT_TUNE").ok().map(|v| !(v == "0" || v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("false")))
 }
 
@@ -72,30 +72,34 @@ pub fn choose(ctx: &Context, p: &Problem, run: impl FnMut(Kernel) -> Result<()>)
     if env_mode() == Some(false) {
         return fixed(ctx, p);
     }
-    {
-        let mut choices = ctx.gemm_choices.lock().unwrap();
-        if choices.is_empty() {
-            // First GEMM on this context: load what `pigment tune` cached for this adapter.
-            choices.insert(String::new(), String::new());
-            #[cfg(not(target_arch = "wasm32"))]
-            if let Some(cached) = disk::load(ctx) {
-                choices.extend(cached);
-            }
-        }
-        if let Some(k) = choices.get(&key).and_then(|s| Kernel::parse(s)) {
-            if k.unsupported(ctx, p).is_none() {
-                return k;
-            }
+    if let Some(k) = remembered(ctx, &key).and_then(|s| Kernel::parse(&s)) {
+        if k.unsupported(ctx, p).is_none() {
+            return k;
         }
     }
-    let measure = env_mode().unwrap_or(ctx.info.device_type != wgpu::DeviceType::Cpu);
-    let kernel = if measure && cfg!(not(target_arch = "wasm32")) {
-        measure_quick(ctx, p, run)
-    } else {
-        fixed(ctx, p)
-    };
+    let kernel = if measure_on_first_use(ctx) { measure_quick(ctx, p, run) } else { fixed(ctx, p) };
     ctx.gemm_choices.lock().unwrap().insert(key, kernel.name());
     kernel
+}
+
+/// The context's choice for a problem key (gemm's, or another family's with its prefix such
+/// as `conv2d:`), loading what `pigment tune` cached for this adapter on first use.
+pub(crate) fn remembered(ctx: &Context, key: &str) -> Option<String> {
+    let mut choices = ctx.gemm_choices.lock().unwrap();
+    if choices.is_empty() {
+        choices.insert(String::new(), String::new());
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(cached) = disk::load(ctx) {
+            choices.extend(cached);
+        }
+    }
+    choices.get(key).cloned()
+}
+
+/// Whether an unchosen problem is timed on first use (not on CPU adapters unless
+/// `PIGMENT_TUNE=1`; never in the browser, which cannot block on a wait).
+pub(crate) fn measure_on_first_use(ctx: &Context) -> bool {
+    env_mode().unwrap_or(ctx.info.device_type != wgpu::DeviceType::Cpu) && cfg!(not(target_arch = "wasm32"))
 }
 
 /// One compile-and-warm run and two timed runs per candidate (first use: fast, rough).

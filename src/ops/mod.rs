@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod conv;
+pub mod conv_variants;
 pub mod norm;
 pub mod resample;
 pub mod gemm;
