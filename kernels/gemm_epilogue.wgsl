@@ -1,6 +1,7 @@
 // The gemm family's shared contract, prepended to every GEMM variant (gemm.wgsl, gemm_tiled,
 // gemm_subgroup, gemm_coopmat): the parameters, the output/bias/residual bindings and the fused
-// epilogue C = act(alpha * acc + bias[n]) + R. Operands A and B (bindings 1, 2) are declared by
+// epilogue C = act(alpha * acc + bias[n]) + R (bias[m] with BIAS_ROWS: conv2d's channels are
+// rows when it runs as a GEMM). Operands A and B (bindings 1, 2) are declared by
 // each variant, as scalars or vec4.
 
 struct Params {
@@ -31,7 +32,7 @@ fn epilogue_store(base: u32, m: u32, n: u32, acc: f32) {
     }
     var v = p.alpha * acc;
     if (HAS_BIAS) {
-        v += f32(bias[n]);
+        v += f32(bias[select(n, m, BIAS_ROWS)]);
     }
     v = apply_act(v, ACT);
     let ci = base + m * p.ldc + n;

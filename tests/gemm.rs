@@ -249,8 +249,10 @@ fn problem(m: usize, n: usize, k: usize) -> pigment::ops::gemm::Problem {
 #[test]
 fn every_variant_validates_with_naga() {
     for dtype in [DType::F32, DType::F16] {
-        let sources = pigment::ops::gemm_variants::sources_for_validation(dtype);
+        let mut sources = pigment::ops::gemm_variants::sources_for_validation(dtype);
         assert!(sources.iter().any(|(n, _)| n.starts_with("coopmat")) == (dtype == DType::F16));
+        // conv2d's implicit GEMM is built on the tiled core.
+        sources.extend(pigment::ops::conv_variants::sources_for_validation(dtype));
         for (name, src) in sources {
             let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
             let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())

@@ -223,7 +223,7 @@ fn symmetric_downsample_padding_is_detected() {
         if blk.downsampler.is_some() {
             let p = format!("encoder.down_blocks.{i}.downsamplers.0.conv");
             blk.downsampler = Some(Conv2d {
-                weight: comp.get(&format!("{p}.weight")).unwrap().upload(c, DType::F32).unwrap(),
+                weight: pigment::ops::conv::ConvWeight::new(comp.get(&format!("{p}.weight")).unwrap().upload(c, DType::F32).unwrap()),
                 bias: comp.get(&format!("{p}.bias")).unwrap().upload(c, DType::F32).unwrap(),
                 stride: 2,
                 padding: 1,

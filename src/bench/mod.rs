@@ -121,35 +121,52 @@ impl Scale {
     }
 }
 
-/// Conv 3x3 320->320 at 64x64 (UNet level 1) and 4->320 (conv_in); the CPU baseline is the
-/// same implicit GEMM (Cout x H*W x Cin*9) in the gemm crate, without its im2col.
+/// SD UNet convolutions: 3x3 320->320 at 64x64 (level 1), 4->320 (conv_in), the level-1
+/// downsampler (stride 2), a 1x1 shortcut 640->1280 at 16x16 and 3x3 2560->1280 on a 1x1 image
+/// (the lowest level at latent 8, where only the centre tap sees data). Each runs the variant
+/// the op chooses, and `direct` beside it where that is another one. The CPU baseline is the
+/// same implicit GEMM (Cout x Ho*Wo x Cin*k*k, Cin alone where only the centre tap counts) in
+/// the gemm crate, without its im2col.
 pub fn conv_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Scale) -> Result<Vec<Row>> {
+    use crate::ops::conv_variants::{self, ConvKernel, ConvProblem};
     let mut rows = vec![];
-    for &(cin, cout, hw) in &[(320usize, 320usize, 64usize), (4, 320, 64)] {
+    for &(cin, cout, hw, k, stride) in &[(320usize, 320usize, 64usize, 3usize, 1usize), (4, 320, 64, 3, 1), (320, 320, 64, 3, 2), (640, 1280, 16, 1, 1), (2560, 1280, 1, 3, 1)] {
         let n = scale.batch;
+        let pad = k / 2;
+        let ho = conv::conv_out_dim(hw, k, stride, pad);
+        let centre = hw == 1 && k > 1;
         let x = random(n * cin * hw * hw, 3);
-        let w = random(cout * cin * 9, 4);
-        let (m, nn, k) = (cout, hw * hw, cin * 9);
-        let cols = random(k * nn, 5);
+        let w = random(cout * cin * k * k, 4);
+        let (m, nn, kk) = (cout, ho * ho, if centre { cin } else { cin * k * k });
+        let cols = random(kk * nn, 5);
         let mut out = vec![0f32; m * nn];
         let cpu_ms = time_cpu(min_secs, || {
             for _ in 0..n {
-                cpu_gemm(&w, &cols, &mut out, m, nn, k)
+                cpu_gemm(&w[..m * kk], &cols, &mut out, m, nn, kk)
             }
         });
+        let flops = 2.0 * (n * m * nn * kk) as f64;
         for &dtype in dtypes {
             let tx = Tensor::from_f32(ctx, &x, &[n, cin, hw, hw], dtype)?;
-            let tw = Tensor::from_f32(ctx, &w, &[cout, cin, 3, 3], dtype)?;
-            let ms = time_gpu(ctx, min_secs, || conv::conv2d(ctx, &tx, &tw, None, 1, 1).map(drop))?;
-            rows.push(Row {
-                kernel: "conv2d 3x3".into(),
-                shape: format!("{n}x{cin}x{hw}x{hw}->{cout}"),
-                dtype: dtype.name(),
-                ms,
-                rate: conv::conv2d_flops(tx.shape(), tw.shape(), 1, 1) / ms / 1e6,
-                unit: "GFLOP/s",
-                cpu_ms: Some(cpu_ms),
-            });
+            let tw = conv::ConvWeight::new(Tensor::from_f32(ctx, &w, &[cout, cin, k, k], dtype)?);
+            let p = ConvProblem { n, cin, h: hw, w: hw, cout, kh: k, kw: k, stride, pad, dtype };
+            let chosen = conv_variants::choose(ctx, &p, |v| conv::conv2d_with(ctx, &tx, &tw, None, stride, pad, None, Some(v)).map(drop));
+            let mut variants = vec![chosen];
+            if chosen != ConvKernel::Direct {
+                variants.push(ConvKernel::Direct);
+            }
+            for v in variants {
+                let ms = time_gpu(ctx, min_secs, || conv::conv2d_with(ctx, &tx, &tw, None, stride, pad, None, Some(v)).map(drop))?;
+                rows.push(Row {
+                    kernel: format!("conv2d {k}x{k} s{stride} {}", v.name()),
+                    shape: format!("{n}x{cin}x{hw}x{hw}->{cout}"),
+                    dtype: dtype.name(),
+                    ms,
+                    rate: flops / ms / 1e6,
+                    unit: "GFLOP/s",
+                    cpu_ms: Some(cpu_ms),
+                });
+            }
         }
     }
     Ok(rows)

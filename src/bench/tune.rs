@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::Context;
+use crate::ops::conv_variants::{self, ConvProblem};
 use crate::ops::gemm::{self, GemmOpts, Problem};
 use crate::ops::attention::{self, AttnInput};
 use crate::ops::attention_variants::{self, AttnKernel, AttnProblem};
@@ -24,13 +25,28 @@ pub fn problems(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&s
             gemm_tune::set_recording(true);
             attention_variants::set_recording(true);
             norm::set_recording(true);
+            conv_variants::set_recording(true);
             let run = super::model_rows(ctx, dtypes, latent, Some(dir), super::ModelBench::Unet, false, false);
             let seen = gemm_tune::set_recording(false);
+            *RECORDED_CONVS.lock().unwrap() = conv_variants::set_recording(false);
             let (attn, norms) = (attention_variants::set_recording(false), norm::set_recording(false));
             run?;
             Ok((seen, attn, norms))
         }
     }
+}
+
+/// The conv problems `problems` recorded from a model (taken by [`conv_problems`]).
+static RECORDED_CONVS: std::sync::Mutex<Vec<ConvProblem>> = std::sync::Mutex::new(vec![]);
+
+/// The convolutions to tune (those not run as GEMMs): SD 1.5's UNet at `latent`, or those
+/// the model run by [`problems`] issued.
+pub fn conv_problems(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>) -> Vec<ConvProblem> {
+    let all = match model {
+        None => dtypes.iter().flat_map(|&d| conv_variants::sd15_unet_convs(latent, d)).collect(),
+        Some(_) => std::mem::take(&mut *RECORDED_CONVS.lock().unwrap()),
+    };
+    all.into_iter().filter(|p| conv_variants::candidates(ctx, p).len() > 1).collect()
 }
 
 pub fn run(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::path::Path>, secs: f64, save: bool, limit: Option<usize>) -> anyhow::Result<()> {
@@ -67,6 +83,17 @@ pub fn run(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<&std::p
     for p in &norms {
         let (w, line) = tune_norm(ctx, p, secs)?;
         pick(p.key(), w.name().to_string(), line)?;
+    }
+    let convs = conv_problems(ctx, dtypes, latent, model);
+    println!("tuning {} conv2d problems (1x1 and centre-tap convolutions run as GEMMs):", convs.len());
+    for p in &convs {
+        let (winner, line) = tune_conv(ctx, p, secs)?;
+        println!("{line}");
+        choices.insert(conv_variants::problem_key(p), winner.name());
+        ctx.gemm_choices.lock().unwrap().insert(conv_variants::problem_key(p), winner.name());
+        if save {
+            disk::save(ctx, &choices)?;
+        }
     }
     if save {
         let path = disk::save(ctx, &choices)?;
@@ -141,6 +168,26 @@ pub fn tune_norm(ctx: &Context, p: &NormProblem, secs: f64) -> Result<(NormKerne
         NormProblem::Group { groups, .. } => norm::group_norm_with(ctx, &x, groups, &w, &w, 1e-5, true, Some(kern)).map(drop),
         NormProblem::Layer { .. } => norm::layer_norm_with(ctx, &x, &w, &w, 1e-5, Some(kern)).map(drop),
     }))
+}
+
+/// Time every conv2d variant that can run `p`; the winner and a table line.
+pub fn tune_conv(ctx: &Context, p: &ConvProblem, secs: f64) -> Result<(conv_variants::ConvKernel, String)> {
+    use crate::ops::conv;
+    let x = Tensor::from_f32(ctx, &super::random(p.n * p.cin * p.h * p.w, 1), &[p.n, p.cin, p.h, p.w], p.dtype)?;
+    let w = conv::ConvWeight::new(Tensor::from_f32(ctx, &super::random(p.cout * p.k(), 2), &[p.cout, p.cin, p.kh, p.kw], p.dtype)?);
+    let b = Tensor::from_f32(ctx, &super::random(p.cout, 3), &[p.cout], p.dtype)?;
+    let flops = conv::conv2d_flops(x.shape(), w.tensor().shape(), p.stride, p.pad);
+    let mut timed = vec![];
+    for k in conv_variants::candidates(ctx, p) {
+        match gemm_tune::time(ctx, 3, secs, || conv::conv2d_with(ctx, &x, &w, Some(&b), p.stride, p.pad, None, Some(k)).map(drop)) {
+            Ok(ms) => timed.push((k, ms)),
+            Err(e) => eprintln!("  {} {} failed: {e}", conv_variants::problem_key(p), k.name()),
+        }
+    }
+    timed.sort_by(|x, y| x.1.partial_cmp(&y.1).unwrap_or(std::cmp::Ordering::Greater));
+    let winner = timed.first().map(|t| t.0).unwrap_or_else(|| conv_variants::fixed(ctx, p));
+    let cells: Vec<String> = timed.iter().map(|(k, ms)| format!("{} {:.3} ms {:.1} GF/s", k.name(), ms, flops / ms / 1e6)).collect();
+    Ok((winner, format!("{:<40} {}", conv_variants::problem_key(p), cells.join(" | "))))
 }
 
 /// `pigment adapters`: the variants this build has and what `pigment tune` cached for `info`.

@@ -28,7 +28,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::ops::attention::{attention_qkv, attention_strided, AttnInput};
-use crate::ops::conv::{conv2d, conv2d_residual};
+use crate::ops::conv::{conv2d_with, ConvWeight};
 use crate::models::controlnet::ControlNetOutput;
 use crate::ops::elementwise::{add, binary_broadcast, silu, Activation, BinaryOp};
 use crate::ops::embedding::timestep_embedding;
@@ -349,9 +349,9 @@ pub struct Linear {
     pub bias: Option<Tensor>,
 }
 
-/// A convolution, weight as stored `[Cout, Cin, k, k]`.
+/// A convolution, weight as stored `[Cout, Cin, k, k]` (with its packed forms, `ConvWeight`).
 pub struct Conv {
-    pub weight: Tensor,
+    pub weight: ConvWeight,
     pub bias: Tensor,
     pub stride: usize,
     pub padding: usize,
@@ -359,10 +359,10 @@ pub struct Conv {
 
 impl Conv {
     pub(crate) fn forward(&self, ctx: &Context, x: &Tensor) -> Result<Tensor> {
-        conv2d(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding)
+        conv2d_with(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, None, None)
     }
     pub(crate) fn forward_residual(&self, ctx: &Context, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        conv2d_residual(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, residual)
+        conv2d_with(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, Some(residual), None)
     }
 }
 
@@ -490,7 +490,7 @@ impl Loader<'_> {
         } else {
             w.expect_shape(&[out, inp, k, k])?.upload(self.ctx, self.dtype)?
         };
-        Ok(Conv { weight, bias: self.vec(&format!("{p}.bias"), out)?, stride, padding })
+        Ok(Conv { weight: ConvWeight::new(weight), bias: self.vec(&format!("{p}.bias"), out)?, stride, padding })
     }
     pub(crate) fn resnet(&self, p: &str, inp: usize, out: usize, temb: usize) -> Result<ResnetBlock2D> {
         Ok(ResnetBlock2D {

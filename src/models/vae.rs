@@ -31,7 +31,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::ops::attention::{attention, MAX_HEAD_DIM};
-use crate::ops::conv::{conv2d, conv2d_residual};
+use crate::ops::conv::{conv2d_with, ConvWeight};
 use crate::ops::elementwise::scale;
 use crate::ops::gemm::{matmul, GemmOpts};
 use crate::ops::norm::group_norm;
@@ -189,10 +189,10 @@ impl GroupNorm {
     }
 }
 
-/// A convolution, weight `[Cout, Cin, k, k]`.
+/// A convolution, weight `[Cout, Cin, k, k]` (with its packed forms, `ConvWeight`).
 #[derive(Clone)]
 pub struct Conv2d {
-    pub weight: Tensor,
+    pub weight: ConvWeight,
     pub bias: Tensor,
     pub stride: usize,
     pub padding: usize,
@@ -200,10 +200,10 @@ pub struct Conv2d {
 
 impl Conv2d {
     fn forward(&self, ctx: &Context, x: &Tensor) -> Result<Tensor> {
-        conv2d(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding)
+        conv2d_with(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, None, None)
     }
     fn forward_residual(&self, ctx: &Context, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        conv2d_residual(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, residual)
+        conv2d_with(ctx, x, &self.weight, Some(&self.bias), self.stride, self.padding, Some(residual), None)
     }
 }
 
@@ -374,12 +374,12 @@ impl Loader<'_> {
     /// A Linear `[out, in]` (or 1×1 conv) as a 1×1 convolution.
     fn conv1x1(&self, p: &str, out: usize, inp: usize) -> Result<Conv2d> {
         let w = self.matrix(&format!("{p}.weight"), out, inp)?;
-        Ok(Conv2d { weight: self.upload(&w, &[out, inp, 1, 1])?, bias: self.vec(&format!("{p}.bias"), out)?, stride: 1, padding: 0 })
+        Ok(Conv2d { weight: ConvWeight::new(self.upload(&w, &[out, inp, 1, 1])?), bias: self.vec(&format!("{p}.bias"), out)?, stride: 1, padding: 0 })
     }
     fn conv(&self, p: &str, out: usize, inp: usize, k: usize) -> Result<Conv2d> {
         let w = self.c.get(&format!("{p}.weight"))?;
         w.expect_shape(&[out, inp, k, k])?;
-        Ok(Conv2d { weight: w.upload(self.ctx, self.dtype)?, bias: self.vec(&format!("{p}.bias"), out)?, stride: 1, padding: k / 2 })
+        Ok(Conv2d { weight: ConvWeight::new(w.upload(self.ctx, self.dtype)?), bias: self.vec(&format!("{p}.bias"), out)?, stride: 1, padding: k / 2 })
     }
     /// Output channels `[o0, o1)` of a convolution.
     fn conv_rows(&self, p: &str, out: usize, inp: usize, k: usize, o0: usize, o1: usize) -> Result<Conv2d> {
@@ -393,7 +393,7 @@ impl Loader<'_> {
         b.expect_shape(&[out])?;
         let bv = b.range_f32(o0, o1 - o0)?;
         Ok(Conv2d {
-            weight: self.upload(&wv, &[o1 - o0, inp, k, k])?,
+            weight: ConvWeight::new(self.upload(&wv, &[o1 - o0, inp, k, k])?),
             bias: self.upload(&bv, &[o1 - o0])?,
             stride: 1,
             padding: k / 2,
@@ -413,7 +413,7 @@ impl Loader<'_> {
                 }
             }
         }
-        Ok(Conv2d { weight: self.upload(&w4, &[ch, ch, 4, 4])?, bias: self.vec(&format!("{p}.bias"), ch)?, stride: 2, padding: 1 })
+        Ok(Conv2d { weight: ConvWeight::new(self.upload(&w4, &[ch, ch, 4, 4])?), bias: self.vec(&format!("{p}.bias"), ch)?, stride: 2, padding: 1 })
     }
     fn resnet(&self, p: &str, inp: usize, out: usize, groups: usize) -> Result<ResnetBlock2D> {
         Ok(ResnetBlock2D {

@@ -7,12 +7,15 @@
 //! is a sub-range of its tensor starting on the storage offset alignment, so no binding exceeds
 //! [`Context::max_binding`].
 
-use super::same_dtype;
+use super::conv_variants::{self, ConvKernel, ConvProblem};
+use super::gemm::{self, Problem};
+use super::{gemm_tune, same_dtype};
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor};
 use bytemuck::{Pod, Zeroable};
 
 const CONV2D: &str = include_str!("../../kernels/conv2d.wgsl");
+const PACK: &str = include_str!("../../kernels/conv2d_pack.wgsl");
 
 /// Register tile (fixed in the kernel): output channels x output pixels per invocation, and
 /// invocations per workgroup.
@@ -79,10 +82,55 @@ pub fn conv2d_flops(x_shape: &[usize], w_shape: &[usize], stride: usize, padding
     2.0 * (n * cout * ho * wo) as f64 * (cin * kh * kw) as f64
 }
 
+/// A convolution weight `[Cout, Cin, kh, kw]` as checkpoints store it (the layout the `direct`
+/// and `igemm` variants read: K in (ci, ky, kx) order, contiguous per output channel), and,
+/// made on first use and kept, its centre tap as a `[Cin, Cout]` matrix for convolutions on
+/// 1x1 images run as a GEMM (1/(kh*kw) of the weight; only convolutions that meet a 1x1 image
+/// make one). Models hold their convolution weights in this form.
+pub struct ConvWeight {
+    weight: Tensor,
+    centre: std::sync::Mutex<Option<Tensor>>,
+}
+
+/// A clone shares the weight's buffer (tensors are reference-counted) and copies the packed
+/// centre tap if one was made (the VAE encoder shares the decoder's tensors this way).
+impl Clone for ConvWeight {
+    fn clone(&self) -> Self {
+        ConvWeight { weight: self.weight.clone(), centre: std::sync::Mutex::new(self.centre.lock().unwrap().clone()) }
+    }
+}
+
+impl ConvWeight {
+    pub fn new(weight: Tensor) -> ConvWeight {
+        ConvWeight { weight, centre: Default::default() }
+    }
+    /// The weight as stored, `[Cout, Cin, kh, kw]`.
+    pub fn tensor(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The centre tap as `[Cin, Cout]` (packed on the GPU on first use).
+    fn centre(&self, ctx: &Context) -> Result<Tensor> {
+        let mut c = self.centre.lock().unwrap();
+        if let Some(t) = c.as_ref() {
+            return Ok(t.clone());
+        }
+        let w = &self.weight;
+        let (cout, cin, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+        let t = Tensor::empty(ctx, &[cin, cout], w.dtype())?;
+        let (grid, row) = super::flat_grid(ctx, cin * cout, 64);
+        let params: [u32; 8] = [cin as u32, cout as u32, (kh * kw) as u32, ((kh / 2) * kw + kw / 2) as u32, row, 0, 0, 0];
+        let spec = KernelSpec::new("conv2d", PACK, "main", w.dtype());
+        ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[w.binding(), t.binding()], grid)?;
+        *c = Some(t.clone());
+        Ok(t)
+    }
+}
+
 /// `conv2d(x, w) + bias`: x `[N, Cin, H, W]`, w `[Cout, Cin, kh, kw]`, bias `[Cout]`; returns
 /// `[N, Cout, Ho, Wo]` with `Ho = (H + 2*padding - kh) / stride + 1`.
 pub fn conv2d(ctx: &Context, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    conv2d_impl(ctx, x, w, bias, None, stride, padding)
+    conv2d_with(ctx, x, &ConvWeight::new(w.clone()), bias, stride, padding, None, None)
 }
 
 /// `conv2d(x, w) + bias + residual`, with `residual` shaped like the output (the UNet/VAE
@@ -96,26 +144,31 @@ pub fn conv2d_residual(
     padding: usize,
     residual: &Tensor,
 ) -> Result<Tensor> {
-    conv2d_impl(ctx, x, w, bias, Some(residual), stride, padding)
+    conv2d_with(ctx, x, &ConvWeight::new(w.clone()), bias, stride, padding, Some(residual), None)
 }
 
-fn conv2d_impl(
+/// The convolution with an optional residual and an explicit variant (selftest, tuning, tests;
+/// `None` chooses one by [`conv_variants::choose`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_with(
     ctx: &Context,
     x: &Tensor,
-    w: &Tensor,
+    w: &ConvWeight,
     bias: Option<&Tensor>,
-    residual: Option<&Tensor>,
     stride: usize,
     padding: usize,
+    residual: Option<&Tensor>,
+    kernel: Option<ConvKernel>,
 ) -> Result<Tensor> {
     let op = "conv2d";
-    if x.shape().len() != 4 || w.shape().len() != 4 {
-        return shape_err(op, format!("x {:?} must be [N,C,H,W] and w {:?} [Cout,Cin,kh,kw]", x.shape(), w.shape()));
+    let w_t = &w.weight;
+    if x.shape().len() != 4 || w_t.shape().len() != 4 {
+        return shape_err(op, format!("x {:?} must be [N,C,H,W] and w {:?} [Cout,Cin,kh,kw]", x.shape(), w_t.shape()));
     }
     let (n, cin, h, wi) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
-    let (cout, wcin, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+    let (cout, wcin, kh, kw) = (w_t.dim(0), w_t.dim(1), w_t.dim(2), w_t.dim(3));
     if wcin != cin {
-        return shape_err(op, format!("x {:?} has {cin} channels but w {:?} expects {wcin}", x.shape(), w.shape()));
+        return shape_err(op, format!("x {:?} has {cin} channels but w {:?} expects {wcin}", x.shape(), w_t.shape()));
     }
     if stride == 0 || kh == 0 || kw == 0 || kh > 7 || kw > 7 || stride > 4 {
         return Err(Error::Unsupported(format!("conv2d with kernel {kh}x{kw} and stride {stride} (kernels up to 7x7, stride up to 4)")));
@@ -123,7 +176,7 @@ fn conv2d_impl(
     if h + 2 * padding < kh || wi + 2 * padding < kw || padding >= kh.max(kw) {
         return shape_err(op, format!("x {:?} too small for a {kh}x{kw} kernel with padding {padding}", x.shape()));
     }
-    let mut ts = vec![x, w];
+    let mut ts = vec![x, w_t];
     if let Some(b) = bias {
         if b.numel() != cout {
             return shape_err(op, format!("bias {:?} for {cout} output channels", b.shape()));
@@ -141,17 +194,94 @@ fn conv2d_impl(
     }
     same_dtype(op, &ts)?;
     let dtype = x.dtype();
-    let es = dtype.size() as u64;
+    let cp = ConvProblem { n, cin, h, w: wi, cout, kh, kw, stride, pad: padding, dtype };
+    let kernel = match kernel {
+        Some(k) => k,
+        None => conv_variants::choose(ctx, &cp, |k| conv2d_with(ctx, x, w, bias, stride, padding, residual, Some(k)).map(drop)),
+    };
+    if let Some(why) = kernel.unsupported(ctx, &cp) {
+        return Err(Error::Unsupported(format!("conv2d {:?} * {:?}: variant {}: {why}", x.shape(), w_t.shape(), kernel.name())));
+    }
     ctx.profile_op("conv2d", || {
         (
-            format!("{} k{kh} s{stride} ->{cout}{}", super::dims(x.shape()), if residual.is_some() { " +res" } else { "" }),
-            crate::gpu::Work::Flops(conv2d_flops(x.shape(), w.shape(), stride, padding)),
+            format!(
+                "{} k{kh} s{stride} ->{cout}{}{}",
+                super::dims(x.shape()),
+                if residual.is_some() { " +res" } else { "" },
+                if kernel == ConvKernel::Gemm { " as gemm" } else { "" }
+            ),
+            crate::gpu::Work::Flops(conv2d_flops(x.shape(), w_t.shape(), stride, padding) / if cp.centre_only() { (kh * kw) as f64 } else { 1.0 }),
         )
     });
     let y = Tensor::empty(ctx, &out_shape, dtype)?;
     if y.numel() == 0 {
         return Ok(y);
     }
+    match kernel {
+        ConvKernel::Gemm => as_gemm(ctx, x, w, bias, residual, &y, &cp)?,
+        ConvKernel::Igemm(b) => conv_variants::igemm(ctx, b, &cp, x.binding(), w_t.binding(), y.binding(), bias.map(|t| t.binding()), residual.map(|t| t.binding()))?,
+        ConvKernel::Direct => direct(ctx, x, w_t, bias, residual, stride, padding, &y)?,
+    }
+    Ok(y)
+}
+
+/// The `gemm` variant: a 1x1 convolution is Y[n] = W · X[n] per batch entry (W `[Cout, Cin]`
+/// shared, bias per row), and one on a 1x1 image Y = X · Wc with X `[N, Cin]` and Wc the centre
+/// tap `[Cin, Cout]` (a Linear; bias per column). The GEMM variant is gemm's own choice.
+fn as_gemm(ctx: &Context, x: &Tensor, w: &ConvWeight, bias: Option<&Tensor>, residual: Option<&Tensor>, y: &Tensor, cp: &ConvProblem) -> Result<()> {
+    let (n, cin, cout, hw) = (cp.n, cp.cin, cp.cout, cp.h * cp.w);
+    let centre;
+    let (problem, views) = if hw > 1 {
+        let p = Problem { batch: n, m: cout, n: hw, k: cin, trans_a: false, trans_b: false, dtype: cp.dtype };
+        let v = gemm::Views {
+            a: w.weight.binding(),
+            b: x.binding(),
+            c: y.binding(),
+            bias: bias.map(|t| t.binding()),
+            bias_rows: true,
+            residual: residual.map(|t| t.binding()),
+            lda: cin,
+            ldb: hw,
+            ldc: hw,
+            stride_a: 0,
+            stride_b: cin * hw,
+            stride_c: cout * hw,
+        };
+        (p, v)
+    } else {
+        // The centre tap even of a 1x1 weight: [Cin, Cout] row-major takes the vec4 GEMM (the
+        // weight as stored, a transposed B, ran ~2x slower than `direct` there).
+        centre = w.centre(ctx)?;
+        let b = centre.binding();
+        let p = Problem { batch: 1, m: n, n: cout, k: cin, trans_a: false, trans_b: false, dtype: cp.dtype };
+        let v = gemm::Views {
+            a: x.binding(),
+            b,
+            c: y.binding(),
+            bias: bias.map(|t| t.binding()),
+            bias_rows: false,
+            residual: residual.map(|t| t.binding()),
+            lda: cin,
+            ldb: cout,
+            ldc: cout,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+        };
+        (p, v)
+    };
+    let kernel = gemm_tune::choose(ctx, &problem, |k| gemm::gemm_views(ctx, "conv2d", &problem, &views, k));
+    gemm::gemm_views(ctx, "conv2d", &problem, &views, kernel)
+}
+
+/// The `direct` variant (`kernels/conv2d.wgsl`), splitting over the binding limit.
+#[allow(clippy::too_many_arguments)]
+fn direct(ctx: &Context, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, residual: Option<&Tensor>, stride: usize, padding: usize, y: &Tensor) -> Result<()> {
+    let (n, cin, h, wi) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (cout, kh, kw) = (w.dim(0), w.dim(2), w.dim(3));
+    let (ho, wo) = (y.dim(2), y.dim(3));
+    let dtype = x.dtype();
+    let es = dtype.size() as u64;
 
     // `pb` > 0: the flattened-pixel entry point with `pb` pixel blocks per workgroup.
     let spec_for = |accum: bool, with_bias: bool, with_res: bool, pb: usize| {
@@ -188,7 +318,7 @@ fn conv2d_impl(
         let ys = y.numel() / n * n0;
         let y_start = ys + co0 * hwo + oy0 * wo;
         let y_end = ys + (nb - 1) * cout * hwo + (co1 - 1) * hwo + oy1 * wo;
-        let (yb, y_off) = aligned_range(ctx, &y, y_start, y_end, ys + co0 * hwo);
+        let (yb, y_off) = aligned_range(ctx, y, y_start, y_end, ys + co0 * hwo);
         let first = ci0 == 0;
         let bb = match bias {
             Some(b) if first => b.binding(),
@@ -234,7 +364,7 @@ fn conv2d_impl(
     // y). SD's largest, Cin = 2560 at 3x3, stays in one dispatch (the cap is 3517 at 3x3,
     // 11960 at 1x1).
     let cin_cap = ((LOOP_BUDGET - 200) / (1 + (kh + 1) + kh * (kw + 1))).max(1);
-    let whole = fits(x) && fits(w) && fits(&y) && ho <= grid_rows && n <= max_groups;
+    let whole = fits(x) && fits(w) && fits(y) && ho <= grid_rows && n <= max_groups;
     // Share of the row kernel's pixel slots (WG invocations x TN pixels per workgroup, along
     // one image's rows) that hold real pixels; small images (16x16 and below) waste most.
     let row_groups = (ho * ox_blocks).div_ceil(WG);
@@ -282,10 +412,10 @@ fn conv2d_impl(
             ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[xb, wb, bb, rb, yb], groups)?;
             ci0 = ci1;
         }
-        return Ok(y);
+        return Ok(());
     }
     if whole && cin <= cin_cap {
-        return record(0, n, (0, cout), (0, ho), (0, cin)).map(|_| y);
+        return record(0, n, (0, cout), (0, ho), (0, cin));
     }
 
     // Split path, one batch entry at a time, in elements of the usable binding size.
@@ -335,5 +465,5 @@ fn conv2d_impl(
             oy0 = oy1;
         }
     }
-    Ok(y)
+    Ok(())
 }

@@ -280,6 +280,7 @@ pub fn matmul_with(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, kernel: O
         .define("TRANS_A", o.trans_a)
         .define("TRANS_B", o.trans_b)
         .define("HAS_BIAS", o.bias.is_some())
+        .define("BIAS_ROWS", false)
         .define("HAS_RES", o.residual.is_some())
         .define("ACT", format!("{}u", o.act as u32));
     let (block_rows, block_cols) = kernel.block(&problem);
@@ -358,6 +359,71 @@ pub fn matmul_with(ctx: &Context, a: &Tensor, b: &Tensor, o: GemmOpts, kernel: O
         bstart += nb;
     }
     Ok(c)
+}
+
+/// Operand views for [`gemm_views`]: bindings the caller laid out, with row and batch strides
+/// in elements (a batch stride of 0 broadcasts that operand to every batch).
+#[derive(Clone, Copy)]
+pub(crate) struct Views<'a> {
+    pub a: Binding<'a>,
+    pub b: Binding<'a>,
+    pub c: Binding<'a>,
+    pub bias: Option<Binding<'a>>,
+    /// The bias is indexed by output row (conv2d's channels), not by column.
+    pub bias_rows: bool,
+    pub residual: Option<Binding<'a>>,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+/// One GEMM dispatch of `kernel` on views that are not whole tensors (conv2d's 1x1 and
+/// centre-tap routes: the weight shared by every batch entry as A, the image as B). The batch
+/// runs on the grid's z. The caller checks that every binding fits the device limit; profile
+/// rows count to `family` (the op the user called).
+pub(crate) fn gemm_views(ctx: &Context, family: &'static str, p: &Problem, v: &Views, kernel: Kernel) -> Result<()> {
+    let loop_iters = kernel.loop_iters(p);
+    if ctx.info.device_type == wgpu::DeviceType::Cpu && loop_iters > LAVAPIPE_MAX_LOOP {
+        return Err(Error::Unsupported(format!(
+            "{family} as gemm {}x{}x{} ({}): {loop_iters} loop iterations per invocation, over the {LAVAPIPE_MAX_LOOP} this software Vulkan driver runs",
+            p.m,
+            p.n,
+            p.k,
+            kernel.name()
+        )));
+    }
+    if let Some(why) = kernel.unsupported(ctx, p) {
+        return Err(Error::Unsupported(format!("{family} as gemm: variant {}: {why}", kernel.name())));
+    }
+    let mut spec = kernel
+        .spec(p)
+        .define("TRANS_A", p.trans_a)
+        .define("TRANS_B", p.trans_b)
+        .define("HAS_BIAS", v.bias.is_some())
+        .define("BIAS_ROWS", v.bias_rows)
+        .define("HAS_RES", v.residual.is_some())
+        .define("ACT", format!("{}u", Activation::Identity as u32));
+    spec.name = family;
+    let (block_rows, block_cols) = kernel.block(p);
+    let params = Params {
+        m: p.m as u32,
+        n: p.n as u32,
+        k: p.k as u32,
+        lda: v.lda as u32,
+        ldb: v.ldb as u32,
+        ldc: v.ldc as u32,
+        stride_a: v.stride_a as u32,
+        stride_b: v.stride_b as u32,
+        stride_c: v.stride_c as u32,
+        alpha: 1.0,
+        _pad: [0; 2],
+    };
+    // Absent bias/residual bind A (read-only, like them) as a stand-in the kernel never reads.
+    let grid = [p.n.div_ceil(block_cols) as u32, p.m.div_ceil(block_rows) as u32, p.batch as u32];
+    ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[v.a, v.b, v.c, v.bias.unwrap_or(v.a), v.residual.unwrap_or(v.a)], grid)
 }
 
 /// `kernels/gemm.wgsl` with `main_vec4` unrolled for this tile; made once per tile shape (a

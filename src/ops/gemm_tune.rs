@@ -77,12 +77,7 @@ pub fn choose(ctx: &Context, p: &Problem, run: impl FnMut(Kernel) -> Result<()>)
             return k;
         }
     }
-    let measure = env_mode().unwrap_or(ctx.info.device_type != wgpu::DeviceType::Cpu);
-    let kernel = if measure && cfg!(not(target_arch = "wasm32")) {
-        measure_quick(ctx, p, run)
-    } else {
-        fixed(ctx, p)
-    };
+    let kernel = if measure_on_first_use(ctx) { measure_quick(ctx, p, run) } else { fixed(ctx, p) };
     ctx.gemm_choices.lock().unwrap().insert(key, kernel.name());
     kernel
 }
@@ -124,6 +119,12 @@ pub(crate) fn choose_named(ctx: &Context, key: String, candidates: &[String], fi
     }
     ctx.gemm_choices.lock().unwrap().insert(key, best.0.clone());
     best.0
+}
+
+/// Whether an unchosen problem is timed on first use (not on CPU adapters unless
+/// `PIGMENT_TUNE=1`; never in the browser, which cannot block on a wait).
+pub(crate) fn measure_on_first_use(ctx: &Context) -> bool {
+    env_mode().unwrap_or(ctx.info.device_type != wgpu::DeviceType::Cpu) && cfg!(not(target_arch = "wasm32"))
 }
 
 /// One compile-and-warm run and two timed runs per candidate (first use: fast, rough).

@@ -128,7 +128,9 @@ pub(crate) fn spec(kernel: &Kernel, p: &Problem) -> KernelSpec {
     let u = |v: u32| format!("{v}u");
     match kernel {
         Kernel::Register(_) => unreachable!("the register kernel is built by ops::gemm"),
+        // VEC4 names the loader in the pipeline-cache key (the key holds defines, not source).
         Kernel::Tiled(b) => KernelSpec::new("gemm", tiled_source(p.vec4()), "main", p.dtype)
+            .define("VEC4", p.vec4())
             .define("BM", u(b.bm))
             .define("BN", u(b.bn))
             .define("BK", u(b.bk))
@@ -141,6 +143,13 @@ pub(crate) fn spec(kernel: &Kernel, p: &Problem) -> KernelSpec {
         // One subgroup per workgroup where the adapter says how big one is (see the kernel).
         Kernel::CoopMat => KernelSpec::new("gemm", COOPMAT, "main", p.dtype).define("WG", "32u"),
     }
+}
+
+/// `kernels/gemm_tiled.wgsl` without its loaders: the tiled core (tiles, double buffering,
+/// register tile, epilogue call), for kernels that bring their own `load_a4`/`load_b4` and
+/// operand bindings (conv2d's implicit GEMM gathers its B tile from the image).
+pub(crate) fn tiled_body() -> &'static str {
+    TILED.split_once("//--- loads: scalar").expect("gemm_tiled.wgsl sections").0
 }
 
 /// `kernels/gemm_tiled.wgsl` with its scalar or vec4 loaders (the file's `//--- loads:`
@@ -173,6 +182,7 @@ pub fn sources_for_validation(dtype: DType) -> Vec<(String, String)> {
                 .define("TRANS_A", ta)
                 .define("TRANS_B", tb)
                 .define("HAS_BIAS", true)
+                .define("BIAS_ROWS", ta)
                 .define("HAS_RES", true)
                 .define("ACT", "1u");
             out.push((format!("{} vec4 {vec4} {dtype:?}", k.name()), spec.full_source()));

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod attention_variants;
 pub mod elementwise;
 pub mod conv;
+pub mod conv_variants;
 pub mod norm;
 pub mod resample;
 pub mod gemm;

@@ -8,7 +8,7 @@ use crate::ops::elementwise::{self, Activation, BinaryOp};
 use crate::ops::gemm::{self, GemmOpts, Kernel, Problem, Tile};
 use crate::ops::attention::{self, AttnInput};
 use crate::ops::norm::{self, NormKernel};
-use crate::ops::{attention_variants, conv, embedding, gemm_variants, reference as r, resample, softmax};
+use crate::ops::{attention_variants, conv, conv_variants, embedding, gemm_variants, reference as r, resample, softmax};
 use crate::{DType, Tensor};
 
 fn up(ctx: &Context, v: &[f32], shape: &[usize], dtype: DType) -> crate::Result<Tensor> {
@@ -30,7 +30,7 @@ fn case(family: &'static str, variant: &str, shape: String, dtypes: &[DType], ru
 
 pub(super) fn all(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut v = gemm_cases(ctx, quick);
-    v.extend(conv_cases(quick));
+    v.extend(conv_cases(ctx, quick));
     v.extend(attention_cases(ctx, quick));
     v.extend(norm_cases(ctx));
     v.extend(softmax_cases());
@@ -92,41 +92,53 @@ fn gemm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
     v
 }
 
-fn conv_cases(quick: bool) -> Vec<Case> {
+/// Every conv2d variant (`direct`, `gemm`, each `igemm` tile) on the shapes it can run here:
+/// odd Cin/Cout, Cin not a multiple of 4, stride 2, padding 0/1, 1x1 kernels, 1x1 and odd
+/// images, bias and residual; `direct` also under a lowered binding limit that splits it.
+fn conv_cases(ctx: &Context, quick: bool) -> Vec<Case> {
+    let s = |n, cin, h, w, cout, k, stride, pad| r::ConvShape { n, cin, h, w, cout, k, stride, pad };
     let mut shapes = vec![
-        r::ConvShape { n: 2, cin: 5, h: 9, w: 7, cout: 6, k: 3, stride: 1, pad: 1 },
-        r::ConvShape { n: 1, cin: 3, h: 11, w: 10, cout: 5, k: 3, stride: 2, pad: 1 },
-        r::ConvShape { n: 1, cin: 7, h: 5, w: 6, cout: 9, k: 1, stride: 1, pad: 0 },
+        (s(2, 5, 9, 7, 6, 3, 1, 1), 0),
+        (s(1, 3, 11, 10, 5, 3, 2, 1), 0),
+        (s(2, 4, 13, 11, 70, 3, 1, 0), 0),
+        (s(1, 7, 9, 8, 9, 1, 1, 0), 0),
+        (s(2, 8, 1, 1, 13, 3, 1, 1), 0),
+        (s(2, 9, 40, 37, 10, 3, 1, 1), 6 * 1024),
     ];
     if !quick {
-        shapes.push(r::ConvShape { n: 2, cin: 33, h: 17, w: 13, cout: 70, k: 3, stride: 1, pad: 1 });
+        shapes.extend([(s(2, 33, 17, 13, 70, 3, 1, 1), 0), (s(2, 16, 16, 16, 64, 3, 1, 1), 0), (s(2, 9, 1, 1, 6, 1, 1, 0), 0), (s(1, 12, 9, 8, 33, 4, 2, 1), 0)]);
     }
-    shapes
-        .into_iter()
-        .map(|c| {
-            let shape = format!("n{} cin{} {}x{} cout{} k{} s{} p{}", c.n, c.cin, c.h, c.w, c.cout, c.k, c.stride, c.pad);
-            case("conv2d", "default", shape, &[DType::F32, DType::F16], move |ctx, dtype| {
+    let mut variants = vec![conv_variants::ConvKernel::Direct, conv_variants::ConvKernel::Gemm];
+    variants.extend(conv_variants::igemm_candidates().into_iter().map(conv_variants::ConvKernel::Igemm));
+    let mut v = vec![];
+    for kernel in variants {
+        for &(c, limit) in &shapes {
+            let p = conv_variants::ConvProblem { n: c.n, cin: c.cin, h: c.h, w: c.w, cout: c.cout, kh: c.k, kw: c.k, stride: c.stride, pad: c.pad, dtype: DType::F32 };
+            // Only direct splits over the binding limit; the others refuse such problems.
+            if (limit > 0 && kernel != conv_variants::ConvKernel::Direct) || kernel.unsupported(ctx, &p).is_some() {
+                continue;
+            }
+            let split = if limit > 0 { format!(" split at {limit} B") } else { String::new() };
+            let shape = format!("n{} cin{} {}x{} cout{} k{} s{} p{}{split}", c.n, c.cin, c.h, c.w, c.cout, c.k, c.stride, c.pad);
+            v.push(case("conv2d", &kernel.name(), shape, &[DType::F32, DType::F16], move |ctx, dtype| {
                 let (ho, wo) = c.out_hw();
                 let x = data(c.n * c.cin * c.h * c.w, 1, dtype);
                 let w = data(c.cout * c.cin * c.k * c.k, 2, dtype);
                 let b = data(c.cout, 3, dtype);
                 let res = data(c.n * c.cout * ho * wo, 4, dtype);
-                let y = conv::conv2d_residual(
-                    ctx,
-                    &up(ctx, &x, &[c.n, c.cin, c.h, c.w], dtype)?,
-                    &up(ctx, &w, &[c.cout, c.cin, c.k, c.k], dtype)?,
-                    Some(&up(ctx, &b, &[c.cout], dtype)?),
-                    c.stride,
-                    c.pad,
-                    &up(ctx, &res, &[c.n, c.cout, ho, wo], dtype)?,
-                )?;
+                let (tx, tw) = (up(ctx, &x, &[c.n, c.cin, c.h, c.w], dtype)?, conv::ConvWeight::new(up(ctx, &w, &[c.cout, c.cin, c.k, c.k], dtype)?));
+                let (tb, tr) = (up(ctx, &b, &[c.cout], dtype)?, up(ctx, &res, &[c.n, c.cout, ho, wo], dtype)?);
+                ctx.set_max_binding_for_tests(limit as u64 * dtype.size() as u64 / 4);
+                let y = conv::conv2d_with(ctx, &tx, &tw, Some(&tb), c.stride, c.pad, Some(&tr), Some(kernel)).and_then(|y| y.to_vec(ctx));
+                ctx.set_max_binding_for_tests(0);
                 let (want, mag) = r::conv2d(&c, &x, &w, Some(&b), Some(&res));
                 // tests/conv.rs: 1e-5 (f32) / 2e-3 (f16) of the sum of |terms|.
                 let rel = if dtype == DType::F32 { 1e-5 } else { 2e-3 };
-                Ok(Outcome { got: y.to_vec(ctx)?, want, tol: Tolerance::PerElement(mag.iter().map(|m| rel * m + 1e-6).collect()) })
-            })
-        })
-        .collect()
+                Ok(Outcome { got: y?, want, tol: Tolerance::PerElement(mag.iter().map(|m| rel * m + 1e-6).collect()) })
+            }));
+        }
+    }
+    v
 }
 
 fn attention_cases(ctx: &Context, quick: bool) -> Vec<Case> {
