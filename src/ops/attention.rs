@@ -11,7 +11,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Binding, Context, KernelSpec, Tensor};
 use bytemuck::{Pod, Zeroable};
 
-const SOURCE: &str = include_str!("../../kernels/attention.wgsl");
+const SOURCE: &str = concat!(include_str!("../../kernels/attention_io.wgsl"), include_str!("../../kernels/attention.wgsl"));
 
 /// Largest head dim the kernel is specialised for (SD's biggest is 160).
 pub const MAX_HEAD_DIM: usize = 160;

@@ -7,7 +7,7 @@
 use crate::error::Result;
 use crate::gpu::{Context, DType, KernelSpec};
 
-const FA2: &str = include_str!("../../kernels/attention_fa2.wgsl");
+const FA2: &str = concat!(include_str!("../../kernels/attention_io.wgsl"), include_str!("../../kernels/attention_fa2.wgsl"));
 
 /// Lanes per query row in the FA2 kernel (FA2's quad; every subgroup size in use is >= 4).
 pub const TEAM: u32 = 4;
