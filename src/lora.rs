@@ -378,66 +378,6 @@ fn check_fit(path: &str, down: (&str, &[usize]), up: (&str, &[usize]), target: &
     Ok(())
 }
 
-/// Error unless the pair's tensors fit the target's shape `wshape`; returns the rank its
-/// `alpha` divides by (`None`: a LoKr with no factored half, scale 1).
-fn check_pair(lora: &Lora, p: &Pair, target: &str, wshape: &[usize]) -> Result<Option<usize>> {
-    let path = lora.path();
-    let shape_of = |k: &str| lora.file.info(k).map(|(_, s)| s.to_vec()).unwrap_or_default();
-    let (out, numel) = (wshape.first().copied().unwrap_or(0), wshape.iter().product::<usize>());
-    let inner = if out > 0 { numel / out } else { 0 };
-    let numel_of = |s: &[usize]| s.iter().product::<usize>();
-    let misfit = |names: Vec<&String>| -> crate::Error {
-        let shapes: Vec<String> = names.iter().map(|n| format!("'{n}' {:?}", shape_of(n))).collect();
-        err(path, format!("LyCORIS tensors {} do not fit the model's '{target}' {wshape:?} (a LoRA for another model architecture?)", shapes.join(", "))).into()
-    };
-    let rank = match &p.kind {
-        Kind::Lora { down, up } => {
-            let d = shape_of(down);
-            check_fit(path, (down, &d), (up, &shape_of(up)), target, wshape)?;
-            Some(d[0])
-        }
-        Kind::LoHa { w1a, w1b, w2a, w2b } => {
-            let fits = |a: &String, b: &String| {
-                let (sa, sb) = (shape_of(a), shape_of(b));
-                sa.len() == 2 && sa[0] == out && sa[1] > 0 && sb.first() == Some(&sa[1]) && numel_of(&sb) == sa[1] * inner
-            };
-            if out == 0 || !fits(w1a, w1b) || !fits(w2a, w2b) {
-                return Err(misfit(p.tensors()));
-            }
-            Some(shape_of(w1b)[0])
-        }
-        Kind::LoKr { w1, w2 } => {
-            // (rows, columns, rank if factored) of each half.
-            let dims = |f: &Factor| -> Option<(usize, usize, Option<usize>)> {
-                match f {
-                    Factor::Full(n) => {
-                        let s = shape_of(n);
-                        (s.len() >= 2 && s[0] > 0).then(|| (s[0], numel_of(&s) / s[0], None))
-                    }
-                    Factor::Pair(a, b) => {
-                        let (sa, sb) = (shape_of(a), shape_of(b));
-                        (sa.len() == 2 && sa[1] > 0 && sb.first() == Some(&sa[1])).then(|| (sa[0], numel_of(&sb) / sa[1], Some(sa[1])))
-                    }
-                }
-            };
-            match (dims(w1), dims(w2)) {
-                (Some((a, b, r1)), Some((c, e, r2))) if a * c == out && b * e == inner && out > 0 => r1.or(r2),
-                _ => return Err(misfit(p.tensors())),
-            }
-        }
-    };
-    if let Some(d) = &p.dora {
-        let s = shape_of(d);
-        let in_ch = wshape.get(1).copied().unwrap_or(0);
-        let per_out = s.first() == Some(&out) && numel_of(&s) == out;
-        let per_in = s.len() >= 2 && s[0] == 1 && s[1] == in_ch && numel_of(&s) == in_ch;
-        if !per_out && !per_in {
-            return Err(err(path, format!("DoRA '{d}' {s:?} fits neither the output rows ([{out}, 1, ..]) nor the input channels ([1, {in_ch}, ..]) of '{target}' {wshape:?}")).into());
-        }
-    }
-    Ok(rank)
-}
-
 /// `w [out, inner] += s · up [out, r] @ down [r, inner]` (shapes checked by [`check_fit`]).
 fn add_delta(w: &mut [f32], down: &TensorView, up: &TensorView, s: f32) -> Result<()> {
     let (r, out) = (down.shape[0], up.shape[0]);
@@ -487,7 +427,7 @@ fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> 
                 continue;
             };
             matched += 1;
-            let rank = check_pair(lora, p, &target, &comp.shape(&target).unwrap_or_default())?;
+            let rank = lycoris::check_pair(lora, p, &target, &comp.shape(&target).unwrap_or_default())?;
             let alpha = match (&p.alpha, rank) {
                 (Some(a), rank) => {
                     let v = lora.file.get(a)?.to_f32()?;
@@ -538,32 +478,11 @@ fn merge_part(comp: &Component, group: &BTreeMap<String, Vec<Item>>, mut sink: i
         let inner = w.len() / out;
         for (lora, p, mult, scale) in items {
             let get = |k: &str| lora.file.get(k);
-            let f32s = |k: &str| get(k).and_then(|t| t.to_f32());
             if let (Kind::Lora { down, up }, None) = (&p.kind, &p.dora) {
                 add_delta(&mut w, &get(down)?, &get(up)?, mult * scale)?;
                 continue;
             }
-            let delta = match &p.kind {
-                Kind::Lora { down, up } => {
-                    let (d, u) = (f32s(down)?, f32s(up)?);
-                    lycoris::matmul(&u, &d, out, u.len() / out, inner)
-                }
-                Kind::LoHa { w1a, w1b, w2a, w2b } => lycoris::loha((&f32s(w1a)?, &f32s(w1b)?), (&f32s(w2a)?, &f32s(w2b)?), out, inner),
-                Kind::LoKr { w1, w2 } => {
-                    let whole = |f: &Factor| -> Result<(Vec<f32>, usize)> {
-                        Ok(match f {
-                            Factor::Full(n) => (f32s(n)?, get(n)?.shape[0]),
-                            Factor::Pair(a, b) => {
-                                let (ta, vb) = (get(a)?, f32s(b)?);
-                                let (rows, r) = (ta.shape[0], ta.shape[1]);
-                                (lycoris::matmul(&ta.to_f32()?, &vb, rows, r, vb.len() / r), rows)
-                            }
-                        })
-                    };
-                    let ((v1, a), (v2, c)) = (whole(w1)?, whole(w2)?);
-                    lycoris::kron(&v1, (a, v1.len() / a), &v2, (c, v2.len() / c))
-                }
-            };
+            let delta = lycoris::dense_delta(lora, p, out, inner)?;
             match &p.dora {
                 None => w.iter_mut().zip(delta).for_each(|(x, d)| *x += mult * scale * d),
                 Some(name) => {
