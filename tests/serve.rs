@@ -146,8 +146,10 @@ fn openai_listings_options_and_model_switching() {
     let titles: Vec<&str> = v.as_array().unwrap().iter().map(|x| x["title"].as_str().unwrap()).collect();
     assert_eq!(titles, ["sd15-tiny", "sd15-tiny-inpaint", "sd21-tiny"]);
     let (_, v) = s.get("/sdapi/v1/loras");
-    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
-    assert!(v.as_array().unwrap().iter().any(|x| x["name"] == "sd15-tiny-kohya"), "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 4, "{v}");
+    for name in ["sd15-tiny-kohya", "sd15-tiny-lycoris"] {
+        assert!(v.as_array().unwrap().iter().any(|x| x["name"] == name), "{name}: {v}");
+    }
     let (_, v) = s.get("/sdapi/v1/embeddings");
     assert_eq!(v, json!({"loaded": {}, "skipped": {}}));
     for path in ["/sdapi/v1/upscalers", "/sdapi/v1/sd-vae", "/sdapi/v1/latent-upscale-modes"] {
