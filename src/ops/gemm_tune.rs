@@ -106,7 +106,7 @@ pub(crate) fn choose_named(ctx: &Context, key: String, candidates: &[String], fi
     if let Some(name) = cached_choice(ctx, &key).filter(|n| candidates.contains(n)) {
         return name;
     }
-    let measure = env_mode().unwrap_or(ctx.info.device_type != wgpu::DeviceType::Cpu) && cfg!(not(target_arch = "wasm32"));
+    let measure = measure_on_first_use(ctx);
     let mut best = (fixed.to_string(), f64::INFINITY);
     if measure {
         for c in candidates {
