@@ -9,6 +9,7 @@ pub mod auth;
 pub mod catalog;
 pub mod errors;
 pub mod jobs;
+pub mod oversize;
 pub mod request;
 pub mod routes;
 

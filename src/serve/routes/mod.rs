@@ -5,7 +5,7 @@ pub mod openai;
 pub mod pigment;
 
 use super::errors::{ApiError, ApiResult};
-use super::{auth, Shared};
+use super::{auth, oversize, Shared};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
@@ -47,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(shared.clone(), oversize::refuse_oversized))
         .with_state(shared)
 }
 
@@ -59,7 +60,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 pub fn body_object(shared: &Shared, body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Value>> {
     let bytes = body.map_err(|r| {
         if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(r.status(), format!("the request body is over this server's limit of {} MiB (`pigment serve --body-limit-mb N`)", shared.opts.body_limit >> 20))
+            oversize::too_large(shared)
         } else {
             ApiError::new(r.status(), format!("cannot read the request body: {}", r.body_text()))
         }
