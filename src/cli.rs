@@ -35,8 +35,15 @@ pub enum Command {
         positional_prompt: Option<String>,
         /// A diffusers folder, a single-file .safetensors checkpoint, a Hugging Face hub id, or
         /// `synthetic:sd15` / `synthetic:sd21v` (full-size, generated weights: no download).
+        /// Default: stable-diffusion-v1-5/stable-diffusion-v1-5 (fp16 files, ~2 GB, downloaded
+        /// once into the Hugging Face cache).
         #[arg(long)]
-        model: String,
+        model: Option<String>,
+        /// For a hub id: the weight files' variant, e.g. `fp16` for `*.fp16.safetensors` (the
+        /// plain files where the repository has no such variant). Default: fp16 for the
+        /// default model, none otherwise.
+        #[arg(long)]
+        variant: Option<String>,
         /// For a single-file checkpoint: a diffusers folder whose configs, tokenizer and
         /// scheduler describe it (diffusers' `from_single_file(..., config=DIR)`).
         #[arg(long)]
@@ -316,6 +323,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Generate {
             positional_prompt,
             model,
+            variant,
             config,
             prompt,
             negative_prompt,
@@ -350,7 +358,7 @@ pub fn main() -> anyhow::Result<()> {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
                 (Some(_), Some(_)) => anyhow::bail!("give the prompt once: positionally or with --prompt"),
-                (None, None) => anyhow::bail!("no prompt: `pigment generate --model M \"a photo of a cat\"`"),
+                (None, None) => anyhow::bail!("no prompt: `pigment generate \"a photo of a cat\"`"),
             };
             let mut init_image = init_image.as_deref().map(|p| read_image(p, "init image")).transpose()?;
             let mut mask = mask.as_deref().map(|p| read_image(p, "mask")).transpose()?;
@@ -422,7 +430,7 @@ pub fn main() -> anyhow::Result<()> {
                 (None, Some(_)) => anyhow::bail!("--control-image needs --controlnet MODEL (a ControlNet for this base model)"),
                 (None, None) => None,
             };
-            let path = resolve_model(model)?;
+            let path = resolve_model(model.as_deref(), variant.as_deref())?;
             // LoRA files and prompt tags first: a missing one fails before the model loads.
             let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
             let real = open(&cli)?;
@@ -438,7 +446,7 @@ pub fn main() -> anyhow::Result<()> {
                 eprintln!("warning: {w}");
             }
             if let Some(cn) = controlnet {
-                sd.load_controlnet(&ctx, &resolve_controlnet(cn)?)?;
+                sd.load_controlnet(&ctx, &resolve_controlnet(cn, variant.as_deref())?)?;
             }
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
@@ -612,61 +620,35 @@ fn pick_dtypes(ctx: &Context, dtype: DTypeArg) -> anyhow::Result<Vec<DType>> {
     Ok(dtypes)
 }
 
-/// A local path, or a Hugging Face hub id (`org/name`) downloaded into the hf-hub cache.
-fn resolve_model(model: &str) -> anyhow::Result<std::path::PathBuf> {
+/// A local path, or a Hugging Face hub id (`org/name`) downloaded into the hub cache; no model
+/// at all is the default model.
+fn resolve_model(model: Option<&str>, variant: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
+    let Some(model) = model else {
+        eprintln!("model: {} ({} files; --model picks another)", crate::hub::DEFAULT_MODEL, crate::hub::DEFAULT_VARIANT);
+        return crate::hub::model_folder(crate::hub::DEFAULT_MODEL, Some(variant.unwrap_or(crate::hub::DEFAULT_VARIANT)));
+    };
     let path = std::path::PathBuf::from(model);
     // generated in memory by StableDiffusion::load_with_config
     if path.exists() || model.starts_with("synthetic:") {
         return Ok(path);
     }
-    let lower = model.to_lowercase();
-    if lower.ends_with(".ckpt") || lower.ends_with(".safetensors") || model.starts_with('.') || model.starts_with('/') || model.split('/').count() != 2 {
-        anyhow::bail!("model '{model}' not found: give a diffusers folder, a .safetensors checkpoint, or a hub id like runwayml/stable-diffusion-v1-5");
+    if !crate::hub::is_hub_id(model) {
+        anyhow::bail!("model '{model}' not found: give a diffusers folder, a .safetensors checkpoint, or a hub id like stable-diffusion-v1-5/stable-diffusion-v1-5");
     }
-    let api = hf_hub::api::sync::Api::new()?;
-    let repo = api.model(model.to_string());
-    let mut root = None;
-    for file in [
-        "model_index.json",
-        "scheduler/scheduler_config.json",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-        "tokenizer/special_tokens_map.json",
-        "tokenizer/tokenizer_config.json",
-        "text_encoder/config.json",
-        "text_encoder/model.safetensors",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors",
-    ] {
-        eprintln!("fetching {model}/{file}");
-        let local = repo.get(file).map_err(|e| anyhow::anyhow!("downloading {file} from {model}: {e}"))?;
-        // hub files land in <snapshot>/<file>; the snapshot folder is the diffusers folder.
-        let depth = file.split('/').count();
-        root = local.ancestors().nth(depth).map(|p| p.to_path_buf());
-    }
-    root.ok_or_else(|| anyhow::anyhow!("empty download for {model}"))
+    crate::hub::model_folder(model, variant)
 }
 
 /// A local ControlNet folder or file, or a hub id (`org/name`: its `config.json` and
-/// `diffusion_pytorch_model.safetensors`, downloaded into the hf-hub cache).
-fn resolve_controlnet(cn: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+/// `diffusion_pytorch_model.safetensors`, downloaded into the hub cache).
+fn resolve_controlnet(cn: &std::path::Path, variant: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
     let s = cn.to_string_lossy();
     if cn.exists() {
         return Ok(cn.to_path_buf());
     }
-    if s.ends_with(".safetensors") || s.starts_with('.') || s.starts_with('/') || s.split('/').count() != 2 {
+    if !crate::hub::is_hub_id(&s) {
         anyhow::bail!("ControlNet '{s}' not found: give a diffusers ControlNet folder, an A1111 .safetensors or a hub id like lllyasviel/sd-controlnet-canny");
     }
-    let repo = hf_hub::api::sync::Api::new()?.model(s.to_string());
-    let mut dir = None;
-    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
-        eprintln!("fetching {s}/{file}");
-        let local = repo.get(file).map_err(|e| anyhow::anyhow!("downloading {file} from {s}: {e}"))?;
-        dir = local.parent().map(|p| p.to_path_buf());
-    }
-    dir.ok_or_else(|| anyhow::anyhow!("empty download for {s}"))
+    crate::hub::controlnet_folder(&s, variant)
 }
 
 /// `out.png` -> `out-0001.png` for the n-th image of a batch.

@@ -22,6 +22,8 @@ pub mod selftest;
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod hub;
 #[cfg(feature = "serve")]
 pub mod imageio;
 #[cfg(feature = "serve")]
