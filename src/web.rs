@@ -216,7 +216,9 @@ impl ModelLoader {
                 self.clip = Some(ClipTextModel::load(ctx, comp, dtype).map_err(js_err)?);
             }
             ComponentKind::Unet => self.unet = Some(UNet2DConditionModel::load(ctx, comp, dtype).map_err(js_err)?),
-            ComponentKind::Vae => self.vae = Some(AutoencoderKL::load_decoder(ctx, comp, dtype).map_err(js_err)?),
+            // With its encoder (when the file has one): the page's img2img and inpainting need
+            // it, and the part's bytes are gone once loaded (~70 MB more for SD 1.5 in f16).
+            ComponentKind::Vae => self.vae = Some(AutoencoderKL::load(ctx, comp, dtype).map_err(js_err)?),
             ComponentKind::ControlNet => return Err(js_err("ControlNets are not offered on the page")),
         }
         // Submit the uploads now so the staging copies are released before the next part.
@@ -229,13 +231,18 @@ impl ModelLoader {
         let missing = |what: &str| js_err(format!("the model has no {what} yet: add its weights first"));
         let open_clip = self.text_kind == Some(TextEncoderKind::OpenClip);
         let pad = self.pad.unwrap_or(if open_clip { PadToken::Exclamation } else { PadToken::EndOfText });
+        // In the parts' order, so the first missing one is named.
+        let clip = self.clip.ok_or_else(|| missing("text encoder"))?;
+        let unet = self.unet.ok_or_else(|| missing("UNet"))?;
+        let vae = self.vae.ok_or_else(|| missing("VAE"))?;
+        let vae_encoder = vae.encoder.is_some().then(|| std::sync::Arc::new(vae.clone()));
         let sd = StableDiffusion {
             // The real CLIP BPE is compiled in; SD folders ship that same vocabulary.
             tokenizer: ClipTokenizer::embedded(pad),
-            clip: self.clip.ok_or_else(|| missing("text encoder"))?,
-            unet: self.unet.ok_or_else(|| missing("UNet"))?,
-            vae: self.vae.ok_or_else(|| missing("VAE"))?,
-            vae_encoder: Default::default(),
+            clip,
+            unet,
+            vae,
+            vae_encoder: std::sync::Mutex::new(vae_encoder),
             controlnet: None,
             scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
             name: name.to_string(),
@@ -261,6 +268,20 @@ fn rgba(image: &Image) -> js_sys::Uint8Array {
         out.extend_from_slice(&[px[0], px[1], px[2], 255]);
     }
     js_sys::Uint8Array::from(&out[..])
+}
+
+/// RGB from the page's RGBA bytes (alpha dropped), checked against the output size.
+fn from_rgba(what: &str, b: &js_sys::Uint8Array, width: usize, height: usize) -> Result<Image, crate::Error> {
+    let bytes = b.to_vec();
+    if bytes.len() != width * height * 4 {
+        return Err(crate::Error::Unsupported(format!(
+            "{what}: {} bytes, but {width}x{height} RGBA is {} (draw it at the output size first)",
+            bytes.len(),
+            width * height * 4
+        )));
+    }
+    let rgb = bytes.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    Ok(Image { width, height, rgb })
 }
 
 /// `previewEvery` from the options JSON (0 or absent: no previews).
@@ -309,6 +330,12 @@ pub fn parse_options(json: &str) -> Result<GenerateOptions, crate::Error> {
     if let Some(x) = n("guidance") {
         o.guidance = x.as_f64().ok_or_else(|| bad(format!("option 'guidance' must be a number, got {x}")))? as f32;
     }
+    if let Some(x) = n("strength") {
+        o.strength = x.as_f64().ok_or_else(|| bad(format!("option 'strength' must be a number in (0, 1], got {x}")))? as f32;
+    }
+    if let Some(x) = uint("maskBlur")? {
+        o.mask_blur = x as usize;
+    }
     if let Some(x) = s("sampler") {
         o.sampler = SamplerKind::parse(x)?;
     }
@@ -328,16 +355,27 @@ pub fn parse_options(json: &str) -> Result<GenerateOptions, crate::Error> {
 
 #[wasm_bindgen]
 impl Model {
-    /// Run txt2img. `options`: JSON `{prompt, negativePrompt, seed, steps, guidance, sampler,
-    /// schedule, width, height, clipSkip, previewEvery}`; `on_progress(step, total)` after each
+    /// Run txt2img, or img2img with `init_rgba`, or inpainting with `init_rgba` and `mask_rgba`
+    /// (both width × height × 4 bytes; the mask white where to repaint). `options`: JSON
+    /// `{prompt, negativePrompt, seed, steps, guidance, sampler, schedule, width, height,
+    /// clipSkip, previewEvery, strength, maskBlur}`; `on_progress(step, total)` after each
     /// model evaluation; with `previewEvery: N` (> 0) and `on_preview`, `on_preview(step, rgba)`
     /// gets the VAE decode of the current latents every N evaluations. Resolves to the image as
     /// RGBA bytes (width × height × 4).
-    pub fn generate(&self, options: &str, on_progress: Option<js_sys::Function>, on_preview: Option<js_sys::Function>) -> js_sys::Promise {
+    pub fn generate(
+        &self,
+        options: &str,
+        on_progress: Option<js_sys::Function>,
+        on_preview: Option<js_sys::Function>,
+        init_rgba: Option<js_sys::Uint8Array>,
+        mask_rgba: Option<js_sys::Uint8Array>,
+    ) -> js_sys::Promise {
         let (ctx, sd) = (self.ctx.clone(), self.sd.clone());
         let options = options.to_string();
         wasm_bindgen_futures::future_to_promise(async move {
-            let o = parse_options(&options).map_err(js_err)?;
+            let mut o = parse_options(&options).map_err(js_err)?;
+            o.init_image = init_rgba.map(|b| from_rgba("init image", &b, o.width, o.height)).transpose().map_err(js_err)?;
+            o.mask = mask_rgba.map(|b| from_rgba("mask", &b, o.width, o.height)).transpose().map_err(js_err)?;
             let every = preview_every(&options).map_err(js_err)?;
             let progress = |step: usize, total: usize| {
                 if let Some(f) = &on_progress {
@@ -358,8 +396,13 @@ impl Model {
         })
     }
 
-    /// A1111's `parameters` text for these options (for the PNG the page saves).
-    pub fn parameters(&self, options: &str) -> Result<String, JsError> {
-        Ok(crate::pipeline::a1111_parameters(&parse_options(options).map_err(js_err)?, &self.sd.name))
+    /// A1111's `parameters` text for these options (for the PNG the page saves); `img2img` and
+    /// `inpaint` add the denoising strength and mask blur as A1111 writes them.
+    pub fn parameters(&self, options: &str, img2img: Option<bool>, inpaint: Option<bool>) -> Result<String, JsError> {
+        let mut o = parse_options(options).map_err(js_err)?;
+        let blank = || Image { width: 0, height: 0, rgb: Vec::new() };
+        o.init_image = img2img.unwrap_or(false).then(blank);
+        o.mask = inpaint.unwrap_or(false).then(blank);
+        Ok(crate::pipeline::a1111_parameters(&o, &self.sd.name))
     }
 }

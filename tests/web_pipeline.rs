@@ -64,7 +64,7 @@ async fn generate(model: &Model, sampler: &str) -> (Vec<u8>, Vec<(u32, u32)>) {
     let s2 = steps.clone();
     let cb = wasm_bindgen::closure::Closure::<dyn FnMut(u32, u32)>::new(move |i, n| s2.borrow_mut().push((i, n)));
     let f: &js_sys::Function = wasm_bindgen::JsCast::unchecked_ref(cb.as_ref());
-    let out = JsFuture::from(model.generate(&opts, Some(f.clone()), None)).await.unwrap();
+    let out = JsFuture::from(model.generate(&opts, Some(f.clone()), None, None, None)).await.unwrap();
     let rgba = js_sys::Uint8Array::new(&out).to_vec();
     let steps = steps.borrow().clone();
     (rgba, steps)

@@ -1,6 +1,7 @@
 // The page: open WebGPU, load a model (URL or files), generate, show and save the image.
 import init, * as wasm from './pkg/pigment.js';
 import { loadModel, clearCache } from './model.js';
+import * as img2img from './img2img.js';
 
 const $ = (id) => document.getElementById(id);
 const status = (s) => { $('status').textContent = s; };
@@ -64,6 +65,7 @@ function options() {
     sampler: $('sampler').value, schedule: $('schedule').value,
     width: Number($('width').value), height: Number($('height').value), clipSkip: Number($('clip-skip').value),
     previewEvery: Number($('preview-every').value),
+    strength: Number($('strength').value), maskBlur: Number($('mask-blur').value),
   };
 }
 
@@ -79,12 +81,15 @@ async function generate() {
   $('error').textContent = '';
   $('generate').disabled = true;
   $('download').disabled = true;
+  $('send-to-img2img').disabled = true;
   delete document.body.dataset.done;
   delete document.body.dataset.previews;
   const t0 = performance.now();
   try {
     status('Encoding the prompt (the first run also compiles the shaders)…');
     progress(0, 1);
+    const [init, mask] = img2img.inputs(o.width, o.height);
+    const kind = { img2img: init !== undefined, inpaint: mask !== undefined };
     const rgba = await model.generate(JSON.stringify(o), (i, n) => {
       progress(i, n + 1);
       status(`Step ${i} / ${n} (${((performance.now() - t0) / 1000).toFixed(1)} s)` + (i === n ? ', decoding…' : ''));
@@ -92,13 +97,14 @@ async function generate() {
       // the VAE decode of the latents so far (one decode per preview)
       draw(preview, o.width, o.height);
       document.body.dataset.previews = String(Number(document.body.dataset.previews || 0) + 1);
-    });
+    }, init, mask);
     draw(rgba, o.width, o.height);
-    last = { o, parameters: model.parameters(JSON.stringify(o)) };
+    last = { o, parameters: model.parameters(JSON.stringify(o), kind.img2img, kind.inpaint) };
     progress(1, 1);
     status(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s (seed ${o.seed}).`);
     document.body.dataset.done = String(Date.now());
     $('download').disabled = false;
+    $('send-to-img2img').disabled = false;
   } catch (e) { fail(e); }
   $('generate').disabled = false;
 }
@@ -133,6 +139,15 @@ $('files').onchange = (e) => e.target.files.length && load({ files: e.target.fil
 $('folder').onchange = (e) => e.target.files.length && load({ files: e.target.files });
 $('generate').onclick = generate;
 $('download').onclick = download;
+$('send-to-img2img').onclick = () => {
+  // a copy: the result canvas is redrawn by the next generation
+  const c = document.createElement('canvas');
+  c.width = $('canvas').width;
+  c.height = $('canvas').height;
+  c.getContext('2d').drawImage($('canvas'), 0, 0);
+  img2img.setInit(c);
+};
+img2img.setup(fail);
 $('random-seed').onclick = () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); };
 $('clear-cache').onclick = async () => { await clearCache(); status('Downloaded models removed from the browser cache.'); };
 start().catch(fail);

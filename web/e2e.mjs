@@ -3,7 +3,8 @@
 // the canvas must match the PNG diffusers made for the same settings (mean <= 1 level, max <= 8,
 // as tests/pipeline.rs); a reload loads from the Cache API without downloading; a single file
 // picked with the file input (configs from a URL, as the CLI's --config) gives diffusers' Euler a
-// image; without WebGPU the page says so.
+// image; img2img and inpainting from picked files match diffusers' pipelines; the brush paints
+// the mask; "send to img2img" hands a result over; without WebGPU the page says so.
 import { chromium } from 'playwright-core';
 import path from 'node:path';
 import fs from 'node:fs/promises';
@@ -30,11 +31,13 @@ async function waitFor(page, what, fn, timeout = 300e3) {
 }
 
 /** Fill the form, click Generate, compare the canvas with a golden PNG. */
-async function generateAndCompare(page, sampler, golden, what, previews) {
+async function generateAndCompare(page, sampler, golden, what, previews, { steps = 4, strength = 0.75, maskBlur = 4 } = {}) {
   await page.fill('#prompt', 'a photograph of an astronaut riding a horse');
   await page.fill('#negative', 'blurry, low quality');
   await page.fill('#seed', '42');
-  await page.fill('#steps', '4');
+  await page.fill('#steps', String(steps));
+  await page.fill('#strength', String(strength));
+  await page.fill('#mask-blur', String(maskBlur));
   await page.fill('#guidance', '7.5');
   await page.selectOption('#sampler', sampler);
   await page.fill('#width', '64');
@@ -94,6 +97,48 @@ try {
     && text.includes('parameters\0a photograph of an astronaut riding a horse\nNegative prompt: blurry, low quality\n'
       + 'Steps: 4, Sampler: PLMS, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: sd15-tiny'),
   `download: ${dl.suggestedFilename()}, ${png.length} bytes with A1111 parameters`);
+
+  // 1b. img2img from a picked init image, inpainting with a mask file (diffusers'
+  // StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline, tools/fixtures_img2img.py:
+  // 5 steps at strength 0.6 / 0.75 run 3, so one preview), a painted mask, send to img2img.
+  const parameters = async () => {
+    const [d] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+    return (await fs.readFile(await d.path())).toString('latin1');
+  };
+  await page.setInputFiles('#init-file', path.join(root, 'tests/fixtures/golden/img2img/init.png'));
+  await waitFor(page, 'init image', () => !document.getElementById('init-wrap').hidden);
+  await generateAndCompare(page, 'euler', '/tests/fixtures/golden/img2img/img2img_euler.png', 'img2img, Euler', 1, { steps: 5, strength: 0.6 });
+  check((await parameters()).includes('Seed: 42, Size: 64x64, Model: sd15-tiny, Denoising strength: 0.6'), 'img2img download: Denoising strength');
+  await page.setInputFiles('#mask-file', path.join(root, 'tests/fixtures/golden/img2img/mask.png'));
+  await waitFor(page, 'mask', () => /inpainting/.test(document.getElementById('init-status').textContent));
+  await generateAndCompare(page, 'euler', '/tests/fixtures/golden/img2img/inpaint4_euler.png', 'inpainting, mask file, Euler', 1, { steps: 5, strength: 0.75, maskBlur: 0 });
+  check((await parameters()).includes('Denoising strength: 0.75, Mask blur: 0'), 'inpainting download: strength and mask blur');
+  // The brush: a stroke across the middle row paints white there and nothing in the corners.
+  await page.click('#clear-mask');
+  // page.mouse works in viewport coordinates: bring the canvas into view first
+  await page.locator('#mask-canvas').scrollIntoViewIfNeeded();
+  const box = await page.locator('#mask-canvas').boundingBox();
+  await page.fill('#brush', '8');
+  await page.mouse.move(box.x + box.width * 0.2, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.8, box.y + box.height / 2, { steps: 8 });
+  await page.mouse.up();
+  const [mid, corner, status] = await page.evaluate(() => {
+    const m = document.getElementById('mask-canvas');
+    const px = (x, y) => Array.from(m.getContext('2d').getImageData(x, y, 1, 1).data);
+    return [px(32, 32), px(2, 2), document.getElementById('init-status').textContent];
+  });
+  check(mid[0] === 255 && mid[3] === 255 && corner[3] === 0 && /inpainting/.test(status), `brush: painted ${mid}, corner ${corner}; ${status}`);
+  // Send to img2img: the result becomes the init image, its mask empty.
+  await page.click('#send-to-img2img');
+  const same = await page.evaluate(() => {
+    const a = document.getElementById('canvas'), b = document.getElementById('init-canvas');
+    const da = a.getContext('2d').getImageData(0, 0, a.width, a.height).data;
+    const db = b.getContext('2d').getImageData(0, 0, b.width, b.height).data;
+    return da.length === db.length && da.every((v, i) => v === db[i]) && !/inpainting/.test(document.getElementById('init-status').textContent);
+  });
+  check(same, 'send to img2img: the init image is the result, no mask');
+  await page.click('#clear-init');
 
   // 2. A reload loads from the browser cache: no weights requested again.
   const before = weightHits();
