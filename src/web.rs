@@ -243,6 +243,8 @@ impl ModelLoader {
             // LoRAs into (the page offers none).
             weights: weights::Weights::from_parts(weights::Source::Folder(name.into()), None, None, None),
             loras: Default::default(),
+            vae_f32: Default::default(),
+            warnings: Default::default(),
         };
         Ok(Model { ctx: self.ctx, sd: Rc::new(sd) })
     }
