@@ -356,6 +356,10 @@ impl Model {
                 _ => None,
             };
             let image = sd.generate_with_previews_async(&ctx, &o, preview, progress).await.map_err(js_err)?;
+            // The NaN / constant-image guards' warnings (see pipeline::guard) go to the console.
+            for w in sd.take_warnings() {
+                web_sys::console::warn_1(&format!("pigment: {w}").into());
+            }
             Ok(rgba(&image).into())
         })
     }
