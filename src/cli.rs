@@ -487,6 +487,9 @@ pub fn main() -> anyhow::Result<()> {
                     bar.set_position(i as u64);
                 })?;
                 bar.finish();
+                for w in sd.take_warnings() {
+                    eprintln!("warning: {w}");
+                }
                 let path = if *batch_count > 1 { numbered(output, n + 1) } else { output.clone() };
                 let mut params = crate::pipeline::a1111_parameters(&opts, &sd.name);
                 params.push_str(&crate::lora::a1111_hashes(&uses));

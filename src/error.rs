@@ -20,6 +20,18 @@ pub enum Error {
     Unsupported(String),
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// NaN or infinity at the end of a stage of a generation (see `pipeline::guard`).
+    #[error("{count} of {total} values are NaN or infinite after the {stage}; {hint}")]
+    NonFinite { stage: &'static str, count: u64, total: u64, hint: String },
+    /// The GPU ran out of memory (wgpu's `OutOfMemory` error).
+    #[error("GPU out of memory on adapter '{adapter}' during {op}: {detail}. Use a smaller --width/--height or --batch-count, f16 storage (without --no-f16), or check the need first with `--plan` / `--max-vram`")]
+    OutOfMemory { adapter: String, op: String, detail: String },
+    /// The device was lost (driver reset, GPU removed, or destroyed); everything on it is gone.
+    #[error("GPU device lost on adapter '{adapter}' during {op}: {detail}. The device must be re-created (`Context::new`, which `pigment serve` does by itself); if it recurs, use a smaller size (a long dispatch can trip the driver's watchdog) or update the driver")]
+    DeviceLost { adapter: String, op: String, detail: String },
+    /// wgpu refused a command (a limit exceeded, a bug in Pigment).
+    #[error("GPU validation error on adapter '{adapter}' during {op}: {detail}. A smaller --width/--height may fit the adapter's limits (`pigment adapters` lists them); otherwise please report it")]
+    Validation { adapter: String, op: String, detail: String },
     /// Reading a checkpoint: missing/misshapen tensors, pickle files, unknown architectures.
     #[error(transparent)]
     Weights(#[from] crate::weights::WeightsError),

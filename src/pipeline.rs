@@ -17,6 +17,7 @@ use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
 pub mod controlnet;
+mod guard;
 mod img2img;
 pub mod inpaint;
 pub mod plan;
@@ -88,6 +89,23 @@ impl std::fmt::Debug for Image {
     }
 }
 
+/// The decoded image, a `[1, 3, H, W]` f32 tensor, must fit one buffer of the device (checked
+/// before anything is allocated, so `--width 100000` names the limit instead of failing in
+/// wgpu or allocating gigabytes of latents on the host).
+pub fn check_device_size(ctx: &Context, width: usize, height: usize) -> Result<()> {
+    let bytes = (width as u64).saturating_mul(height as u64).saturating_mul(3 * 4);
+    let limit = ctx.limits.max_buffer_size;
+    if bytes > limit {
+        let side = ((limit / 12) as f64).sqrt() as usize / 8 * 8;
+        return Err(Error::BufferTooLarge {
+            what: format!("a {width}x{height} image (its decoded [1, 3, {height}, {width}] f32 tensor; at most about {side}x{side} here)"),
+            bytes,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// Width and height must be multiples of 8 (the VAE's factor); name the nearest valid sizes.
 pub fn check_size(width: usize, height: usize) -> Result<()> {
     for (what, v) in [("width", width), ("height", height)] {
@@ -119,6 +137,10 @@ pub struct StableDiffusion {
     /// The base weights, kept to merge LoRAs from ([`StableDiffusion::set_loras`]).
     pub(crate) weights: Weights,
     pub(crate) loras: crate::lora::Applied,
+    /// The f32 decoder an overflowing f16 decode is re-run with (see `guard`), once needed.
+    pub(crate) vae_f32: std::sync::Mutex<Option<std::sync::Arc<AutoencoderKL>>>,
+    /// Warnings for the caller ([`StableDiffusion::take_warnings`]).
+    pub(crate) warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl StableDiffusion {
@@ -183,6 +205,8 @@ impl StableDiffusion {
             name,
             weights,
             loras: Default::default(),
+            vae_f32: Default::default(),
+            warnings: Default::default(),
         })
     }
 
@@ -199,8 +223,8 @@ impl StableDiffusion {
 
     /// Text conditioning for [uncond, cond] as one [2, 77·chunks, D] tensor.
     async fn encode(&self, ctx: &Context, o: &GenerateOptions) -> Result<Tensor> {
-        let mut cond = prompt::tokenize_prompt(&self.tokenizer, &o.prompt).chunks;
-        let mut uncond = prompt::tokenize_prompt(&self.tokenizer, &o.negative_prompt).chunks;
+        let mut cond = prompt::tokenize_bounded(&self.tokenizer, "prompt", &o.prompt).map_err(Error::Unsupported)?;
+        let mut uncond = prompt::tokenize_bounded(&self.tokenizer, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
         prompt::match_chunk_counts(&self.tokenizer, &mut uncond, &mut cond);
         let u = self.clip.encode_chunks_async(ctx, &uncond, o.clip_skip).await?;
         let c = self.clip.encode_chunks_async(ctx, &cond, o.clip_skip).await?;
@@ -277,6 +301,7 @@ impl StableDiffusion {
         mut progress: impl FnMut(usize, usize) -> std::ops::ControlFlow<()>,
     ) -> Result<Image> {
         check_size(o.width, o.height)?;
+        check_device_size(ctx, o.width, o.height)?;
         if o.steps == 0 {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
@@ -327,7 +352,7 @@ impl StableDiffusion {
                 }
             }
         }
-        self.decode(ctx, &x, &latent_shape, o).await
+        self.decode_checked(ctx, &x, &latent_shape, o).await
     }
 
     async fn decode(&self, ctx: &Context, x: &[f32], latent_shape: &[usize; 4], o: &GenerateOptions) -> Result<Image> {

@@ -360,6 +360,34 @@ pub fn empty_chunk(tok: &ClipTokenizer) -> Chunk {
     finish_chunk(tok, &[], &[])
 }
 
+/// The longest prompt Pigment encodes, in 75-token chunks (4800 tokens, far past what any
+/// SD prompt needs; each chunk is one more CLIP call and 77 more cross-attention keys per step).
+pub const MAX_PROMPT_CHUNKS: usize = 64;
+/// The longest prompt text, checked before tokenizing (a CLIP token is at least one byte,
+/// so this only refuses what the chunk limit would refuse anyway, without tokenizing it).
+pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
+
+/// `what` (e.g. "prompt") must fit [`MAX_PROMPT_BYTES`] and [`MAX_PROMPT_CHUNKS`]: checked
+/// before anything is allocated for it. Returns its chunks.
+pub fn tokenize_bounded(tok: &ClipTokenizer, what: &str, prompt: &str) -> Result<Vec<Chunk>, String> {
+    if prompt.len() > MAX_PROMPT_BYTES {
+        return Err(format!(
+            "the {what} is {} bytes long; at most {MAX_PROMPT_BYTES} bytes ({MAX_PROMPT_CHUNKS} chunks of 75 tokens) are encoded: shorten it",
+            prompt.len()
+        ));
+    }
+    let t = tokenize_prompt(tok, prompt);
+    if t.chunks.len() > MAX_PROMPT_CHUNKS {
+        return Err(format!(
+            "the {what} has {} tokens ({} chunks of 75); at most {MAX_PROMPT_CHUNKS} chunks ({} tokens) are encoded: shorten it",
+            t.token_count,
+            t.chunks.len(),
+            MAX_PROMPT_CHUNKS * 75
+        ));
+    }
+    Ok(t.chunks)
+}
+
 /// A prompt (with A1111 syntax) → chunks, with the default options.
 pub fn tokenize_prompt(tok: &ClipTokenizer, prompt: &str) -> PromptTokens {
     tokenize_prompt_with(tok, prompt, ChunkOptions::default())

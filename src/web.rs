@@ -250,6 +250,8 @@ impl ModelLoader {
             // LoRAs into (the page offers none).
             weights: weights::Weights::from_parts(weights::Source::Folder(name.into()), None, None, None),
             loras: Default::default(),
+            vae_f32: Default::default(),
+            warnings: Default::default(),
         };
         Ok(Model { ctx: self.ctx, sd: Rc::new(sd) })
     }
@@ -392,6 +394,10 @@ impl Model {
                 _ => None,
             };
             let image = sd.generate_with_previews_async(&ctx, &o, preview, progress).await.map_err(js_err)?;
+            // The NaN / constant-image guards' warnings (see pipeline::guard) go to the console.
+            for w in sd.take_warnings() {
+                web_sys::console::warn_1(&format!("pigment: {w}").into());
+            }
             Ok(rgba(&image).into())
         })
     }

@@ -2,8 +2,9 @@
 //! lookup layer that speaks diffusers tensor names whatever the file.
 //!
 //! * [`SafetensorsFile`]: one `.safetensors` file, memory-mapped on native targets (read into
-//!   memory on wasm32, see [`SafetensorsFile::from_bytes`]). The header is parsed and validated
-//!   here (dtype sizes, offsets, file length), so a truncated or corrupt file is reported with the
+//!   memory on wasm32, see [`SafetensorsFile::from_bytes`]). The header (its bytes only) is parsed
+//!   and validated by the `safetensors` crate (dtypes, shape against offsets, overlaps, header
+//!   size); the file length is checked here, so a truncated or corrupt file is reported with the
 //!   name of the first tensor that does not fit.
 //! * [`Weights`]: a whole model. [`Weights::open`] takes a diffusers folder (`model_index.json`,
 //!   `text_encoder/model.safetensors`, `unet/diffusion_pytorch_model.safetensors`,
@@ -20,12 +21,14 @@
 //! when the caller asks for [`DType::F16`] (and the adapter has SHADER_F16), else f32
 //! ([`TensorView::upload`]).
 
+mod header;
 #[cfg(feature = "cli")]
 pub mod merge;
 pub mod single_file;
 pub mod synthetic;
 
 use crate::gpu::{Context, DType, Tensor};
+use header::{header_problem, MAX_HEADER_BYTES};
 use half::{bf16, f16};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -239,8 +242,13 @@ impl SafetensorsFile {
             return Err(WeightsError::Truncated { path, detail: format!("{len} bytes, shorter than the 8-byte header length") });
         }
         let n = u64::from_le_bytes(data.bytes(0, 8)[..].try_into().unwrap());
-        if n > 100_000_000 {
-            return Err(WeightsError::Format { path, detail: format!("header length {n} is implausible") });
+        // The crate's own bound (100 MB); checked before the header is read, so a header that
+        // claims gigabytes allocates nothing.
+        if n > MAX_HEADER_BYTES {
+            return Err(WeightsError::Format {
+                path,
+                detail: format!("header length {n} is implausible (the safetensors limit is {MAX_HEADER_BYTES} bytes)"),
+            });
         }
         let n = n as usize;
         if 8 + n > len {
@@ -249,54 +257,22 @@ impl SafetensorsFile {
                 detail: format!("the header needs {} bytes but the file has {len}", 8 + n),
             });
         }
-        let header: Value = serde_json::from_slice(&data.bytes(8, 8 + n))
-            .map_err(|e| WeightsError::Format { path: path.clone(), detail: format!("header JSON: {e}") })?;
-        let obj = header
-            .as_object()
-            .ok_or_else(|| WeightsError::Format { path: path.clone(), detail: "header is not a JSON object".into() })?;
+        // Only the header bytes go to the safetensors crate, which checks what the format
+        // requires: JSON, known dtypes, shapes whose byte size (checked for overflow) equals
+        // their offsets' span, offsets that tile the data without gaps or overlaps. The data
+        // stays in Pigment's storage (mmap / JS bytes).
+        let header = data.bytes(8, 8 + n);
+        let meta: safetensors::tensor::Metadata = serde_json::from_slice(&header)
+            .map_err(|e| WeightsError::Format { path: path.clone(), detail: header_problem(&header, &e.to_string()) })?;
         let base = 8 + n;
-        let mut entries = HashMap::with_capacity(obj.len());
-        let mut metadata = BTreeMap::new();
-        for (name, v) in obj {
-            if name == "__metadata__" {
-                if let Some(m) = v.as_object() {
-                    for (k, v) in m {
-                        metadata.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
-                    }
-                }
-                continue;
-            }
-            let bad = |d: &str| WeightsError::Format { path: path.clone(), detail: format!("tensor '{name}': {d}") };
-            let dtype = StoredDtype::parse(v.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("no dtype"))?);
-            let shape: Vec<usize> = v
-                .get("shape")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("no shape"))?
-                .iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad("shape is not a list of sizes"))?;
-            let offs: Vec<u64> = v
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                .unwrap_or_default();
-            let [b, e] = offs[..] else { return Err(bad("data_offsets is not [begin, end]")) };
-            let (b, e) = (b as usize, e as usize);
-            if e < b {
-                return Err(bad("data_offsets end before begin"));
-            }
-            let numel: usize = shape.iter().product();
-            if dtype.size() != 0 && numel * dtype.size() != e - b {
-                return Err(bad(&format!(
-                    "{} bytes for shape {shape:?} of {} ({} expected)",
-                    e - b,
-                    dtype.name(),
-                    numel * dtype.size()
-                )));
-            }
-            entries.insert(name.clone(), Entry { dtype, shape, start: base + b, end: base + e });
+        let data_len = meta.data_len();
+        let mut entries = HashMap::with_capacity(meta.tensors().len());
+        for (name, info) in meta.tensors() {
+            let (b, e) = info.data_offsets;
+            let dtype = StoredDtype::parse(&format!("{:?}", info.dtype));
+            entries.insert(name, Entry { dtype, shape: info.shape.clone(), start: base + b, end: base + e });
         }
+        let metadata: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
         // Name the first tensor (in file order) that runs past the end.
         let cut = entries.iter().filter(|(_, e)| e.end > len).min_by_key(|(_, e)| e.start);
         if let Some((name, e)) = cut {
@@ -309,6 +285,13 @@ impl SafetensorsFile {
                     len,
                     entries.len()
                 ),
+            });
+        }
+        if base + data_len != len {
+            // The format requires the last tensor to end the file (the crate refuses the rest).
+            return Err(WeightsError::Format {
+                path,
+                detail: format!("{} bytes after the end of the last tensor's data (byte {})", len - base - data_len, base + data_len),
             });
         }
         Ok(SafetensorsFile { path, data, entries, metadata })

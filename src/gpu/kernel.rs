@@ -182,6 +182,10 @@ impl Context {
         if workgroups.contains(&0) || self.planning {
             return Ok(());
         }
+        if self.is_lost() {
+            return self.check_faults(&format!("kernel '{}'", spec.name));
+        }
+        self.faults.set_op(spec.name);
         // A planning context's tensors share one 4-byte buffer; real buffers are ≥ 256 bytes.
         if storage.iter().any(|b| b.buffer.size() < 256) {
             return Err(Error::Gpu(format!("kernel '{}' was given a planned (virtual) tensor; plans only run on a planning context", spec.name)));

@@ -6,11 +6,14 @@
 //! thousands.
 
 mod batch;
+mod faults;
 mod kernel;
 mod pool;
 mod profile;
 mod tensor;
 
+#[doc(hidden)]
+pub use faults::Fault;
 pub use kernel::{grid_1d, Binding, KernelSpec};
 pub use pool::{PhaseStats, PoolStats};
 pub use profile::{print_profile, ProfileRow, Work};
@@ -65,6 +68,8 @@ pub struct Context {
     upload_pending: std::sync::atomic::AtomicU64,
     /// A planning context ([`Context::planner`]): nothing runs, memory is only accounted.
     planning: bool,
+    /// wgpu's errors and device loss, recorded for the next check (see `faults`).
+    faults: std::sync::Arc<faults::Faults>,
 }
 
 /// Lower is preferred: a discrete GPU beats an integrated one beats a software rasteriser.
@@ -144,7 +149,9 @@ impl Context {
             .await
             .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
         let limits = device.limits();
+        let faults = faults::Faults::install(&device, &info.name);
         let ctx = Context {
+            faults,
             f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
@@ -195,6 +202,7 @@ impl Context {
             binding_override: std::sync::atomic::AtomicU64::new(self.binding_override.load(std::sync::atomic::Ordering::Relaxed)),
             upload_pending: std::sync::atomic::AtomicU64::new(0),
             planning: true,
+            faults: self.faults.clone(),
         }
     }
 
@@ -285,11 +293,11 @@ impl Context {
         if self.planning {
             return Ok(());
         }
+        self.check_faults("submitting GPU work")?;
         self.flush();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Gpu(e.to_string()))
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check_faults("waiting for the GPU")?;
+        polled.map(|_| ()).map_err(|e| Error::Gpu(e.to_string()))
     }
 
     /// Bytes currently held by the buffer pool (live tensors and free intermediates).

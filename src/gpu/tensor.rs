@@ -77,11 +77,15 @@ impl Tensor {
     /// An uninitialised tensor from the pool (contents are whatever the last user left).
     pub fn empty(ctx: &Context, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let bytes = (shape.iter().product::<usize>() * dtype.size()) as u64;
-        Self::check_size(ctx, &format!("tensor {shape:?}"), bytes)?;
+        let what = format!("tensor {shape:?}");
+        Self::check_size(ctx, &what, bytes)?;
         if dtype == DType::F16 && !ctx.f16 {
             return Err(Error::NoF16("an f16 tensor"));
         }
-        Ok(Tensor { buf: Arc::new(ctx.pool.take(&ctx.device, bytes)), offset: 0, shape: shape.to_vec(), dtype })
+        ctx.check_alloc(&what, bytes)?;
+        let buf = Arc::new(ctx.pool.take(&ctx.device, bytes));
+        ctx.check_alloc_result(&what, bytes)?;
+        Ok(Tensor { buf, offset: 0, shape: shape.to_vec(), dtype })
     }
 
     pub fn zeros(ctx: &Context, shape: &[usize], dtype: DType) -> Result<Tensor> {
@@ -131,14 +135,17 @@ impl Tensor {
         if let Some(t) = Self::planned(ctx, bytes.len(), shape, dtype)? {
             return Ok(t);
         }
-        Self::check_size(ctx, &format!("tensor {shape:?}"), bytes.len() as u64)?;
+        let what = format!("tensor {shape:?}");
+        Self::check_size(ctx, &what, bytes.len() as u64)?;
         let size = super::pool::upload_size(bytes.len() as u64);
+        ctx.check_alloc(&what, size)?;
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("pigment.upload"),
             size,
             usage: STORAGE_USAGE,
             mapped_at_creation: true,
         });
+        ctx.check_alloc_result(&what, size)?;
         {
             let padded = (bytes.len() as u64).next_multiple_of(4).max(4);
             let mut view = buffer
@@ -184,6 +191,8 @@ impl Tensor {
             // Nothing ran: a plan reads zeros (see `Context::planner`).
             return Ok(vec![0.0; self.numel()]);
         }
+        let op = format!("reading back tensor {:?}", self.shape);
+        ctx.check_faults(&op)?;
         let bytes = self.byte_len();
         let padded = bytes.next_multiple_of(4).max(4);
         let start = self.byte_offset();
@@ -207,8 +216,16 @@ impl Tensor {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
-        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(e.to_string()))?;
-        rx.await
+        let polled = ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            ctx.check_faults(&op)?;
+            polled.map_err(|e| Error::Gpu(e.to_string()))?;
+        }
+        let mapped = rx.await;
+        // A loss or an error in the work just submitted is the real cause of a failed map.
+        ctx.check_faults(&op)?;
+        mapped
             .map_err(|_| Error::Gpu("readback was cancelled".into()))?
             .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
         let view = staging.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("readback mapping failed: {e}")))?;

@@ -799,10 +799,16 @@ impl Vae {
         } else {
             latents
         };
-        let z = scale(ctx, latents, 1.0 / self.config.scaling_factor, self.config.shift_factor.unwrap_or(0.0))?;
-        let img = self.decode_async(ctx, &z).await?;
+        let img = self.latents_to_image_async(ctx, latents).await?;
         let v = img.to_f32(ctx).await?;
         Ok(image_to_u8(&v, img.dim(0), img.dim(1), img.dim(2), img.dim(3)))
+    }
+
+    /// Latents (scaled as the UNet sees them, in this VAE's dtype) → image `[B, 3, H, W]` in
+    /// about [-1, 1], on the GPU (what the pipeline's NaN guard checks before reading back).
+    pub async fn latents_to_image_async(&self, ctx: &Context, latents: &Tensor) -> Result<Tensor> {
+        let z = scale(ctx, latents, 1.0 / self.config.scaling_factor, self.config.shift_factor.unwrap_or(0.0))?;
+        self.decode_async(ctx, &z).await
     }
 
     /// `vae.encode(image).latent_dist`: image `[B, 3, H, W]` in [-1, 1] → (mean, std), each

@@ -14,6 +14,7 @@ pub mod gemm_variants;
 pub mod reference;
 pub mod softmax;
 pub mod embedding;
+pub mod finite_check;
 
 use crate::gpu::{Context, Tensor};
 use crate::error::{shape_err, Result};

@@ -18,6 +18,10 @@ use std::time::Instant;
 
 struct Worker {
     ctx: Context,
+    /// How `ctx` was opened: a lost device is re-created the same way.
+    choice: AdapterChoice,
+    /// Jobs started (the fault-injection hook counts them).
+    jobs_run: usize,
     shared: Arc<Shared>,
     want_f16: bool,
     /// `None` only after a failed switch whose fallback failed too.
@@ -34,7 +38,7 @@ pub fn spawn(shared: Arc<Shared>, choice: AdapterChoice, want_f16: bool, first: 
         let setup = (|| -> anyhow::Result<Worker> {
             let ctx = Context::new_blocking(&choice)?;
             eprintln!("adapter: {}", ctx.describe());
-            let mut w = Worker { ctx, shared, want_f16, sd: None, entry: first.clone(), controlnet: None };
+            let mut w = Worker { ctx, choice, jobs_run: 0, shared, want_f16, sd: None, entry: first.clone(), controlnet: None };
             w.load(&first)?;
             Ok(w)
         })();
@@ -54,6 +58,11 @@ pub fn spawn(shared: Arc<Shared>, choice: AdapterChoice, want_f16: bool, first: 
     Ok(handle)
 }
 
+/// Test hook: `PIGMENT_INJECT_DEVICE_LOSS=N` destroys the device just before the N-th job.
+fn inject_device_loss_at() -> Option<usize> {
+    std::env::var("PIGMENT_INJECT_DEVICE_LOSS").ok()?.parse().ok()
+}
+
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
 }
@@ -69,6 +78,14 @@ impl Worker {
             s.state = State::Running;
             s.started = Some(Instant::now());
         });
+        if self.ctx.is_lost() {
+            self.recover();
+        }
+        self.jobs_run += 1;
+        if inject_device_loss_at() == Some(self.jobs_run) {
+            eprintln!("PIGMENT_INJECT_DEVICE_LOSS: destroying the device before job {}", self.jobs_run);
+            self.ctx.inject_fault(crate::gpu::Fault::DeviceLost);
+        }
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.execute(&info, work)))
             .unwrap_or_else(|p| Err(ApiError::internal(format!("the job failed inside Pigment (a bug: {}); the server goes on", panic_message(&*p)))))
             .map(Arc::new);
@@ -88,8 +105,30 @@ impl Worker {
                 })
             }
         }
+        // A lost device fails its job; the next one gets a new device and the model again.
+        if self.ctx.is_lost() {
+            self.recover();
+        }
         *shared.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let _ = reply.send(result);
+    }
+
+    /// Re-create the device after a loss and reload the current model onto it.
+    fn recover(&mut self) {
+        eprintln!("the GPU device was lost: re-creating it");
+        self.sd = None;
+        self.controlnet = None;
+        match Context::new_blocking(&self.choice) {
+            Ok(ctx) => {
+                eprintln!("adapter: {}", ctx.describe());
+                self.ctx = ctx;
+                let entry = self.entry.clone();
+                if let Err(e) = self.load(&entry) {
+                    eprintln!("reloading model {} on the new device failed: {e}", entry.title);
+                }
+            }
+            Err(e) => eprintln!("re-creating the GPU device failed: {e} (the next job will try again)"),
+        }
     }
 
     fn execute(&mut self, info: &JobInfo, work: Work) -> ApiResult<Output> {
@@ -174,7 +213,8 @@ impl Worker {
         };
         // <lora:NAME:W> tags: every image of a job has the same prompt.
         let uses = crate::lora::uses_for_prompt(&first.prompt, shared.opts.lora_dir.as_deref()).map_err(|e| ApiError::field("prompt", e))?;
-        let warnings = sd.set_loras(ctx, &uses).map_err(|e| ApiError::from_library(&e))?;
+        let mut warnings = sd.set_loras(ctx, &uses).map_err(|e| ApiError::from_library(&e))?;
+        sd.take_warnings();
         if let Some(path) = &g.controlnet {
             if self.controlnet.as_ref() != Some(path) {
                 self.controlnet = None;
@@ -217,6 +257,7 @@ impl Worker {
                     }
                 })
                 .map_err(|e| ApiError::from_library(&e))?;
+            warnings.extend(sd.take_warnings().into_iter().map(|w| format!("image {}: {w}", k + 1)));
             let mut parameters = crate::pipeline::a1111_parameters(o, &sd.name);
             parameters.push_str(&g.extra_parameters);
             images.push(GenImage { image, parameters, seed: o.seed });
