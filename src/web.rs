@@ -218,6 +218,7 @@ impl ModelLoader {
             ComponentKind::Unet => self.unet = Some(UNet2DConditionModel::load(ctx, comp, dtype).map_err(js_err)?),
             ComponentKind::Vae => self.vae = Some(AutoencoderKL::load_decoder(ctx, comp, dtype).map_err(js_err)?),
             ComponentKind::ControlNet => return Err(js_err("ControlNets are not offered on the page")),
+            ComponentKind::TextEncoder2 => return Err(js_err("SDXL (text_encoder_2) is not offered on the page yet")),
         }
         // Submit the uploads now so the staging copies are released before the next part.
         ctx.flush();
@@ -237,6 +238,7 @@ impl ModelLoader {
             vae: self.vae.ok_or_else(|| missing("VAE"))?,
             vae_encoder: Default::default(),
             controlnet: None,
+            sdxl: None,
             scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
             name: name.to_string(),
             // The parts were uploaded and dropped as they arrived: no base weights to merge
