@@ -188,3 +188,20 @@ fn sd15_cfg1_runs_one_batch_and_matches_diffusers() {
     assert!(convs.iter().all(|s| s.starts_with("1x")), "a batch-2 convolution ran at guidance 1: {convs:?}");
     png_check(&image, "sd15-tiny/cfg1.png", "sd15 cfg 1");
 }
+
+/// SDXL single files are recognised (1024 default size) and refused with a clear error until
+/// their mapping exists.
+#[test]
+fn sdxl_single_file_is_refused_by_name() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sdxl-keys-only.safetensors");
+    let v = [0u8; 8];
+    let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![4], &v).unwrap();
+    let bytes = safetensors::serialize([("conditioner.embedders.1.model.ln_final.weight", t)], None).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    assert!(pigment::weights::is_sdxl_path(&path) && pigment::weights::is_sdxl_path(&sdxl_tiny()));
+    assert!(!pigment::weights::is_sdxl_path(&fixtures().join("sd15-tiny")));
+    let err = pigment::weights::Weights::open(&path).unwrap_err().to_string();
+    assert!(err.contains("SDXL single-file") && err.contains("diffusers folder"), "{err}");
+}
