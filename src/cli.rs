@@ -55,15 +55,25 @@ pub enum Command {
         /// Random seed (a random one is chosen and printed when absent).
         #[arg(long)]
         seed: Option<u64>,
-        /// Output width (default 512, or the init image's width).
+        /// Output width (default 512, 1024 for SDXL, or the init image's width).
         #[arg(long)]
         width: Option<usize>,
-        /// Output height (default 512, or the init image's height).
+        /// Output height (default 512, 1024 for SDXL, or the init image's height).
         #[arg(long)]
         height: Option<usize>,
+        /// SDXL micro-conditioning `original_size`, WIDTHxHEIGHT (default: the output size).
+        #[arg(long, value_parser = parse_size)]
+        original_size: Option<(usize, usize)>,
+        /// SDXL `crops_coords_top_left`, TOP,LEFT in pixels (default 0,0).
+        #[arg(long, value_parser = parse_top_left)]
+        crops_coords_top_left: Option<(usize, usize)>,
+        /// SDXL `target_size`, WIDTHxHEIGHT (default: the output size).
+        #[arg(long, value_parser = parse_size)]
+        target_size: Option<(usize, usize)>,
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// Classifier-free guidance scale.
+        /// Classifier-free guidance scale; <= 1 runs no unconditional batch (as diffusers; Turbo
+        /// models use 0).
         #[arg(long, default_value_t = 7.5)]
         cfg: f32,
         /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc, lcm
@@ -330,6 +340,9 @@ pub fn main() -> anyhow::Result<()> {
             seed,
             width,
             height,
+            original_size,
+            crops_coords_top_left,
+            target_size,
             steps,
             cfg,
             sampler,
@@ -371,8 +384,11 @@ pub fn main() -> anyhow::Result<()> {
             if mask.is_some() && init_image.is_none() {
                 anyhow::bail!("--mask needs --init-image (the image to inpaint)");
             }
-            // With an init image the size defaults to the image's.
-            let (dw, dh) = init_image.as_ref().map(|i| (i.width, i.height)).unwrap_or((512, 512));
+            let path = resolve_model(model.as_deref(), variant.as_deref())?;
+            // With an init image the size defaults to the image's; else 512, or 1024 for SDXL
+            // (as A1111).
+            let base = if crate::weights::is_sdxl_path(&path) { 1024 } else { 512 };
+            let (dw, dh) = init_image.as_ref().map(|i| (i.width, i.height)).unwrap_or((base, base));
             let (width, height) = (&width.unwrap_or(dw), &height.unwrap_or(dh));
             crate::pipeline::check_size(*width, *height)?;
             // A1111's "Just resize" (and diffusers' preprocessing): the init image, and its mask
@@ -430,7 +446,6 @@ pub fn main() -> anyhow::Result<()> {
                 (None, Some(_)) => anyhow::bail!("--control-image needs --controlnet MODEL (a ControlNet for this base model)"),
                 (None, None) => None,
             };
-            let path = resolve_model(model.as_deref(), variant.as_deref())?;
             // LoRA files and prompt tags first: a missing one fails before the model loads.
             let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
             let real = open(&cli)?;
@@ -464,7 +479,14 @@ pub fn main() -> anyhow::Result<()> {
                 strength,
                 mask_blur: *mask_blur,
                 control,
+                // diffusers' (height, width); the flags read WIDTHxHEIGHT as --width/--height
+                original_size: original_size.map(|(w, h)| (h, w)),
+                crops_coords_top_left: crops_coords_top_left.unwrap_or((0, 0)),
+                target_size: target_size.map(|(w, h)| (h, w)),
             };
+            if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
+                anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());
+            }
             let max_vram = max_vram.clone().or_else(|| std::env::var("PIGMENT_MAX_VRAM").ok().filter(|v| !v.is_empty()));
             if *plan || max_vram.is_some() {
                 let limit = max_vram.as_deref().map(crate::pipeline::plan::parse_bytes).transpose()?.unwrap_or(u64::MAX);
@@ -658,6 +680,20 @@ fn resolve_controlnet(cn: &std::path::Path, variant: Option<&str>) -> anyhow::Re
 fn numbered(path: &std::path::Path, n: usize) -> std::path::PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
     path.with_file_name(format!("{stem}-{n:04}.png"))
+}
+
+/// `WIDTHxHEIGHT` (e.g. `1024x768`).
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not WIDTHxHEIGHT (e.g. 1024x768)");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    Ok((w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?))
+}
+
+/// `TOP,LEFT` (e.g. `0,256`).
+fn parse_top_left(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not TOP,LEFT in pixels (e.g. 0,256)");
+    let (t, l) = s.split_once(',').ok_or_else(bad)?;
+    Ok((t.trim().parse().map_err(|_| bad())?, l.trim().parse().map_err(|_| bad())?))
 }
 
 /// The control image as RGB8 at `width` x `height` (resized when its size differs).

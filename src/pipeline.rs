@@ -1,12 +1,14 @@
 //! txt2img: prompt → CLIP → sampler loop over the UNet with classifier-free guidance → VAE → RGB.
 //!
-//! Matches diffusers' StableDiffusionPipeline for the same seed: initial noise from the
-//! torch-compatible generator times the sampler's `init_noise_sigma`, one batched UNet call per
-//! evaluation with the batch ordered [uncond, cond], guidance `uncond + g (cond - uncond)`.
+//! Matches diffusers' StableDiffusionPipeline (and StableDiffusionXLPipeline for SDXL) for the
+//! same seed: initial noise from the torch-compatible generator times the sampler's
+//! `init_noise_sigma`, one batched UNet call per evaluation with the batch ordered [uncond,
+//! cond], guidance `uncond + g (cond - uncond)`; at guidance <= 1 (Turbo models' 0) only the
+//! cond batch runs, as diffusers' `do_classifier_free_guidance` is then false.
 
 use crate::gpu::Context;
 use crate::models::clip::ClipTextModel;
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::{AddedCond, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::prompt;
 use crate::rng::TorchRng;
@@ -21,6 +23,8 @@ mod guard;
 mod img2img;
 pub mod inpaint;
 pub mod plan;
+pub mod sdxl;
+pub use sdxl::SdxlParts;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 
@@ -51,6 +55,12 @@ pub struct GenerateOptions {
     pub mask_blur: usize,
     /// ControlNet conditioning (needs [`StableDiffusion::load_controlnet`]).
     pub control: Option<ControlOptions>,
+    /// SDXL micro-conditioning (diffusers' `original_size`, `crops_coords_top_left`,
+    /// `target_size`), each `(height, width)` / `(top, left)` in pixels; `None` = the output
+    /// size, crop (0, 0). Ignored by SD 1.x/2.x.
+    pub original_size: Option<(usize, usize)>,
+    pub crops_coords_top_left: (usize, usize),
+    pub target_size: Option<(usize, usize)>,
 }
 
 impl Default for GenerateOptions {
@@ -71,6 +81,9 @@ impl Default for GenerateOptions {
             strength: 0.8,
             mask_blur: 0,
             control: None,
+            original_size: None,
+            crops_coords_top_left: (0, 0),
+            target_size: None,
         }
     }
 }
@@ -131,6 +144,8 @@ pub struct StableDiffusion {
     pub(crate) vae_encoder: std::sync::Mutex<Option<std::sync::Arc<AutoencoderKL>>>,
     /// Set by [`StableDiffusion::load_controlnet`].
     pub controlnet: Option<crate::models::controlnet::ControlNetModel>,
+    /// SDXL's second text encoder and tokenizer (`None` for SD 1.x/2.x).
+    pub sdxl: Option<SdxlParts>,
     pub scheduler_config: SchedulerConfig,
     /// Shown in the PNG parameters (`Model: ...`).
     pub name: String,
@@ -178,7 +193,9 @@ impl StableDiffusion {
             None => SchedulerConfig::stable_diffusion_default(te.text_kind == Some(TextEncoderKind::OpenClip)),
         };
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Self::from_weights(ctx, weights, tokenizer, scheduler_config, name, dtype)
+        let mut sd = Self::from_weights(ctx, weights, tokenizer, scheduler_config, name, dtype)?;
+        sd.sdxl = SdxlParts::load(ctx, &sd.weights, folder, dtype)?;
+        Ok(sd)
     }
 
     /// A synthetic full-size model: generated weights, the embedded CLIP tokenizer, the
@@ -201,6 +218,7 @@ impl StableDiffusion {
             vae: AutoencoderKL::load_decoder(ctx, weights.vae()?, dtype)?,
             vae_encoder: Default::default(),
             controlnet: None,
+            sdxl: None,
             scheduler_config,
             name,
             weights,
@@ -221,18 +239,41 @@ impl StableDiffusion {
         Ok(v)
     }
 
-    /// Text conditioning for [uncond, cond] as one [2, 77·chunks, D] tensor.
-    async fn encode(&self, ctx: &Context, o: &GenerateOptions) -> Result<Tensor> {
+    /// Whether the model is SDXL (two text encoders, added conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.sdxl.is_some()
+    }
+
+    /// Text conditioning for [uncond, cond] as one [2, 77·chunks, D] tensor, or [cond] alone
+    /// ([1, ..]) without classifier-free guidance; SDXL's added conditioning with it.
+    async fn encode(&self, ctx: &Context, o: &GenerateOptions, guided: bool) -> Result<Conditioning> {
+        if let Some(x) = &self.sdxl {
+            return x.encode(ctx, self, o, guided).await;
+        }
         let mut cond = prompt::tokenize_bounded(&self.tokenizer, "prompt", &o.prompt).map_err(Error::Unsupported)?;
-        let mut uncond = prompt::tokenize_bounded(&self.tokenizer, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
-        prompt::match_chunk_counts(&self.tokenizer, &mut uncond, &mut cond);
-        let u = self.clip.encode_chunks_async(ctx, &uncond, o.clip_skip).await?;
-        let c = self.clip.encode_chunks_async(ctx, &cond, o.clip_skip).await?;
-        let (mut data, cdata) = (u.to_f32(ctx).await?, c.to_f32(ctx).await?);
-        data.extend(cdata);
-        let mut shape = c.shape().to_vec();
-        shape[0] = 2;
-        Tensor::from_f32(ctx, &data, &shape, c.dtype())
+        let c = if guided {
+            let mut uncond = prompt::tokenize_bounded(&self.tokenizer, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
+            prompt::match_chunk_counts(&self.tokenizer, &mut uncond, &mut cond);
+            let u = self.clip.encode_chunks_async(ctx, &uncond, o.clip_skip).await?;
+            let c = self.clip.encode_chunks_async(ctx, &cond, o.clip_skip).await?;
+            let (mut data, cdata) = (u.to_f32(ctx).await?, c.to_f32(ctx).await?);
+            data.extend(cdata);
+            let mut shape = c.shape().to_vec();
+            shape[0] = 2;
+            Tensor::from_f32(ctx, &data, &shape, c.dtype())?
+        } else {
+            self.clip.encode_chunks_async(ctx, &cond, o.clip_skip).await?
+        };
+        Ok(Conditioning { text: c, added: None })
+    }
+
+    /// What the UNet is conditioned on for `o` (blocking, native): the text `[B, L, D]`
+    /// (B = 2, [negative, prompt], when `o.guidance` > 1, else 1) and, for SDXL, the added
+    /// conditioning (pooled `text_embeds` and time ids) for the same batch.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn conditioning(&self, ctx: &Context, o: &GenerateOptions) -> Result<(Tensor, Option<AddedCond>)> {
+        let c = pollster::block_on(self.encode(ctx, o, uses_cfg(o.guidance)))?;
+        Ok((c.text, c.added))
     }
 
     /// Run txt2img (img2img / inpainting with `init_image` / `mask`), blocking (native); `progress(step, total)` is called after each model
@@ -307,7 +348,11 @@ impl StableDiffusion {
         }
         img2img::check(self, o)?;
         phase(ctx, "text encoder");
-        let text = self.encode(ctx, o).await?;
+        // diffusers' `do_classifier_free_guidance`: guidance > 1, else one batch of cond alone
+        let guided = uses_cfg(o.guidance);
+        let batch_n = if guided { 2 } else { 1 };
+        let cond = self.encode(ctx, o, guided).await?;
+        let text = &cond.text;
         let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
         let latent_shape = [1, self.vae.config.latent_channels, h, w];
@@ -319,7 +364,7 @@ impl StableDiffusion {
         let (begin, mut x, inpaint) = (start.begin, start.latents, start.inpaint);
         let total = sched.timesteps().len();
         let dtype = text.dtype();
-        let control = controlnet::prepare(ctx, self, o)?;
+        let control = controlnet::prepare(ctx, self, o, batch_n)?;
         phase(ctx, "unet");
         for i in begin..total {
             let t = sched.timesteps()[i];
@@ -328,15 +373,17 @@ impl StableDiffusion {
                 p.extend_input(&mut xin);
             }
             let mut batch = xin.clone();
-            batch.extend_from_slice(&xin);
-            let shape = [2, self.unet.in_channels(), h, w];
+            if guided {
+                batch.extend_from_slice(&xin);
+            }
+            let shape = [batch_n, self.unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
             let res = match &control {
-                Some(c) => c.residuals(ctx, &sample, t, &text, i - begin, total - begin)?,
+                Some(c) => c.residuals(ctx, &sample, t, text, i - begin, total - begin)?,
                 None => None,
             };
-            let out = self.unet.forward_controlled(ctx, &sample, &[t], &text, res.as_ref())?.to_f32(ctx).await?;
-            let guided = schedulers::cfg_combine(&out[..n], &out[n..], o.guidance);
+            let out = self.unet.forward_full(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None)?.to_f32(ctx).await?;
+            let guided = if guided { schedulers::cfg_combine(&out[..n], &out[n..], o.guidance) } else { out };
             x = sched.step(&guided, i, &x, &mut rng);
             if let Some(p) = &inpaint {
                 p.blend(&mut x, sched.as_ref(), i)?;
@@ -361,6 +408,19 @@ impl StableDiffusion {
         let rgb = self.vae.latents_to_image_u8_async(ctx, &latents).await?;
         Ok(Image { width: o.width, height: o.height, rgb })
     }
+}
+
+/// diffusers' `do_classifier_free_guidance` (`guidance_scale > 1`): at 1 the guided prediction
+/// equals the cond one, at 0 (Turbo) it is the cond one by definition, so no uncond batch runs.
+pub fn uses_cfg(guidance: f32) -> bool {
+    guidance > 1.0
+}
+
+/// What the UNet is conditioned on: `[B, L, D]` text (B = 2 with guidance, 1 without) and
+/// SDXL's added conditioning for the same batch.
+pub(crate) struct Conditioning {
+    pub text: Tensor,
+    pub added: Option<AddedCond>,
 }
 
 /// Start a phase of a generation with the free buffers of the last one dropped: they are sized

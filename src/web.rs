@@ -220,6 +220,7 @@ impl ModelLoader {
             // it, and the part's bytes are gone once loaded (~70 MB more for SD 1.5 in f16).
             ComponentKind::Vae => self.vae = Some(AutoencoderKL::load(ctx, comp, dtype).map_err(js_err)?),
             ComponentKind::ControlNet => return Err(js_err("ControlNets are not offered on the page")),
+            ComponentKind::TextEncoder2 => return Err(js_err("SDXL (text_encoder_2) is not offered on the page yet")),
         }
         // Submit the uploads now so the staging copies are released before the next part.
         ctx.flush();
@@ -244,6 +245,7 @@ impl ModelLoader {
             vae,
             vae_encoder: std::sync::Mutex::new(vae_encoder),
             controlnet: None,
+            sdxl: None,
             scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
             name: name.to_string(),
             // The parts were uploaded and dropped as they arrived: no base weights to merge

@@ -462,6 +462,8 @@ impl Mapped {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ComponentKind {
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG as HF `CLIPTextModelWithProjection`).
+    TextEncoder2,
     Unet,
     Vae,
     /// A ControlNet (its own file or folder, [`open_controlnet`]).
@@ -473,6 +475,7 @@ impl ComponentKind {
     pub fn folder(self) -> &'static str {
         match self {
             ComponentKind::TextEncoder => "text_encoder",
+            ComponentKind::TextEncoder2 => "text_encoder_2",
             ComponentKind::Unet => "unet",
             ComponentKind::Vae => "vae",
             ComponentKind::ControlNet => "controlnet",
@@ -480,7 +483,7 @@ impl ComponentKind {
     }
     fn file_stems(self) -> &'static [&'static str] {
         match self {
-            ComponentKind::TextEncoder => &["model"],
+            ComponentKind::TextEncoder | ComponentKind::TextEncoder2 => &["model"],
             _ => &["diffusion_pytorch_model"],
         }
     }
@@ -541,7 +544,7 @@ impl Component {
     /// One part of a diffusers folder from its opened weights file and parsed `config.json`
     /// (the browser hands the files over as bytes, see [`SafetensorsFile::from_bytes`]).
     pub fn from_folder_file(kind: ComponentKind, file: SafetensorsFile, config: Option<Value>) -> Component {
-        let text_kind = (kind == ComponentKind::TextEncoder).then(|| {
+        let text_kind = matches!(kind, ComponentKind::TextEncoder | ComponentKind::TextEncoder2).then(|| {
             // HF CLIPTextModel either way; SD2's is the OpenCLIP port (gelu).
             match config.as_ref().and_then(|c| c.get("hidden_act")).and_then(Value::as_str) {
                 Some("quick_gelu") | None => TextEncoderKind::Clip,
@@ -694,11 +697,13 @@ pub struct OpenOptions {
     pub config_dir: Option<PathBuf>,
 }
 
-/// A whole model: text encoder, UNet and VAE (each may be absent).
+/// A whole model: text encoder(s), UNet and VAE (each may be absent; SDXL has two text
+/// encoders).
 #[derive(Clone, Debug)]
 pub struct Weights {
     pub source: Source,
     text_encoder: Option<Component>,
+    text_encoder_2: Option<Component>,
     unet: Option<Component>,
     vae: Option<Component>,
 }
@@ -742,8 +747,8 @@ impl Weights {
             });
         }
         read_json(&index)?;
-        let mut w = Weights { source: Source::Folder(dir.to_path_buf()), text_encoder: None, unet: None, vae: None };
-        for kind in [ComponentKind::TextEncoder, ComponentKind::Unet, ComponentKind::Vae] {
+        let mut w = Weights { source: Source::Folder(dir.to_path_buf()), text_encoder: None, text_encoder_2: None, unet: None, vae: None };
+        for kind in [ComponentKind::TextEncoder, ComponentKind::TextEncoder2, ComponentKind::Unet, ComponentKind::Vae] {
             let sub = dir.join(kind.folder());
             if !sub.is_dir() {
                 continue;
@@ -782,6 +787,7 @@ impl Weights {
             let comp = Component::from_folder_file(kind, SafetensorsFile::open(&file)?, config);
             match kind {
                 ComponentKind::TextEncoder => w.text_encoder = Some(comp),
+                ComponentKind::TextEncoder2 => w.text_encoder_2 = Some(comp),
                 ComponentKind::Unet => w.unet = Some(comp),
                 ComponentKind::Vae => w.vae = Some(comp),
                 ComponentKind::ControlNet => {}
@@ -800,6 +806,7 @@ impl Weights {
         Ok(Weights {
             source: Source::SingleFile(PathBuf::from(&file.path)),
             text_encoder: make(ComponentKind::TextEncoder, parts.text_encoder, parts.text_kind),
+            text_encoder_2: None,
             unet: make(ComponentKind::Unet, parts.unet, None),
             vae: make(ComponentKind::Vae, parts.vae, None),
         })
@@ -807,7 +814,7 @@ impl Weights {
 
     /// Attach `<dir>/<component>/config.json` to each present component.
     pub fn set_configs_from(&mut self, dir: &Path) -> Result<()> {
-        for c in [&mut self.text_encoder, &mut self.unet, &mut self.vae].into_iter().flatten() {
+        for c in [&mut self.text_encoder, &mut self.text_encoder_2, &mut self.unet, &mut self.vae].into_iter().flatten() {
             let p = dir.join(c.kind.folder()).join("config.json");
             if p.exists() {
                 c.config = Some(read_json(&p)?);
@@ -819,6 +826,7 @@ impl Weights {
     fn part(&self, kind: ComponentKind) -> Result<&Component> {
         let c = match kind {
             ComponentKind::TextEncoder => &self.text_encoder,
+            ComponentKind::TextEncoder2 => &self.text_encoder_2,
             ComponentKind::Unet => &self.unet,
             ComponentKind::Vae => &self.vae,
             ComponentKind::ControlNet => &None,
@@ -838,10 +846,19 @@ impl Weights {
     /// A model assembled from parts loaded elsewhere (the web loader uploads and drops each
     /// part as it arrives, so it has none to keep here).
     pub fn from_parts(source: Source, text_encoder: Option<Component>, unet: Option<Component>, vae: Option<Component>) -> Weights {
-        Weights { source, text_encoder, unet, vae }
+        Weights { source, text_encoder, text_encoder_2: None, unet, vae }
+    }
+    /// With SDXL's second text encoder.
+    pub fn with_text_encoder_2(mut self, c: Option<Component>) -> Weights {
+        self.text_encoder_2 = c;
+        self
     }
     pub fn text_encoder(&self) -> Result<&Component> {
         self.part(ComponentKind::TextEncoder)
+    }
+    /// SDXL's `text_encoder_2`; `None` for SD 1.x/2.x.
+    pub fn text_encoder_2(&self) -> Option<&Component> {
+        self.text_encoder_2.as_ref()
     }
     pub fn unet(&self) -> Result<&Component> {
         self.part(ComponentKind::Unet)
@@ -882,6 +899,15 @@ pub fn open_controlnet(path: impl AsRef<Path>) -> Result<Component> {
         Some(Arc::new(single_file::map_controlnet(&file)?))
     };
     Ok(Component { kind: ComponentKind::ControlNet, file: Arc::new(file), map, config, text_kind: None, overrides: None })
+}
+
+/// Whether `path` holds an SDXL model, cheaply (before loading): a diffusers folder with
+/// `text_encoder_2/`, or a single file with SDXL's `conditioner.embedders.1.model.*` keys.
+pub fn is_sdxl_path(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join("text_encoder_2").is_dir();
+    }
+    SafetensorsFile::open(path).is_ok_and(|f| f.names().iter().any(|n| n.starts_with("conditioner.embedders.1.model.")))
 }
 
 /// The storage dtype to upload weights in: f16 when asked for and the adapter can, else f32.

@@ -31,7 +31,7 @@ fn single_file_equals_folder() {
                 ComponentKind::TextEncoder => w.text_encoder().unwrap().clone(),
                 ComponentKind::Unet => w.unet().unwrap().clone(),
                 ComponentKind::Vae => w.vae().unwrap().clone(),
-                ComponentKind::ControlNet => unreachable!(),
+                ComponentKind::ControlNet | ComponentKind::TextEncoder2 => unreachable!(),
             };
             let (f, s) = (pick(&folder), pick(&single));
             assert!(!f.is_single_file() && s.is_single_file());

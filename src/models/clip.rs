@@ -15,6 +15,10 @@
 //! CLIP skip as A1111 counts it: 1 = the last layer (normal); n = the output of layer
 //! `layers - (n - 1)`, followed by the final layer norm (what SD 2.x and many SD 1.x fine-tunes
 //! use with n = 2; diffusers' `clip_skip = n - 1`).
+//!
+//! SDXL ([`ClipTextModel::encode_sdxl_async`]): both encoders give `hidden_states[-(n + 1)]`
+//! (the penultimate layer's raw output at n = 1, no final layer norm), and the second one
+//! (`CLIPTextModelWithProjection`) also `text_embeds = text_projection(final_layer_norm(x)[eos])`.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
@@ -198,6 +202,9 @@ pub struct ClipTextModel {
     extra_embeddings: Vec<f32>,
     pub layers: Vec<ClipEncoderLayer>,
     pub final_layer_norm: LayerNorm,
+    /// `text_projection.weight` transposed to `[hidden, projection_dim]` (HF
+    /// `CLIPTextModelWithProjection`, SDXL's `text_encoder_2`); `None` for `CLIPTextModel`.
+    pub text_projection: Option<Tensor>,
 }
 
 const TOKEN_EMBEDDING: &str = "text_model.embeddings.token_embedding.weight";
@@ -262,7 +269,15 @@ impl ClipTextModel {
             });
         }
         let final_layer_norm = ln("text_model.final_layer_norm")?;
+        let text_projection = match c.shape("text_projection.weight") {
+            Some(s) if s.len() == 2 && s[1] == d => Some(upload(&linear_t("text_projection", s[0], d)?, &[d, s[0]])?),
+            Some(s) => {
+                return Err(WeightsError::Shape { path: c.path().into(), name: "text_projection.weight".into(), got: s, want: format!("[projection_dim, {d}]") }.into())
+            }
+            None => None,
+        };
         Ok(ClipTextModel {
+            text_projection,
             config,
             dtype,
             weights: c.clone(),
@@ -410,6 +425,43 @@ impl ClipTextModel {
             .map(|s| s.iter().enumerate().fold(0, |best, (i, &id)| if id > s[best] { i } else { best }))
             .collect();
         Ok(ClipOutput { hidden_states, last_hidden_state, pooled_positions })
+    }
+
+    /// SDXL's conditioning of B sequences of `seq_len` ids laid end to end (diffusers'
+    /// `StableDiffusionXLPipeline.encode_prompt`): `hidden_states[-(clip_skip + 1)]` with
+    /// `clip_skip` as A1111 counts it (1 = the penultimate layer, SDXL's default; diffusers'
+    /// `clip_skip + 1`), raw (no final layer norm), `[B, seq_len, D]` on the host; and with a
+    /// `text_projection`, the pooled `text_embeds` `[B, projection_dim]` of the last layer.
+    pub async fn encode_sdxl_async(&self, ctx: &Context, ids: &[u32], seq_len: usize, clip_skip: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let n = clip_skip.max(1);
+        if n >= self.config.layers {
+            return Err(Error::Unsupported(format!("clip skip {clip_skip} with {} layers (SDXL counts from the penultimate layer)", self.config.layers)));
+        }
+        let mut x = self.embed(ctx, ids, seq_len)?;
+        let mut hidden = None;
+        let run = if self.text_projection.is_some() { self.config.layers } else { self.config.layers - n };
+        for i in 0..run {
+            x = self.layer(ctx, i, &x)?;
+            if i + 1 == self.config.layers - n {
+                hidden = Some(x.clone());
+            }
+        }
+        let hidden = hidden.expect("the kept layer is run").to_f32(ctx).await?;
+        let Some(proj) = &self.text_projection else { return Ok((hidden, None)) };
+        let last = layer_norm(ctx, &x, &self.final_layer_norm.weight, &self.final_layer_norm.bias, self.config.eps)?.to_f32(ctx).await?;
+        let d = self.config.hidden;
+        // HF: the first EOS (argmax of the ids, EOS being the largest id)
+        let rows: Vec<f32> = ids
+            .chunks(seq_len)
+            .enumerate()
+            .flat_map(|(b, s)| {
+                let p = s.iter().enumerate().fold(0, |best, (i, &id)| if id > s[best] { i } else { best });
+                last[(b * seq_len + p) * d..(b * seq_len + p + 1) * d].to_vec()
+            })
+            .collect();
+        let pooled = Tensor::from_f32(ctx, &rows, &[rows.len() / d, d], self.dtype)?;
+        let pooled = matmul(ctx, &pooled, proj, GemmOpts::default())?.to_f32(ctx).await?;
+        Ok((hidden, Some(pooled)))
     }
 
     /// The conditioning for one 77-token sequence, `[1, 77, D]` (diffusers `encode_prompt`

@@ -190,6 +190,9 @@ impl ControlNetModel {
         if k % 2 == 0 || cfg.layers_per_block == 0 {
             return Err(Error::Unsupported(format!("ControlNet conv_in kernel {k} / layers_per_block {}", cfg.layers_per_block)));
         }
+        if cfg.text_time.is_some() {
+            return Err(Error::Unsupported(format!("{}: SDXL ControlNets (add_embedding) are not implemented yet", c.path())));
+        }
         let e = &config.conditioning_embedding_out_channels;
         let p = "controlnet_cond_embedding";
         let mut blocks = Vec::new();
@@ -282,7 +285,7 @@ impl ControlNetModel {
     ) -> Result<ControlNetOutput> {
         let cfg = &self.config.unet;
         let ts = unet::check_inputs(cfg, "controlnet", sample, timesteps, encoder_hidden_states)?;
-        let (_, emb_act) = unet::time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, None)?;
+        let (_, emb_act) = unet::time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, None, None)?;
         let s = sample.shape();
         if hint.shape() != [s[0], cfg.block_out_channels[0], s[2], s[3]] {
             return Err(Error::Shape {

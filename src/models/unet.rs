@@ -1,4 +1,4 @@
-//! diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x and 2.x use it, on the kernels in
+//! diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x, 2.x and XL use it, on the kernels in
 //! [`crate::ops`]. Configured from `unet/config.json` (widths, depths, heads, projections), and
 //! field names mirror the checkpoint keys (`down_blocks.0.attentions.0.transformer_blocks.0.attn1`).
 //!
@@ -6,8 +6,9 @@
 //! [B, L, D]`):
 //!
 //! 1. `time_proj`: diffusers' sinusoidal embedding of the timestep (host, f32), then
-//!    `time_embedding`: `linear_2(silu(linear_1(.)))`; every ResnetBlock adds
-//!    `time_emb_proj(silu(temb))` per (batch, channel);
+//!    `time_embedding`: `linear_2(silu(linear_1(.)))`; SDXL (`addition_embed_type: "text_time"`)
+//!    adds `add_embedding` of `[text_embeds, time_proj(time_ids)]` ([`AddedCond`]); every
+//!    ResnetBlock adds `time_emb_proj(silu(temb))` per (batch, channel);
 //! 2. `conv_in`, the down blocks (ResnetBlock2D, Transformer2DModel, Downsample2D), the mid block
 //!    (resnet, attention, resnet), the up blocks (skip connections concatenated in diffusers'
 //!    order, resnets, attentions, Upsample2D), `conv_norm_out` + SiLU, `conv_out`.
@@ -97,6 +98,25 @@ pub struct UNetConfig {
     /// `conv_in_kernel` / `conv_out_kernel`
     pub conv_in_kernel: usize,
     pub conv_out_kernel: usize,
+    /// SDXL's `addition_embed_type: "text_time"`: `(addition_time_embed_dim,
+    /// projection_class_embeddings_input_dim)`; `None` for SD 1.x/2.x.
+    pub text_time: Option<(usize, usize)>,
+}
+
+/// SDXL's `added_cond_kwargs`, per batch entry (host f32): the pooled text embedding
+/// (`text_embeds`, `[B, P]` row-major) and the time ids (`[B, k]`: original size, crop top-left,
+/// target size, each (h, w), so k = 6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddedCond {
+    pub text_embeds: Vec<f32>,
+    pub time_ids: Vec<f32>,
+}
+
+impl AddedCond {
+    /// diffusers' `_get_add_time_ids`: `original_size + crops_coords_top_left + target_size`.
+    pub fn time_ids(original: (usize, usize), crop: (usize, usize), target: (usize, usize)) -> [f32; 6] {
+        [original.0, original.1, crop.0, crop.1, target.0, target.1].map(|x| x as f32)
+    }
 }
 
 impl UNetConfig {
@@ -184,7 +204,6 @@ impl UNetConfig {
             (str_is("time_embedding_type", &["positional"]), "time_embedding_type"),
             (str_is("attention_type", &["default"]), "attention_type"),
             (null("class_embed_type") && null("num_class_embeds"), "class embeddings"),
-            (null("addition_embed_type"), "addition_embed_type"),
             (null("encoder_hid_dim"), "encoder_hid_dim"),
             (null("time_cond_proj_dim"), "time_cond_proj_dim"),
             (null("time_embedding_act_fn") && null("timestep_post_act"), "extra time-embedding activations"),
@@ -198,7 +217,7 @@ impl UNetConfig {
             (num("downsample_padding", Some(1))? == 1, "downsample_padding"),
         ] {
             if !ok {
-                return Err(format!("unsupported '{what}' (only Stable Diffusion 1.x/2.x UNets are implemented)"));
+                return Err(format!("unsupported '{what}' (only Stable Diffusion 1.x/2.x/XL UNets are implemented)"));
             }
         }
         let heads = per_block("num_attention_heads", n)?
@@ -209,8 +228,16 @@ impl UNetConfig {
             Some(Value::Number(x)) => x.as_u64().ok_or("bad 'cross_attention_dim'")? as usize,
             _ => return Err("'cross_attention_dim' must be one number".into()),
         };
+        let text_time = match v.get("addition_embed_type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s == "text_time" => {
+                Some((num("addition_time_embed_dim", None)?, num("projection_class_embeddings_input_dim", None)?))
+            }
+            Some(other) => return Err(format!("unsupported 'addition_embed_type' {other} (only SDXL's \"text_time\" is implemented)")),
+        };
         let c0 = block_out_channels[0];
         Ok(UNetConfig {
+            text_time,
             in_channels: num("in_channels", Some(4))?,
             out_channels: num("out_channels", Some(4))?,
             layers_per_block: num("layers_per_block", Some(2))?,
@@ -298,10 +325,14 @@ impl UNetConfig {
             d.max(1)
         };
         let transformer_layers = (0..n).map(|i| if i + 1 == n { depth("mid_block") } else { depth(&format!("down_blocks.{i}")) }).collect();
+        // SDXL: `add_embedding` (the single-file `label_emb.0`); its time ids are embedded 256
+        // wide in every SDXL-family model (base, refiner, Turbo).
+        let text_time = c.shape("add_embedding.linear_1.weight").map(|s| (256, s[1]));
         let conv_in = shape("conv_in.weight")?;
         // ControlNets (the encoder half only) have no conv_out.
         let conv_out = c.shape("conv_out.weight").unwrap_or_else(|| conv_in.clone());
         Ok(UNetConfig {
+            text_time,
             in_channels: conv_in[1],
             out_channels: conv_out[0],
             layers_per_block,
@@ -436,6 +467,8 @@ pub struct UNet2DConditionModel {
     pub dtype: DType,
     pub time_embedding_linear_1: Linear,
     pub time_embedding_linear_2: Linear,
+    /// SDXL's `add_embedding.linear_1/2` (`config.text_time`).
+    pub add_embedding: Option<(Linear, Linear)>,
     pub conv_in: Conv,
     pub down_blocks: Vec<DownBlock>,
     pub mid_block: MidBlock,
@@ -619,6 +652,12 @@ impl UNet2DConditionModel {
         }
         let time_embedding_linear_1 = ld.linear("time_embedding.linear_1", temb, c0, true)?;
         let time_embedding_linear_2 = ld.linear("time_embedding.linear_2", temb, temb, true)?;
+        let add_embedding = match cfg.text_time {
+            Some((_, input_dim)) => {
+                Some((ld.linear("add_embedding.linear_1", temb, input_dim, true)?, ld.linear("add_embedding.linear_2", temb, temb, true)?))
+            }
+            None => None,
+        };
         let conv_in = ld.conv("conv_in", c0, cfg.in_channels, kin, 1, kin / 2)?;
 
         let down_blocks = load_down_blocks(&ld, cfg)?;
@@ -655,6 +694,7 @@ impl UNet2DConditionModel {
             dtype,
             time_embedding_linear_1,
             time_embedding_linear_2,
+            add_embedding,
             conv_in,
             down_blocks,
             mid_block,
@@ -682,7 +722,23 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
-        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, None, trace)
+        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, None, None, trace)
+    }
+
+    /// The general call: SDXL's added conditioning (required when the model has
+    /// `add_embedding`, refused otherwise), an optional ControlNet's residuals and trace.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_full(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
+        control: Option<&ControlNetOutput>,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, added, control, trace)
     }
 
     /// [`Self::forward`] with a ControlNet's residuals added to the skip connections and the mid
@@ -696,7 +752,7 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         control: Option<&ControlNetOutput>,
     ) -> Result<Tensor> {
-        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, control, None)
+        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, None, control, None)
     }
 
     fn forward_impl(
@@ -705,12 +761,15 @@ impl UNet2DConditionModel {
         sample: &Tensor,
         timesteps: &[f32],
         encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
         control: Option<&ControlNetOutput>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let ts = check_inputs(cfg, "unet", sample, timesteps, encoder_hidden_states)?;
-        let (_, emb_act) = time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, trace.as_deref_mut())?;
+        let aug = self.added_embedding(ctx, added, sample.dim(0))?;
+        let (_, emb_act) =
+            time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, aug.as_ref(), trace.as_deref_mut())?;
 
         let x = self.conv_in.forward(ctx, sample)?;
         record(&mut trace, "conv_in", &x);
@@ -764,6 +823,43 @@ impl UNet2DConditionModel {
     }
 }
 
+impl UNet2DConditionModel {
+    /// SDXL's `aug_emb = add_embedding(concat(text_embeds, add_time_proj(time_ids)))`, `[B, T]`.
+    fn added_embedding(&self, ctx: &Context, added: Option<&AddedCond>, batch: usize) -> Result<Option<Tensor>> {
+        let op = "unet added conditioning";
+        let (Some((l1, l2)), Some((time_dim, input_dim))) = (&self.add_embedding, self.config.text_time) else {
+            return match added {
+                Some(_) => Err(Error::Shape { op, detail: "text_embeds/time_ids given to a UNet without add_embedding (not SDXL)".into() }),
+                None => Ok(None),
+            };
+        };
+        let Some(a) = added else {
+            return Err(Error::Shape { op, detail: "this SDXL UNet needs text_embeds and time_ids (AddedCond)".into() });
+        };
+        let (p, k) = (a.text_embeds.len() / batch.max(1), a.time_ids.len() / batch.max(1));
+        if a.text_embeds.len() != p * batch || a.time_ids.len() != k * batch || p + k * time_dim != input_dim {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "{} text_embeds and {} time_ids values for batch {batch}: add_embedding takes {input_dim} = pooled width + ids x {time_dim} per entry",
+                    a.text_embeds.len(),
+                    a.time_ids.len()
+                ),
+            });
+        }
+        let cfg = &self.config;
+        let t = crate::ops::embedding::timestep_embedding_values(&a.time_ids, time_dim, cfg.flip_sin_to_cos, cfg.freq_shift, 10000.0);
+        let mut x = Vec::with_capacity(batch * input_dim);
+        for b in 0..batch {
+            x.extend_from_slice(&a.text_embeds[b * p..(b + 1) * p]);
+            x.extend_from_slice(&t[b * k * time_dim..(b + 1) * k * time_dim]);
+        }
+        let x = Tensor::from_f32(ctx, &x, &[batch, input_dim], self.dtype)?;
+        let h = matmul(ctx, &x, &l1.weight_t, GemmOpts { bias: l1.bias.as_ref(), act: Activation::Silu, ..Default::default() })?;
+        Ok(Some(matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), ..Default::default() })?))
+    }
+}
+
 fn record(trace: &mut Option<&mut Trace>, name: &str, t: &Tensor) {
     if let Some(tr) = trace.as_deref_mut() {
         tr.push((name.to_string(), t.clone()));
@@ -790,8 +886,9 @@ pub(crate) fn check_inputs(cfg: &UNetConfig, op: &'static str, sample: &Tensor, 
 }
 
 /// `time_proj` (diffusers' sinusoidal embedding, host f32) then `time_embedding`:
-/// `linear_2(silu(linear_1(.)))`. Returns the embedding and `silu` of it (every resnet applies
-/// SiLU before its projection: done once).
+/// `linear_2(silu(linear_1(.)))`, plus SDXL's `aug` embedding when given. Returns the embedding
+/// and `silu` of it (every resnet applies SiLU before its projection: done once).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn time_embedding(
     ctx: &Context,
     cfg: &UNetConfig,
@@ -799,12 +896,13 @@ pub(crate) fn time_embedding(
     l1: &Linear,
     l2: &Linear,
     ts: &[f32],
+    aug: Option<&Tensor>,
     mut trace: Option<&mut Trace>,
 ) -> Result<(Tensor, Tensor)> {
     let t_proj = timestep_embedding(ctx, ts, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift, 10000.0, dtype)?;
     record(&mut trace, "time_proj", &t_proj);
     let h = matmul(ctx, &t_proj, &l1.weight_t, GemmOpts { bias: l1.bias.as_ref(), act: Activation::Silu, ..Default::default() })?;
-    let emb = matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), ..Default::default() })?;
+    let emb = matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), residual: aug, ..Default::default() })?;
     record(&mut trace, "time_embedding", &emb);
     let emb_act = silu(ctx, &emb)?;
     Ok((emb, emb_act))

@@ -55,7 +55,8 @@ pub(super) struct Control<'a> {
 }
 
 /// `None` when the options ask for no control (a loaded ControlNet then sits idle).
-pub(super) fn prepare<'a>(ctx: &Context, sd: &'a StableDiffusion, o: &'a GenerateOptions) -> Result<Option<Control<'a>>> {
+/// `batch`: the UNet's (2 with classifier-free guidance, else 1).
+pub(super) fn prepare<'a>(ctx: &Context, sd: &'a StableDiffusion, o: &'a GenerateOptions, batch: usize) -> Result<Option<Control<'a>>> {
     let Some(opts) = &o.control else { return Ok(None) };
     let Some(model) = &sd.controlnet else {
         return Err(Error::Unsupported("a control image was given but no ControlNet is loaded (StableDiffusion::load_controlnet, CLI --controlnet)".into()));
@@ -71,7 +72,7 @@ pub(super) fn prepare<'a>(ctx: &Context, sd: &'a StableDiffusion, o: &'a Generat
     if !(0.0..=1.0).contains(&s) || !(0.0..=1.0).contains(&e) || s >= e {
         return Err(Error::Unsupported(format!("control guidance start {s} / end {e}: need 0 <= start < end <= 1")));
     }
-    let cond = model.prepare_cond(ctx, &img.rgb, img.width, img.height, 2)?;
+    let cond = model.prepare_cond(ctx, &img.rgb, img.width, img.height, batch)?;
     let hint = model.cond_embedding(ctx, &cond)?;
     Ok(Some(Control { model, opts, hint }))
 }

@@ -31,6 +31,15 @@ const VAE: &str = "first_stage_model.";
 pub fn map_checkpoint(file: &SafetensorsFile) -> Result<Parts> {
     let names = file.names();
     let has = |p: &str| names.iter().any(|n| n.starts_with(p));
+    if has("conditioner.embedders.") {
+        // SDXL's original layout (sgm): not mapped yet; say so rather than load half a model.
+        return Err(WeightsError::Architecture {
+            path: file.path().to_string(),
+            detail: "an SDXL single-file checkpoint (conditioner.embedders.* keys): not supported yet; use a diffusers folder \
+                     (diffusers: StableDiffusionXLPipeline.from_single_file(FILE).save_pretrained(DIR))"
+                .into(),
+        });
+    }
     let (text_encoder, text_kind) = if has(SD1_TEXT) {
         (Some(map_sd1_text(&names)), Some(TextEncoderKind::Clip))
     } else if has(SD2_TEXT) {

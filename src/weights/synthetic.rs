@@ -111,17 +111,7 @@ impl SyntheticModel {
 
     /// Names and shapes of one component's tensors, in file order (sorted by name).
     pub fn tensors(self, kind: ComponentKind) -> Vec<(String, Vec<usize>)> {
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(self.assets().tensors_gz)
-            .read_to_string(&mut text)
-            .expect("embedded synthetic tensor list is valid gzip UTF-8");
-        text.lines()
-            .filter_map(|l| {
-                let mut f = l.split('\t');
-                let (c, n, s) = (f.next()?, f.next()?, f.next()?);
-                (c == kind.folder()).then(|| (n.to_string(), s.split(',').map(|d| d.parse().expect("tensor list dimension")).collect()))
-            })
-            .collect()
+        tensor_list(self.assets().tensors_gz, kind.folder()).expect("embedded synthetic tensor list is valid")
     }
 
     /// One component with its values generated in memory (f16 safetensors bytes).
@@ -196,9 +186,26 @@ pub fn fill(name: &str, shape: &[usize], weight_shape: Option<&[usize]>, out: &m
     }
 }
 
+/// The `(name, shape)` entries of `component` in a gzipped tensor list
+/// (`component<TAB>name<TAB>d0,d1,..` per line, as `assets/synthetic/*/tensors.txt.gz`).
+pub fn tensor_list(gz: &[u8], component: &str) -> std::result::Result<Vec<(String, Vec<usize>)>, String> {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz).read_to_string(&mut text).map_err(|e| format!("tensor list: {e}"))?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        let [c, n, s] = f[..] else { return Err(format!("tensor list line '{l}' is not component<TAB>name<TAB>dims")) };
+        if c == component {
+            let dims = s.split(',').map(|d| d.parse().map_err(|_| format!("tensor list: bad dimension in '{l}'"))).collect::<std::result::Result<_, _>>()?;
+            out.push((n.to_string(), dims));
+        }
+    }
+    Ok(out)
+}
+
 /// A safetensors file (F16, in `tensors` order) holding the generated values; tensors are
 /// filled on all cores (natively), largest first.
-fn safetensors_bytes(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
+pub fn safetensors_bytes(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, shape) in tensors {

@@ -71,6 +71,7 @@ pub fn fixtures() -> std::path::PathBuf {
 }
 
 pub mod single_file;
+pub mod sdxl;
 
 /// The single-file checkpoint `<name>.safetensors` (sd15-tiny, sd21-tiny, sd15-tiny-controlnet),
 /// assembled from `tests/fixtures/<name>.manifest.json` and the folder files into the target's

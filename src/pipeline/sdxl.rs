@@ -1,0 +1,103 @@
+//! SDXL's conditioning (diffusers' `StableDiffusionXLPipeline.encode_prompt` and
+//! `_get_add_time_ids`): both text encoders' penultimate hidden states concatenated per token
+//! (768 + 1280 = 2048 wide for SDXL), the second encoder's pooled, projected `text_embeds`, and
+//! the time ids (original size, crop top-left, target size). An empty negative prompt is zeros
+//! when the model's `force_zeros_for_empty_prompt` says so (SDXL base: true), as diffusers does
+//! with no negative prompt and A1111 with an empty one.
+
+use super::{Conditioning, GenerateOptions, StableDiffusion};
+use crate::gpu::Context;
+use crate::models::clip::ClipTextModel;
+use crate::models::unet::AddedCond;
+use crate::prompt::{self, Chunk, CHUNK_LEN};
+use crate::tokenizer::{ClipTokenizer, PadToken};
+use crate::weights::Weights;
+use crate::{DType, Error, Result, Tensor};
+use std::path::Path;
+
+/// SDXL's second text encoder (`text_encoder_2/`, OpenCLIP ViT-bigG with `text_projection`) and
+/// its tokenizer (`tokenizer_2/`, padding with "!").
+pub struct SdxlParts {
+    pub tokenizer_2: ClipTokenizer,
+    pub clip_2: ClipTextModel,
+    /// `model_index.json`'s `force_zeros_for_empty_prompt` (diffusers' default: true).
+    pub force_zeros_for_empty_prompt: bool,
+}
+
+impl SdxlParts {
+    /// `None` when the weights have no `text_encoder_2` (SD 1.x/2.x). `folder`: where
+    /// `tokenizer_2/` and `model_index.json` live (else the embedded BPE padded with "!").
+    pub fn load(ctx: &Context, weights: &Weights, folder: Option<&Path>, dtype: DType) -> Result<Option<SdxlParts>> {
+        let Some(te2) = weights.text_encoder_2() else { return Ok(None) };
+        let tokenizer_2 = match folder.map(|d| d.join("tokenizer_2")).filter(|d| d.is_dir()) {
+            Some(dir) => ClipTokenizer::from_dir(&dir).map_err(|e| Error::Unsupported(format!("tokenizer_2: {e}")))?,
+            None => ClipTokenizer::embedded(PadToken::Exclamation),
+        };
+        let force_zeros_for_empty_prompt = folder
+            .and_then(|d| std::fs::read_to_string(d.join("model_index.json")).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("force_zeros_for_empty_prompt").and_then(serde_json::Value::as_bool))
+            .unwrap_or(true);
+        let clip_2 = ClipTextModel::load(ctx, te2, dtype)?;
+        if clip_2.text_projection.is_none() {
+            return Err(Error::Unsupported(format!("{}: SDXL's text_encoder_2 needs text_projection.weight (CLIPTextModelWithProjection)", te2.path())));
+        }
+        Ok(Some(SdxlParts { tokenizer_2, clip_2, force_zeros_for_empty_prompt }))
+    }
+
+    /// `[chunks·77, D1 + D2]` hidden states (emphasis applied per chunk) and the first chunk's
+    /// pooled `text_embeds`.
+    async fn encode_text(&self, ctx: &Context, clip: &ClipTextModel, c1: &[Chunk], c2: &[Chunk], clip_skip: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let ids = |c: &[Chunk]| c.iter().flat_map(|c| c.ids).collect::<Vec<u32>>();
+        let (h1, _) = clip.encode_sdxl_async(ctx, &ids(c1), CHUNK_LEN, clip_skip).await?;
+        let (h2, pooled) = self.clip_2.encode_sdxl_async(ctx, &ids(c2), CHUNK_LEN, clip_skip).await?;
+        let (d1, d2) = (clip.config.hidden, self.clip_2.config.hidden);
+        let mut h = Vec::with_capacity(h1.len() + h2.len());
+        for (a, b) in h1.chunks_exact(d1).zip(h2.chunks_exact(d2)) {
+            h.extend_from_slice(a);
+            h.extend_from_slice(b);
+        }
+        for (c, rows) in c1.iter().zip(h.chunks_exact_mut(CHUNK_LEN * (d1 + d2))) {
+            if c.weights.iter().any(|&w| w != 1.0) {
+                prompt::apply_weights(rows, CHUNK_LEN, d1 + d2, &c.weights);
+            }
+        }
+        let pooled = pooled.expect("text_encoder_2 has a projection (checked at load)");
+        let p = pooled.len() / c2.len();
+        Ok((h, pooled[..p].to_vec()))
+    }
+
+    pub(super) async fn encode(&self, ctx: &Context, sd: &StableDiffusion, o: &GenerateOptions, guided: bool) -> Result<Conditioning> {
+        let (t1, t2) = (&sd.tokenizer, &self.tokenizer_2);
+        let mut c1 = prompt::tokenize_bounded(t1, "prompt", &o.prompt).map_err(Error::Unsupported)?;
+        let mut c2 = prompt::tokenize_bounded(t2, "prompt", &o.prompt).map_err(Error::Unsupported)?;
+        let zero_negative = o.negative_prompt.is_empty() && self.force_zeros_for_empty_prompt;
+        let mut negative = None;
+        if guided && !zero_negative {
+            let mut u1 = prompt::tokenize_bounded(t1, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
+            let mut u2 = prompt::tokenize_bounded(t2, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
+            prompt::match_chunk_counts(t1, &mut u1, &mut c1);
+            prompt::match_chunk_counts(t2, &mut u2, &mut c2);
+            negative = Some((u1, u2));
+        }
+        let (h, pooled) = self.encode_text(ctx, &sd.clip, &c1, &c2, o.clip_skip).await?;
+        let (mut text, mut text_embeds) = (Vec::new(), Vec::new());
+        if guided {
+            let (hu, pu) = match &negative {
+                Some((u1, u2)) => self.encode_text(ctx, &sd.clip, u1, u2, o.clip_skip).await?,
+                None => (vec![0.0; h.len()], vec![0.0; pooled.len()]),
+            };
+            text.extend(hu);
+            text_embeds.extend(pu);
+        }
+        text.extend(h);
+        text_embeds.extend(pooled);
+        let batch = if guided { 2 } else { 1 };
+        let d = sd.clip.config.hidden + self.clip_2.config.hidden;
+        let size = (o.height, o.width);
+        let ids = AddedCond::time_ids(o.original_size.unwrap_or(size), o.crops_coords_top_left, o.target_size.unwrap_or(size));
+        let time_ids = (0..batch).flat_map(|_| ids).collect();
+        let text = Tensor::from_f32(ctx, &text, &[batch, c1.len() * CHUNK_LEN, d], sd.clip.dtype)?;
+        Ok(Conditioning { text, added: Some(AddedCond { text_embeds, time_ids }) })
+    }
+}

@@ -1,0 +1,65 @@
+//! `sdxl-tiny` as a diffusers folder, rebuilt from `assets/synthetic/sdxl-tiny/` (tensor list and
+//! configs from `tools/fixtures_sdxl.py`) with Pigment's synthetic generator: no weight file is
+//! committed. Both tokenizers are `tests/fixtures/sd15-tiny/tokenizer` (the real CLIP BPE);
+//! `tokenizer_2` pads with "!" as SDXL's does.
+
+use pigment::weights::synthetic::{safetensors_bytes, tensor_list};
+use std::path::{Path, PathBuf};
+
+fn asset(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/synthetic/sdxl-tiny").join(name)
+}
+
+fn write_folder(dir: &Path) {
+    let gz = std::fs::read(asset("tensors.txt.gz")).unwrap();
+    for (component, file) in [
+        ("text_encoder", "model"),
+        ("text_encoder_2", "model"),
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+    ] {
+        let sub = dir.join(component);
+        std::fs::create_dir_all(&sub).unwrap();
+        let tensors = tensor_list(&gz, component).unwrap();
+        assert!(!tensors.is_empty(), "no {component} tensors in the list");
+        std::fs::write(sub.join(format!("{file}.safetensors")), safetensors_bytes(&tensors)).unwrap();
+        std::fs::copy(asset(&format!("{component}.json")), sub.join("config.json")).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("scheduler")).unwrap();
+    std::fs::copy(asset("scheduler.json"), dir.join("scheduler/scheduler_config.json")).unwrap();
+    std::fs::copy(asset("model_index.json"), dir.join("model_index.json")).unwrap();
+    let tok = super::fixtures().join("sd15-tiny/tokenizer");
+    for t in ["tokenizer", "tokenizer_2"] {
+        std::fs::create_dir_all(dir.join(t)).unwrap();
+        for f in ["vocab.json", "merges.txt", "special_tokens_map.json"] {
+            std::fs::copy(tok.join(f), dir.join(t).join(f)).unwrap();
+        }
+    }
+    // tokenizer_2: sd15-tiny's settings with SDXL's pad token
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tok.join("tokenizer_config.json")).unwrap()).unwrap();
+    let pad: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(asset("tokenizer_2.json")).unwrap()).unwrap();
+    cfg["pad_token"] = pad["pad_token"].clone();
+    std::fs::write(dir.join("tokenizer_2/tokenizer_config.json"), cfg.to_string()).unwrap();
+    let mut map: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tok.join("special_tokens_map.json")).unwrap()).unwrap();
+    map["pad_token"] = pad["pad_token"].clone();
+    std::fs::write(dir.join("tokenizer_2/special_tokens_map.json"), map.to_string()).unwrap();
+    std::fs::copy(tok.join("tokenizer_config.json"), dir.join("tokenizer/tokenizer_config.json")).unwrap();
+}
+
+/// The folder (`<target tmp>/fixtures/sdxl-tiny`), written once per test binary into a
+/// temporary name and renamed, so a reader never sees half of it.
+pub fn sdxl_tiny() -> PathBuf {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let dir = root.join("sdxl-tiny");
+    if !*done {
+        let tmp = root.join(format!("sdxl-tiny.{}.part", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        write_folder(&tmp);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).unwrap();
+        *done = true;
+    }
+    dir
+}

@@ -1,0 +1,207 @@
+//! SDXL against diffusers' StableDiffusionXLPipeline on `sdxl-tiny` (tools/fixtures_sdxl.py: the
+//! real diffusers/transformers classes at small widths, weights from Pigment's synthetic
+//! generator, goldens in tests/fixtures/golden/sdxl-tiny/; the folder is rebuilt by
+//! tests/common/sdxl.rs):
+//!
+//! * both tokenizers' ids (tokenizer_2 pads with "!") and `encode_prompt`'s output: the two
+//!   encoders' penultimate hidden states concatenated (64 wide) and the pooled `text_embeds`;
+//! * a UNet call with `added_cond_kwargs` (text_embeds, time ids original 96x80, crop (8, 4),
+//!   target 64x64);
+//! * a 64x64 2-step txt2img (Euler, cfg 5, seed 42) and a Turbo-style 1-step (Euler a,
+//!   trailing spacing, guidance 0: no unconditional batch) against diffusers' PNGs;
+//! * sd15-tiny at guidance 1: diffusers' image, with one UNet batch of 1 per evaluation.
+//!
+//! Tolerances are the SD 1.5 tests' (tests/clip.rs, unet.rs, pipeline.rs): max |got - want| /
+//! max |want| <= 1e-4 in f32, 1e-2 in f16; PNGs within mean 1 / max 8 levels.
+
+mod common;
+
+use common::sdxl::sdxl_tiny;
+use common::*;
+use pigment::gpu::{AdapterChoice, Context};
+use pigment::models::unet::AddedCond;
+use pigment::pipeline::{GenerateOptions, StableDiffusion};
+use pigment::schedulers::{SamplerKind, SchedulerConfig};
+use pigment::{DType, Tensor};
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+const NEGATIVE: &str = "blurry, low quality";
+
+fn tol(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-4,
+        DType::F16 => 1e-2,
+    }
+}
+
+fn check(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    let e = rel_err(got, want);
+    eprintln!("{what}: error {e:.2e} of the scale (tolerance {tol:.0e})");
+    assert!(e <= tol, "{what}: max error {e:.3e} of the tensor's scale exceeds {tol:.1e}");
+}
+
+fn golden(file: &str) -> Golden {
+    Golden::load("sdxl-tiny", file)
+}
+
+fn ids(file: &str, name: &str) -> Vec<u32> {
+    let bytes = std::fs::read(fixtures().join("golden/sdxl-tiny").join(file)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::I64);
+    bytemuck::pod_collect_to_vec::<u8, i64>(t.data()).into_iter().map(|x| x as u32).collect()
+}
+
+fn options() -> GenerateOptions {
+    GenerateOptions {
+        prompt: PROMPT.into(),
+        negative_prompt: NEGATIVE.into(),
+        seed: 42,
+        width: 64,
+        height: 64,
+        steps: 2,
+        guidance: 5.0,
+        sampler: SamplerKind::Euler,
+        ..Default::default()
+    }
+}
+
+fn load(dtype: DType) -> StableDiffusion {
+    let sd = StableDiffusion::load(ctx(), &sdxl_tiny(), dtype == DType::F16).unwrap();
+    assert!(sd.is_sdxl());
+    assert_eq!(sd.unet.dtype, dtype);
+    sd
+}
+
+#[test]
+fn tokenizers_and_text_encoders_match_diffusers() {
+    let sd = load(DType::F32);
+    let x = sd.sdxl.as_ref().unwrap();
+    for (tok, name) in [(&sd.tokenizer, "input_ids"), (&x.tokenizer_2, "input_ids_2")] {
+        let got: Vec<u32> = [NEGATIVE, PROMPT].iter().flat_map(|t| pigment::prompt::tokenize_prompt(tok, t).chunks[0].ids).collect();
+        assert_eq!(got, ids("text.safetensors", name), "{name}");
+    }
+    for dtype in dtypes() {
+        let sd = load(dtype);
+        let (text, added) = sd.conditioning(ctx(), &options()).unwrap();
+        let g = golden("text.safetensors");
+        assert_eq!(text.shape(), [2, 77, 64]);
+        check(&text.to_vec(ctx()).unwrap(), &g.f32("prompt_embeds").0, tol(dtype), &format!("{dtype:?} prompt_embeds"));
+        let added = added.unwrap();
+        check(&added.text_embeds, &g.f32("pooled").0, tol(dtype), &format!("{dtype:?} pooled text_embeds"));
+        assert_eq!(added.time_ids, [64.0, 64.0, 0.0, 0.0, 64.0, 64.0].repeat(2));
+    }
+}
+
+/// diffusers with no negative prompt and `force_zeros_for_empty_prompt` (A1111 with an empty
+/// one): the unconditional half is zeros, text and pooled.
+#[test]
+fn empty_negative_prompt_is_zeros() {
+    let sd = load(DType::F32);
+    let (text, added) = sd.conditioning(ctx(), &GenerateOptions { negative_prompt: String::new(), ..options() }).unwrap();
+    let text = text.to_vec(ctx()).unwrap();
+    let (neg, pos) = text.split_at(text.len() / 2);
+    assert!(neg.iter().all(|&v| v == 0.0) && pos.iter().any(|&v| v != 0.0));
+    let pooled = added.unwrap().text_embeds;
+    assert!(pooled[..32].iter().all(|&v| v == 0.0) && pooled[32..].iter().any(|&v| v != 0.0));
+}
+
+fn unet_inputs(g: &Golden, dtype: DType) -> (Tensor, Tensor, AddedCond) {
+    let added = AddedCond { text_embeds: g.f32("text_embeds").0, time_ids: g.f32("time_ids").0 };
+    (g.upload("sample", dtype), g.upload("encoder_hidden_states", dtype), added)
+}
+
+#[test]
+fn unet_call_matches_diffusers() {
+    let g = golden("unet.safetensors");
+    let want = g.f32("out").0;
+    for dtype in dtypes() {
+        let sd = load(dtype);
+        let (sample, ehs, added) = unet_inputs(&g, dtype);
+        let out = sd.unet.forward_full(ctx(), &sample, &[981.0], &ehs, Some(&added), None, None).unwrap();
+        check(&out.to_vec(ctx()).unwrap(), &want, tol(dtype), &format!("{dtype:?} unet"));
+    }
+}
+
+/// The time ids reach the UNet in diffusers' order: the golden's crop (8, 4) read as (4, 8)
+/// moves the output far past the tolerance; and an SDXL UNet without them is an error.
+#[test]
+fn unet_time_ids_matter_and_are_required() {
+    let g = golden("unet.safetensors");
+    let sd = load(DType::F32);
+    let (sample, ehs, mut added) = unet_inputs(&g, DType::F32);
+    for b in 0..2 {
+        added.time_ids.swap(6 * b + 2, 6 * b + 3);
+    }
+    let out = sd.unet.forward_full(ctx(), &sample, &[981.0], &ehs, Some(&added), None, None).unwrap();
+    let e = rel_err(&out.to_vec(ctx()).unwrap(), &g.f32("out").0);
+    eprintln!("crop ids swapped: error {e:.2e}");
+    assert!(e > 100.0 * tol(DType::F32), "swapping the crop ids changed the output by only {e:.2e}");
+    let err = sd.unet.forward(ctx(), &sample, 981.0, &ehs).unwrap_err().to_string();
+    assert!(err.contains("text_embeds and time_ids"), "{err}");
+}
+
+fn png_check(image: &pigment::pipeline::Image, golden_png: &str, what: &str) {
+    let (w, h, want) = read_png(&fixtures().join("golden").join(golden_png));
+    assert_eq!((image.width, image.height), (w, h));
+    let (mean, max) = image_diff(&image.rgb, &want);
+    eprintln!("{what}: mean {mean:.3} max {max}");
+    assert!(mean <= 1.0 && max <= 8, "{what}: mean {mean:.3} max {max} levels off diffusers");
+}
+
+#[test]
+fn txt2img_matches_diffusers_png() {
+    for dtype in dtypes() {
+        let sd = load(dtype);
+        let image = sd.generate(ctx(), &options(), |_, _| {}).unwrap();
+        png_check(&image, "sdxl-tiny/txt2img.png", &format!("{dtype:?} sdxl txt2img"));
+    }
+}
+
+/// SDXL-Turbo's recipe: its scheduler config (Euler a, `timestep_spacing: "trailing"`), one
+/// step, guidance 0.
+#[test]
+fn turbo_one_step_guidance_0_matches_diffusers_png() {
+    let bytes = std::fs::read(fixtures().join("golden/sdxl-tiny/turbo.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta.metadata().as_ref().unwrap()["pigment"]).unwrap();
+    let sched = meta["scheduler_config"].as_str().unwrap();
+    let mut sd = load(DType::F32);
+    sd.scheduler_config = SchedulerConfig::from_json(sched).unwrap();
+    let o = GenerateOptions { steps: 1, guidance: 0.0, sampler: SamplerKind::EulerAncestral, ..options() };
+    png_check(&sd.generate(ctx(), &o, |_, _| {}).unwrap(), "sdxl-tiny/turbo.png", "sdxl turbo");
+}
+
+/// guidance 1 (as <= 1 generally): diffusers' image, and every UNet call is a batch of 1 (the
+/// profiler's conv2d shapes on a context of its own).
+#[test]
+fn sd15_cfg1_runs_one_batch_and_matches_diffusers() {
+    let c = Context::new_blocking(&AdapterChoice::from_env()).unwrap();
+    let sd = StableDiffusion::load(&c, &fixtures().join("sd15-tiny"), false).unwrap();
+    let o = GenerateOptions { steps: 4, guidance: 1.0, sampler: SamplerKind::Pndm, ..options() };
+    c.set_profiling(true);
+    let image = sd.generate(&c, &o, |_, _| {}).unwrap();
+    let rows = c.profile_report().unwrap();
+    c.set_profiling(false);
+    let convs: Vec<&str> = rows.iter().filter(|r| r.family == "conv2d").map(|r| r.shape.as_str()).collect();
+    assert!(convs.iter().any(|s| s.starts_with("1x4x8x8")), "no UNet conv_in at batch 1 in {convs:?}");
+    assert!(convs.iter().all(|s| s.starts_with("1x")), "a batch-2 convolution ran at guidance 1: {convs:?}");
+    png_check(&image, "sd15-tiny/cfg1.png", "sd15 cfg 1");
+}
+
+/// SDXL single files are recognised (1024 default size) and refused with a clear error until
+/// their mapping exists.
+#[test]
+fn sdxl_single_file_is_refused_by_name() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sdxl-keys-only.safetensors");
+    let v = [0u8; 8];
+    let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![4], &v).unwrap();
+    let bytes = safetensors::serialize([("conditioner.embedders.1.model.ln_final.weight", t)], None).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    assert!(pigment::weights::is_sdxl_path(&path) && pigment::weights::is_sdxl_path(&sdxl_tiny()));
+    assert!(!pigment::weights::is_sdxl_path(&fixtures().join("sd15-tiny")));
+    let err = pigment::weights::Weights::open(&path).unwrap_err().to_string();
+    assert!(err.contains("SDXL single-file") && err.contains("diffusers folder"), "{err}");
+}
