@@ -207,10 +207,9 @@ impl TaesdWeights {
                     }
                 }
                 if !found {
-                    return Err(WeightsError::Missing {
+                    return Err(WeightsError::Architecture {
                         path: shown,
-                        name: "diffusion_pytorch_model.safetensors".into(),
-                        detail: " (a TAESD folder holds it and config.json, as madebyollin/taesd; or taesd_decoder.safetensors / taesd_encoder.safetensors)".into(),
+                        detail: "no TAESD weights here: expected diffusion_pytorch_model.safetensors and config.json (as madebyollin/taesd), or taesd_decoder.safetensors / taesd_encoder.safetensors".into(),
                     }
                     .into());
                 }
