@@ -243,6 +243,7 @@ impl ModelLoader {
             // LoRAs into (the page offers none).
             weights: weights::Weights::from_parts(weights::Source::Folder(name.into()), None, None, None),
             loras: Default::default(),
+            taesd: None,
         };
         Ok(Model { ctx: self.ctx, sd: Rc::new(sd) })
     }
