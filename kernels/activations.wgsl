@@ -1,6 +1,7 @@
 // Shared activation functions, prepended by the host to the kernels that use them
 // (activation.wgsl, gemm.wgsl, softmax.wgsl's GEGLU). Activation ids: 0 identity, 1 SiLU,
-// 2 GELU (erf), 3 GELU (tanh approximation), 4 quick GELU (x * sigmoid(1.702x)).
+// 2 GELU (erf), 3 GELU (tanh approximation), 4 quick GELU (x * sigmoid(1.702x)),
+// 5 ReLU, 6 tanh (TAESD's ReLUs and its latent clamp tanh(x/3)*3).
 
 // erf by Abramowitz–Stegun 7.1.26 is only 1.5e-7 absolute: good enough for f32 GELU, and WGSL
 // has no erf builtin.
@@ -22,6 +23,11 @@ fn apply_act(v: f32, act: u32) -> f32 {
         return 0.5 * v * (1.0 + tanh(clamp(c, -15.0, 15.0)));
     } else if (act == 4u) {
         return v / (1.0 + exp(-1.702 * v));
+    } else if (act == 5u) {
+        return max(v, 0.0);
+    } else if (act == 6u) {
+        // WGSL's tanh may overflow exp for large |v|; tanh is ±1 to f32 precision beyond 15.
+        return tanh(clamp(v, -15.0, 15.0));
     }
     return v;
 }

@@ -150,6 +150,33 @@ pub enum Command {
         /// Print the generation's memory plan (GPU peak per phase) and exit without running.
         #[arg(long)]
         plan: bool,
+        /// Previews while sampling, written to OUTPUT-preview.png (overwritten): decoded by
+        /// TAESD (needs --taesd), by the full VAE, or off.
+        #[arg(long, value_enum, default_value = "off")]
+        preview: PreviewArg,
+        /// A preview every N model evaluations.
+        #[arg(long, default_value_t = 5)]
+        preview_every: usize,
+        /// TAESD weights (diffusers AutoencoderTiny folder as madebyollin/taesd, or the original
+        /// taesd_decoder.safetensors / taesd_encoder.safetensors, file or folder).
+        #[arg(long, value_name = "PATH")]
+        taesd: Option<std::path::PathBuf>,
+        /// Decoder of the final image: the model's VAE, or TAESD (fast, approximate; needs --taesd).
+        #[arg(long, value_enum, default_value = "full")]
+        vae_decoder: DecoderArg,
+        /// Hires fix (A1111): generate at --width x --height, upscale by this factor (to
+        /// multiples of 8), then img2img at that size.
+        #[arg(long, value_name = "SCALE")]
+        hires_scale: Option<f32>,
+        /// Steps of the hires pass (0 = --steps).
+        #[arg(long, default_value_t = 0)]
+        hires_steps: usize,
+        /// Denoising strength of the hires pass, in (0, 1].
+        #[arg(long, default_value_t = 0.7)]
+        hires_denoise: f32,
+        /// latent (bilinear), latent-nearest, or lanczos (decode, PIL Lanczos, encode).
+        #[arg(long, default_value = "latent")]
+        hires_upscaler: String,
     },
     /// An HTTP server with AUTOMATIC1111's API (/sdapi/v1/...), OpenAI's
     /// /v1/images/generations and Pigment's job API: one GPU worker behind a FIFO queue.
@@ -278,6 +305,19 @@ pub enum MergeModeArg {
     AddDifference,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PreviewArg {
+    Taesd,
+    Full,
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DecoderArg {
+    Taesd,
+    Full,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum Preprocess {
     /// The image is the hint already.
@@ -367,6 +407,14 @@ pub fn main() -> anyhow::Result<()> {
             canny_high,
             max_vram,
             plan,
+            preview,
+            preview_every,
+            taesd,
+            vae_decoder,
+            hires_scale,
+            hires_steps,
+            hires_denoise,
+            hires_upscaler,
         } => {
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
@@ -446,6 +494,24 @@ pub fn main() -> anyhow::Result<()> {
                 (None, Some(_)) => anyhow::bail!("--control-image needs --controlnet MODEL (a ControlNet for this base model)"),
                 (None, None) => None,
             };
+            let hires = match hires_scale {
+                Some(scale) => Some(crate::pipeline::HiresOptions {
+                    scale: *scale,
+                    steps: *hires_steps,
+                    denoise: *hires_denoise,
+                    upscaler: crate::pipeline::HiresUpscaler::parse(hires_upscaler)?,
+                }),
+                None => {
+                    if *hires_steps != 0 || *hires_denoise != 0.7 || hires_upscaler != "latent" {
+                        anyhow::bail!("--hires-steps, --hires-denoise and --hires-upscaler need --hires-scale (e.g. --hires-scale 2)");
+                    }
+                    None
+                }
+            };
+            let uses_taesd = *preview == PreviewArg::Taesd || *vae_decoder == DecoderArg::Taesd;
+            if uses_taesd && taesd.is_none() {
+                anyhow::bail!("--preview taesd and --vae-decoder taesd need --taesd PATH (a madebyollin/taesd folder or taesd_decoder.safetensors)");
+            }
             // LoRA files and prompt tags first: a missing one fails before the model loads.
             let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
             let real = open(&cli)?;
@@ -463,6 +529,14 @@ pub fn main() -> anyhow::Result<()> {
             if let Some(cn) = controlnet {
                 sd.load_controlnet(&ctx, &resolve_controlnet(cn, variant.as_deref())?)?;
             }
+            if let Some(t) = taesd {
+                let m = crate::models::taesd::Taesd::open(ctx, t, sd.vae.dtype).map_err(|e| anyhow::anyhow!("--taesd {}: {e}", t.display()))?;
+                if !m.has_decoder() {
+                    anyhow::bail!("--taesd {}: no decoder (give taesd_decoder.safetensors or a diffusers AutoencoderTiny folder)", t.display());
+                }
+                sd.set_taesd(Some(m));
+            }
+            let to_decoder = |taesd: bool| if taesd { crate::pipeline::VaeDecoder::Taesd } else { crate::pipeline::VaeDecoder::Full };
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
                 negative_prompt: negative_prompt.clone(),
@@ -483,6 +557,9 @@ pub fn main() -> anyhow::Result<()> {
                 original_size: original_size.map(|(w, h)| (h, w)),
                 crops_coords_top_left: crops_coords_top_left.unwrap_or((0, 0)),
                 target_size: target_size.map(|(w, h)| (h, w)),
+                hires,
+                decoder: to_decoder(*vae_decoder == DecoderArg::Taesd),
+                preview_decoder: to_decoder(*preview == PreviewArg::Taesd),
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
                 anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());
@@ -504,15 +581,28 @@ pub fn main() -> anyhow::Result<()> {
                     indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
                         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
-                let image = sd.generate(&ctx, &opts, |i, total| {
+                let path = if *batch_count > 1 { numbered(output, n + 1) } else { output.clone() };
+                let progress = |i: usize, total: usize| {
                     bar.set_length(total as u64);
                     bar.set_position(i as u64);
-                })?;
+                };
+                let image = if *preview == PreviewArg::Off {
+                    sd.generate(&ctx, &opts, progress)?
+                } else {
+                    let preview_path = path.with_file_name(format!(
+                        "{}-preview.png",
+                        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+                    ));
+                    sd.generate_with_previews(&ctx, &opts, *preview_every, progress, |_, img| {
+                        if let Err(e) = write_png(&preview_path, img, "") {
+                            eprintln!("warning: preview {}: {e}", preview_path.display());
+                        }
+                    })?
+                };
                 bar.finish();
                 for w in sd.take_warnings() {
                     eprintln!("warning: {w}");
                 }
-                let path = if *batch_count > 1 { numbered(output, n + 1) } else { output.clone() };
                 let mut params = crate::pipeline::a1111_parameters(&opts, &sd.name);
                 params.push_str(&crate::lora::a1111_hashes(&uses));
                 if let (Some(c), Some(cn)) = (&opts.control, controlnet) {

@@ -8,6 +8,7 @@
 
 use crate::gpu::Context;
 use crate::models::clip::ClipTextModel;
+use crate::models::taesd::Taesd;
 use crate::models::unet::{AddedCond, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::prompt;
@@ -20,6 +21,7 @@ use std::path::Path;
 
 pub mod controlnet;
 mod guard;
+pub mod hires;
 mod img2img;
 pub mod inpaint;
 pub mod plan;
@@ -27,6 +29,7 @@ pub mod sdxl;
 pub use sdxl::SdxlParts;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
+pub use hires::{HiresOptions, HiresUpscaler};
 
 /// Everything a generation needs besides the model.
 #[derive(Clone, Debug)]
@@ -61,6 +64,22 @@ pub struct GenerateOptions {
     pub original_size: Option<(usize, usize)>,
     pub crops_coords_top_left: (usize, usize),
     pub target_size: Option<(usize, usize)>,
+    /// Hires fix: a second img2img pass at a larger size (txt2img only).
+    pub hires: Option<HiresOptions>,
+    /// Decoder of the final image; [`VaeDecoder::Taesd`] needs [`StableDiffusion::set_taesd`].
+    pub decoder: VaeDecoder,
+    /// Decoder of the previews (`generate_with_previews`).
+    pub preview_decoder: VaeDecoder,
+}
+
+/// Which autoencoder turns latents into pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VaeDecoder {
+    /// The model's own VAE.
+    #[default]
+    Full,
+    /// TAESD ([`StableDiffusion::set_taesd`]): a tiny approximation, ~100× cheaper.
+    Taesd,
 }
 
 impl Default for GenerateOptions {
@@ -84,6 +103,9 @@ impl Default for GenerateOptions {
             original_size: None,
             crops_coords_top_left: (0, 0),
             target_size: None,
+            hires: None,
+            decoder: VaeDecoder::Full,
+            preview_decoder: VaeDecoder::Full,
         }
     }
 }
@@ -156,6 +178,8 @@ pub struct StableDiffusion {
     pub(crate) vae_f32: std::sync::Mutex<Option<std::sync::Arc<AutoencoderKL>>>,
     /// Warnings for the caller ([`StableDiffusion::take_warnings`]).
     pub(crate) warnings: std::sync::Mutex<Vec<String>>,
+    /// TAESD, for [`VaeDecoder::Taesd`] previews and final decodes ([`StableDiffusion::set_taesd`]).
+    pub taesd: Option<std::sync::Arc<Taesd>>,
 }
 
 impl StableDiffusion {
@@ -225,7 +249,13 @@ impl StableDiffusion {
             loras: Default::default(),
             vae_f32: Default::default(),
             warnings: Default::default(),
+            taesd: None,
         })
+    }
+
+    /// TAESD for previews and final decodes that ask for [`VaeDecoder::Taesd`] (`None` removes it).
+    pub fn set_taesd(&mut self, taesd: Option<Taesd>) {
+        self.taesd = taesd.map(std::sync::Arc::new);
     }
 
     /// The VAE with its encoder, loaded from the base weights on first use and kept.
@@ -341,12 +371,35 @@ impl StableDiffusion {
         mut preview: Option<(usize, &mut dyn FnMut(usize, &Image))>,
         mut progress: impl FnMut(usize, usize) -> std::ops::ControlFlow<()>,
     ) -> Result<Image> {
+        if let Some(h) = &o.hires {
+            return hires_generate(self, ctx, o, h, preview, &mut progress).await;
+        }
+        let s = self.sample(ctx, o, None, &mut preview, &mut progress).await?;
+        self.decode_final(ctx, &s, o.width, o.height, o.decoder).await
+    }
+
+    /// The sampler loop: text conditioning, start latents (txt2img noise, the init image's, or
+    /// `init_latents` noised to the strength's first step), every model evaluation. Returns the
+    /// final latents (or those so far when `progress` answered `Break`).
+    pub(crate) async fn sample(
+        &self,
+        ctx: &Context,
+        o: &GenerateOptions,
+        init_latents: Option<&[f32]>,
+        preview: &mut Option<(usize, &mut dyn FnMut(usize, &Image))>,
+        progress: &mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
+    ) -> Result<Sampled> {
         check_size(o.width, o.height)?;
         check_device_size(ctx, o.width, o.height)?;
         if o.steps == 0 {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
         img2img::check(self, o)?;
+        for (d, what) in [(o.decoder, "final decode"), (o.preview_decoder, "previews")] {
+            if d == VaeDecoder::Taesd && self.taesd.is_none() {
+                return Err(Error::Unsupported(format!("TAESD {what} need TAESD weights (--taesd PATH; library: StableDiffusion::set_taesd)")));
+            }
+        }
         phase(ctx, "text encoder");
         // diffusers' `do_classifier_free_guidance`: guidance > 1, else one batch of cond alone
         let guided = uses_cfg(o.guidance);
@@ -359,8 +412,11 @@ impl StableDiffusion {
         let n: usize = latent_shape.iter().product();
         let mut rng = TorchRng::new(o.seed);
         // txt2img: randn · init_noise_sigma from evaluation 0; img2img/inpainting: the noised
-        // image from the strength's begin index.
-        let start = img2img::prepare(self, ctx, o, sched.as_ref(), &mut rng).await?;
+        // image from the strength's begin index; given latents: those, noised the same way.
+        let start = match init_latents {
+            Some(l) => img2img::from_latents(l, o, sched.as_ref(), &mut rng)?,
+            None => img2img::prepare(self, ctx, o, sched.as_ref(), &mut rng).await?,
+        };
         let (begin, mut x, inpaint) = (start.begin, start.latents, start.inpaint);
         let total = sched.timesteps().len();
         let dtype = text.dtype();
@@ -389,24 +445,39 @@ impl StableDiffusion {
                 p.blend(&mut x, sched.as_ref(), i)?;
             }
             if progress(i + 1 - begin, total - begin).is_break() {
-                break;
+                return Ok(Sampled { latents: x, shape: latent_shape, interrupted: true });
             }
             if let Some((every, show)) = preview.as_mut() {
                 let done = i + 1 - begin;
                 if i + 1 < total && done % (*every).max(1) == 0 {
-                    show(done, &self.decode(ctx, &x, &latent_shape, o).await?);
+                    let s = Sampled { latents: x, shape: latent_shape, interrupted: false };
+                    show(done, &self.decode(ctx, &s, o.width, o.height, o.preview_decoder).await?);
+                    x = s.latents;
                     phase(ctx, "unet");
                 }
             }
         }
-        self.decode_checked(ctx, &x, &latent_shape, o).await
+        Ok(Sampled { latents: x, shape: latent_shape, interrupted: false })
     }
 
-    async fn decode(&self, ctx: &Context, x: &[f32], latent_shape: &[usize; 4], o: &GenerateOptions) -> Result<Image> {
+    /// The result's decode: with the model's VAE through the NaN / constant-image guards
+    /// ([`guard`]); TAESD's (an approximation asked for speed) as is.
+    pub(crate) async fn decode_final(&self, ctx: &Context, s: &Sampled, width: usize, height: usize, decoder: VaeDecoder) -> Result<Image> {
+        match decoder {
+            VaeDecoder::Full => self.decode_checked(ctx, &s.latents, &s.shape, width, height).await,
+            VaeDecoder::Taesd => self.decode(ctx, s, width, height, decoder).await,
+        }
+    }
+
+    pub(crate) async fn decode(&self, ctx: &Context, s: &Sampled, width: usize, height: usize, decoder: VaeDecoder) -> Result<Image> {
         phase(ctx, "vae decode");
-        let latents = Tensor::from_f32(ctx, x, latent_shape, DType::F32)?;
-        let rgb = self.vae.latents_to_image_u8_async(ctx, &latents).await?;
-        Ok(Image { width: o.width, height: o.height, rgb })
+        let latents = Tensor::from_f32(ctx, &s.latents, &s.shape, DType::F32)?;
+        let rgb = match (decoder, &self.taesd) {
+            (VaeDecoder::Taesd, Some(t)) => t.latents_to_image_u8_async(ctx, &latents).await?,
+            (VaeDecoder::Taesd, None) => return Err(Error::Unsupported("TAESD decoding needs TAESD weights (--taesd PATH)".into())),
+            (VaeDecoder::Full, _) => self.vae.latents_to_image_u8_async(ctx, &latents).await?,
+        };
+        Ok(Image { width, height, rgb })
     }
 }
 
@@ -421,6 +492,52 @@ pub fn uses_cfg(guidance: f32) -> bool {
 pub(crate) struct Conditioning {
     pub text: Tensor,
     pub added: Option<AddedCond>,
+}
+
+/// Latents out of the sampler loop.
+pub(crate) struct Sampled {
+    pub latents: Vec<f32>,
+    pub shape: [usize; 4],
+    /// `progress` answered `Break`.
+    pub interrupted: bool,
+}
+
+/// The hires fix ([`hires`]): base pass, upscale, second pass; `progress` counts both passes.
+async fn hires_generate(
+    sd: &StableDiffusion,
+    ctx: &Context,
+    o: &GenerateOptions,
+    h: &HiresOptions,
+    mut preview: Option<(usize, &mut dyn FnMut(usize, &Image))>,
+    progress: &mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
+) -> Result<Image> {
+    h.check(o)?;
+    let mut second = h.second_pass(o);
+    // Progress over both passes (the second runs its last int(steps · denoise) steps).
+    let first_steps = o.steps;
+    let second_steps = second.steps - schedulers::begin_index(second.steps, second.strength, 1).unwrap_or(0);
+    let total = first_steps + second_steps;
+    let base = {
+        let mut p = |i: usize, _: usize| progress(i, total);
+        sd.sample(ctx, o, None, &mut preview, &mut p).await?
+    };
+    if base.interrupted {
+        return sd.decode_final(ctx, &base, o.width, o.height, o.decoder).await;
+    }
+    let (lc, bh, bw) = (base.shape[1], base.shape[2], base.shape[3]);
+    let (th, tw) = (second.height / 8, second.width / 8);
+    let init = match h.upscaler {
+        HiresUpscaler::Latent => Some(hires::resize_bilinear(&base.latents, lc, bh, bw, th, tw)),
+        HiresUpscaler::LatentNearest => Some(hires::resize_nearest(&base.latents, lc, bh, bw, th, tw)),
+        HiresUpscaler::Lanczos => {
+            let img = sd.decode(ctx, &base, o.width, o.height, VaeDecoder::Full).await?;
+            second.init_image = Some(hires::resize_lanczos(&img, second.width, second.height));
+            None
+        }
+    };
+    let mut p = |i: usize, _: usize| progress(first_steps + i, total);
+    let s = sd.sample(ctx, &second, init.as_deref(), &mut preview, &mut p).await?;
+    sd.decode_final(ctx, &s, second.width, second.height, o.decoder).await
 }
 
 /// Start a phase of a generation with the free buffers of the last one dropped: they are sized
@@ -451,7 +568,9 @@ pub fn a1111_parameters(o: &GenerateOptions, model: &str) -> String {
     if o.clip_skip > 1 {
         s.push_str(&format!(", Clip skip: {}", o.clip_skip));
     }
-    if o.init_image.is_some() {
+    if let Some(h) = &o.hires {
+        s.push_str(&hires::a1111_parameters(h));
+    } else if o.init_image.is_some() {
         s.push_str(&format!(", Denoising strength: {}", o.strength));
         if o.mask.is_some() {
             s.push_str(&format!(", Mask blur: {}", o.mask_blur));

@@ -254,6 +254,7 @@ impl ModelLoader {
             loras: Default::default(),
             vae_f32: Default::default(),
             warnings: Default::default(),
+            taesd: None,
         };
         Ok(Model { ctx: self.ctx, sd: Rc::new(sd) })
     }

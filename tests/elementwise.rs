@@ -28,11 +28,13 @@ fn activations_match_cpu() {
     for dtype in dtypes() {
         let x: Vec<f32> = quantize(&rand_vec(4099, 3).iter().map(|v| v * 6.0).collect::<Vec<_>>(), dtype);
         let t = upload(&x, &[4099], dtype);
-        let cases: [(Activation, fn(f64) -> f64); 4] = [
+        let cases: [(Activation, fn(f64) -> f64); 6] = [
             (Activation::Silu, |v| v / (1.0 + (-v).exp())),
             (Activation::Gelu, |v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()))),
             (Activation::QuickGelu, |v| v / (1.0 + (-1.702 * v).exp())),
             (Activation::Identity, |v| v),
+            (Activation::Relu, |v| v.max(0.0)),
+            (Activation::Tanh, |v| v.tanh()),
         ];
         for (act, f) in cases {
             let y = elementwise::unary(ctx(), act, &t, 1.5, -0.25).unwrap().to_vec(ctx()).unwrap();

@@ -68,7 +68,9 @@ GUIDANCE = 7.5
 HEAD_TOKENS = 16
 EMBED_SCALE = 1.0
 # Per-tensor gains (name suffix -> gain on the weight's scale), the same table as Rust's GAINS.
-GAINS = {}
+# TAESD's AutoencoderTinyBlock convs (tools/fixtures_taesd.py): sqrt(6), He-uniform for ReLU; no SD
+# tensor name ends so. Same decimal literal as src/weights/synthetic.rs.
+GAINS = {".conv.0.weight": 2.4494897, ".conv.2.weight": 2.4494897, ".conv.4.weight": 2.4494897}
 
 MASK = (1 << 64) - 1
 
@@ -116,7 +118,8 @@ def role(name, shapes):
     for suffix, g in GAINS.items():
         if name.endswith(suffix):
             gain = np.float32(g)
-    return 0.0, gain / np.sqrt(np.float32(np.prod(shape[1:])))
+    # gain * (1/sqrt(fan_in)), in this order, as the Rust twin rounds it
+    return 0.0, gain * (np.float32(1.0) / np.sqrt(np.float32(np.prod(shape[1:]))))
 
 
 def values(name, shapes):

@@ -2,5 +2,6 @@
 
 pub mod clip;
 pub mod controlnet;
+pub mod taesd;
 pub mod unet;
 pub mod vae;

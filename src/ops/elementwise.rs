@@ -21,6 +21,8 @@ pub enum Activation {
     Gelu = 2,
     GeluTanh = 3,
     QuickGelu = 4,
+    Relu = 5,
+    Tanh = 6,
 }
 
 #[repr(C)]
@@ -113,6 +115,9 @@ pub fn gelu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
 }
 pub fn quick_gelu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     unary(ctx, Activation::QuickGelu, x, 1.0, 0.0)
+}
+pub fn relu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
+    unary(ctx, Activation::Relu, x, 1.0, 0.0)
 }
 /// `alpha * x + beta`.
 pub fn scale(ctx: &Context, x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {

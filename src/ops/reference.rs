@@ -23,6 +23,8 @@ pub fn activation(act: Activation, v: f64) -> f64 {
         Activation::Gelu => 0.5 * v * (1.0 + erf(v / 2f64.sqrt())),
         Activation::GeluTanh => 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh()),
         Activation::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
+        Activation::Relu => v.max(0.0),
+        Activation::Tanh => v.tanh(),
     }
 }
 

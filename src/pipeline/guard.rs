@@ -5,7 +5,7 @@
 //! warning; a non-finite UNet result, or an f32 decode that is still non-finite, is an error
 //! naming the stage. A constant (e.g. all-black) image is returned with a warning.
 
-use super::{phase, GenerateOptions, Image, StableDiffusion};
+use super::{phase, Image, StableDiffusion};
 use crate::models::vae::{image_to_u8, AutoencoderKL};
 use crate::ops::finite_check::{finite_stats, FiniteStats};
 use crate::{DType, Error, Result, Tensor};
@@ -45,7 +45,7 @@ impl StableDiffusion {
     }
 
     /// The final decode of `x` (host latents) with both guards.
-    pub(super) async fn decode_checked(&self, ctx: &Context, x: &[f32], latent_shape: &[usize; 4], o: &GenerateOptions) -> Result<Image> {
+    pub(super) async fn decode_checked(&self, ctx: &Context, x: &[f32], latent_shape: &[usize; 4], width: usize, height: usize) -> Result<Image> {
         phase(ctx, "vae decode");
         let latents = Tensor::from_f32(ctx, x, latent_shape, DType::F32)?;
         let s = finite_stats(ctx, &latents).await?;
@@ -83,7 +83,7 @@ impl StableDiffusion {
                 if level == 0.0 { ", all black" } else { "" }
             ));
         }
-        Ok(Image { width: o.width, height: o.height, rgb })
+        Ok(Image { width, height, rgb })
     }
 
     async fn decode_with(&self, ctx: &Context, vae: &AutoencoderKL, latents: &Tensor) -> Result<Tensor> {

@@ -112,6 +112,15 @@ pub(crate) async fn encode_sample(
     Ok(mean.iter().zip(&std).zip(&eps).map(|((&m, &s), &e)| k * (m + s * e)).collect())
 }
 
+/// img2img from latents (the hires fix's latent upscalers; diffusers' img2img given a 4-channel
+/// tensor as `image`): no VAE encode and so no posterior draw, the noise is the generator's first.
+pub(crate) fn from_latents(latents: &[f32], o: &GenerateOptions, sched: &dyn Scheduler, rng: &mut TorchRng) -> Result<Start> {
+    let begin = schedulers::begin_index(sched.num_inference_steps(), o.strength, sched.order())
+        .ok_or_else(|| Error::Unsupported(format!("strength {} leaves no step", o.strength)))?;
+    let noise = rng.randn(latents.len());
+    Ok(Start { begin, latents: sched.add_noise(latents, &noise, begin)?, inpaint: None })
+}
+
 /// The starting latents for txt2img (`randn · init_noise_sigma`), img2img or inpainting.
 pub(crate) async fn prepare(
     sd: &StableDiffusion,

@@ -27,7 +27,10 @@ use serde_json::Value;
 use std::io::Read;
 
 /// Name suffix → gain on a Linear/Conv weight's scale (the same table as the fixture tool's).
-pub const GAINS: &[(&str, f32)] = &[];
+/// TAESD's blocks (`AutoencoderTinyBlock.conv.{0,2,4}`, no SD name ends so) get √6, the
+/// He-uniform bound for ReLU: with gain 1 its 20 ReLU layers shrink the signal to a near-flat
+/// output (decode std 0.04), a weak golden.
+pub const GAINS: &[(&str, f32)] = &[(".conv.0.weight", 2.449_489_7), (".conv.2.weight", 2.449_489_7), (".conv.4.weight", 2.449_489_7)];
 /// Scale of the CLIP token and position embeddings.
 pub const EMBED_SCALE: f32 = 1.0;
 
@@ -204,7 +207,8 @@ pub fn tensor_list(gz: &[u8], component: &str) -> std::result::Result<Vec<(Strin
 }
 
 /// A safetensors file (F16, in `tensors` order) holding the generated values; tensors are
-/// filled on all cores (natively), largest first.
+/// filled on all cores (natively), largest first. Public for models built from a tensor list
+/// outside [`SyntheticModel`] (the TAESD test).
 pub fn safetensors_bytes(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;

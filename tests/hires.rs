@@ -1,0 +1,91 @@
+//! Hires fix against diffusers' pipelines composed as A1111 runs it (`tools/fixtures_hires.py`):
+//! sd15-tiny, Euler, seed 42, 32x32 base (4 steps) → ×2 → 64x64 img2img (4 steps, denoise 0.5,
+//! so 2 run), for each upscaler: bilinear and nearest latents, and PIL Lanczos on the decoded
+//! base image. Tolerance as tests/pipeline.rs: mean ≤ 1 level, max ≤ 8 (f32; the two sides
+//! differ only in summation order, a wrong upscale or seed moves the image by tens of levels).
+
+mod common;
+use common::*;
+use pigment::pipeline::{a1111_parameters, GenerateOptions, HiresOptions, HiresUpscaler, Image, StableDiffusion};
+use pigment::schedulers::SamplerKind;
+
+fn options(upscaler: HiresUpscaler) -> GenerateOptions {
+    GenerateOptions {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: "blurry, low quality".into(),
+        seed: 42,
+        width: 32,
+        height: 32,
+        steps: 4,
+        guidance: 7.5,
+        sampler: SamplerKind::Euler,
+        hires: Some(HiresOptions { scale: 2.0, steps: 4, denoise: 0.5, upscaler }),
+        ..Default::default()
+    }
+}
+
+fn golden(name: &str) -> (usize, usize, Vec<u8>) {
+    read_png(&fixtures().join("golden/hires").join(format!("{name}.png")))
+}
+
+#[test]
+fn every_upscaler_matches_diffusers() {
+    let c = ctx();
+    let sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
+    // The first pass alone is diffusers' base image.
+    let base = sd.generate(c, &GenerateOptions { hires: None, ..options(HiresUpscaler::Latent) }, |_, _| {}).unwrap();
+    let (mean, max) = image_diff(&base.rgb, &golden("base").2);
+    eprintln!("base: mean {mean:.3} max {max}");
+    assert!(mean <= 1.0 && max <= 8, "base: mean {mean:.3} max {max}");
+    for (up, name) in [(HiresUpscaler::Latent, "latent"), (HiresUpscaler::LatentNearest, "latent_nearest"), (HiresUpscaler::Lanczos, "lanczos")] {
+        let mut last = (0, 0);
+        let image = sd.generate(c, &options(up), |i, total| last = (i, total)).unwrap();
+        let (w, h, want) = golden(name);
+        assert_eq!((image.width, image.height), (w, h), "{name}");
+        assert_eq!(last, (6, 6), "{name}: progress counts both passes (4 + int(4 · 0.5))");
+        let (mean, max) = image_diff(&image.rgb, &want);
+        eprintln!("{name}: mean {mean:.3} max {max}");
+        assert!(mean <= 1.0 && max <= 8, "{name}: mean {mean:.3} max {max} levels off diffusers");
+    }
+}
+
+/// The lanczos run's upscale step alone: PIL's `Image.resize(LANCZOS)` of the base image, to
+/// the bit (same fixed-point taps and pass order).
+#[test]
+fn lanczos_resize_matches_pil() {
+    let (w, h, rgb) = golden("base");
+    let up = pigment::pipeline::hires::resize_lanczos(&Image { width: w, height: h, rgb }, 2 * w, 2 * h);
+    let (gw, gh, want) = golden("base_lanczos");
+    assert_eq!((up.width, up.height), (gw, gh));
+    let (mean, max) = image_diff(&up.rgb, &want);
+    assert_eq!(max, 0, "mean {mean:.3} max {max} levels off PIL");
+}
+
+#[test]
+fn parameters_as_a1111_writes_them() {
+    let o = options(HiresUpscaler::LatentNearest);
+    let p = a1111_parameters(&o, "sd15-tiny");
+    assert!(
+        p.ends_with("Size: 32x32, Model: sd15-tiny, Denoising strength: 0.5, Hires upscale: 2, Hires steps: 4, Hires upscaler: Latent (nearest)"),
+        "{p}"
+    );
+    let o = GenerateOptions { hires: Some(HiresOptions { steps: 0, scale: 1.5, ..o.hires.clone().unwrap() }), ..o };
+    assert!(a1111_parameters(&o, "m").ends_with("Denoising strength: 0.5, Hires upscale: 1.5, Hires upscaler: Latent (nearest)"));
+}
+
+#[test]
+fn bad_hires_options_are_named() {
+    let c = ctx();
+    let sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
+    let err = |o: GenerateOptions| sd.generate(c, &o, |_, _| {}).unwrap_err().to_string();
+    let base = options(HiresUpscaler::Latent);
+    let h = base.hires.clone().unwrap();
+    let e = err(GenerateOptions { hires: Some(HiresOptions { denoise: 0.1, ..h.clone() }), ..base.clone() });
+    assert!(e.contains("--hires-denoise"), "{e}");
+    let e = err(GenerateOptions { hires: Some(HiresOptions { denoise: 1.5, ..h.clone() }), ..base.clone() });
+    assert!(e.contains("hires denoising strength 1.5"), "{e}");
+    let e = err(GenerateOptions { init_image: Some(Image { width: 32, height: 32, rgb: vec![0; 32 * 32 * 3] }), ..base.clone() });
+    assert!(e.contains("hires fix is a txt2img second pass"), "{e}");
+    let e = err(GenerateOptions { decoder: pigment::pipeline::VaeDecoder::Taesd, ..base });
+    assert!(e.contains("--taesd"), "{e}");
+}
