@@ -1,6 +1,7 @@
 // Shared activation functions, prepended by the host to the kernels that use them
 // (activation.wgsl, gemm.wgsl, softmax.wgsl's GEGLU). Activation ids: 0 identity, 1 SiLU,
-// 2 GELU (erf), 3 GELU (tanh approximation), 4 quick GELU (x * sigmoid(1.702x)).
+// 2 GELU (erf), 3 GELU (tanh approximation), 4 quick GELU (x * sigmoid(1.702x)),
+// 5 LeakyReLU with negative slope 0.2 (ESRGAN's RRDBNet).
 
 // erf by Abramowitz–Stegun 7.1.26 is only 1.5e-7 absolute: good enough for f32 GELU, and WGSL
 // has no erf builtin.
@@ -22,6 +23,8 @@ fn apply_act(v: f32, act: u32) -> f32 {
         return 0.5 * v * (1.0 + tanh(clamp(c, -15.0, 15.0)));
     } else if (act == 4u) {
         return v / (1.0 + exp(-1.702 * v));
+    } else if (act == 5u) {
+        return select(0.2 * v, v, v >= 0.0);
     }
     return v;
 }

@@ -21,6 +21,8 @@ pub enum Activation {
     Gelu = 2,
     GeluTanh = 3,
     QuickGelu = 4,
+    /// LeakyReLU with negative slope 0.2 (ESRGAN's; fixed, as the model never uses another).
+    LeakyRelu = 5,
 }
 
 #[repr(C)]
@@ -113,6 +115,10 @@ pub fn gelu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
 }
 pub fn quick_gelu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     unary(ctx, Activation::QuickGelu, x, 1.0, 0.0)
+}
+/// LeakyReLU with slope 0.2 for negative inputs.
+pub fn leaky_relu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
+    unary(ctx, Activation::LeakyRelu, x, 1.0, 0.0)
 }
 /// `alpha * x + beta`.
 pub fn scale(ctx: &Context, x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
