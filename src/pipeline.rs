@@ -20,6 +20,7 @@ pub mod controlnet;
 mod img2img;
 pub mod inpaint;
 pub mod plan;
+pub mod upscale;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 

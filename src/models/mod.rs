@@ -2,5 +2,6 @@
 
 pub mod clip;
 pub mod controlnet;
+pub mod esrgan;
 pub mod unet;
 pub mod vae;

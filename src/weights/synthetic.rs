@@ -196,9 +196,10 @@ pub fn fill(name: &str, shape: &[usize], weight_shape: Option<&[usize]>, out: &m
     }
 }
 
-/// A safetensors file (F16, in `tensors` order) holding the generated values; tensors are
+/// A safetensors file (F16, in `tensors` order) holding the generated values of any tensor
+/// list (the SD components, and `models::esrgan`'s synthetic upscalers); tensors are
 /// filled on all cores (natively), largest first.
-fn safetensors_bytes(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
+pub fn safetensors_bytes(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, shape) in tensors {
