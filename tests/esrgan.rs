@@ -156,3 +156,59 @@ fn other_files_are_refused_by_name() {
     let err = RealEsrgan::load(ctx(), &gray, DType::F32).err().unwrap().to_string();
     assert!(err.contains("3 (x4), 12 (x2) or 48 (x1)"), "{err}");
 }
+
+/// The golden input as an RGB8 image, and the x4 golden as Real-ESRGAN writes it (clamped,
+/// rounded to 8 bits).
+fn golden_images(g: &SafetensorsFile) -> (pigment::pipeline::Image, Vec<u8>) {
+    let rgb = g.get("input_rgb8").unwrap().to_f32().unwrap().iter().map(|&v| v as u8).collect();
+    let want = g.get("x4_whole").unwrap().to_f32().unwrap();
+    let (n, mut out) = (want.len() / 3, vec![0u8; want.len()]);
+    for i in 0..n {
+        for c in 0..3 {
+            out[3 * i + c] = (want[c * n + i].clamp(0.0, 1.0) * 255.0).round() as u8;
+        }
+    }
+    (pigment::pipeline::Image { width: W, height: H, rgb }, out)
+}
+
+/// The test model as a file in `dir` (basicsr names), for the CLI and the server.
+pub fn write_model(dir: &std::path::Path, scale: usize) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("tiny-x{scale}.safetensors"));
+    std::fs::write(&path, pigment::weights::synthetic::safetensors_bytes(&config(scale).tensors())).unwrap();
+    path
+}
+
+/// `pigment upscale` end to end: the x4 golden within one 8-bit level (f16 on an f16 adapter),
+/// and `--scale 2` on the x4 model is its output Lanczos-resized to 2x.
+#[test]
+fn cli_upscale_writes_the_golden_png() {
+    let g = golden();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("esrgan-cli-{}", std::process::id()));
+    let model = write_model(&dir, 4);
+    let (img, want) = golden_images(&g);
+    let input = dir.join("in.png");
+    pigment::imageio::write_png(&input, &img, "").unwrap();
+    let run = |extra: &[&str], out: &std::path::Path| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pigment"))
+            .args(["upscale", input.to_str().unwrap(), "--model", model.to_str().unwrap(), "--tile", "0", "--out", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        pigment::imageio::read_image(out, "output").unwrap()
+    };
+    let x4 = run(&[], &dir.join("x4.png"));
+    assert_eq!((x4.width, x4.height), (4 * W, 4 * H));
+    let max = x4.rgb.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(max <= 1, "x4 PNG: {max} levels off the golden");
+    let x2 = run(&["--scale", "2"], &dir.join("x2.png"));
+    assert_eq!(x2.rgb, pigment::imageio::resize_rgb(&x4, 2 * W, 2 * H).rgb);
+    // A file that is no upscaler is refused by name.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pigment"))
+        .args(["upscale", input.to_str().unwrap(), "--model", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("in.png"), "{err}");
+}
