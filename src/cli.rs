@@ -204,7 +204,7 @@ pub enum Command {
         #[arg(long)]
         quick: bool,
         /// Only this kernel family (gemm, conv2d, attention, group_norm, layer_norm, softmax,
-        /// geglu, elementwise, embedding, resample).
+        /// geglu, elementwise, embedding, resample, pixel_shuffle).
         #[arg(long)]
         family: Option<String>,
     },

@@ -9,6 +9,8 @@ no weight is committed. Tiling follows Real-ESRGAN's `RealESRGANer.tile_process`
 grown by `tile_pad` on every side (clipped to the image) and cropped back.
 
     /work/venv/bin/python tools/fixtures_esrgan.py   # writes tests/fixtures/golden/esrgan/
+    /work/venv/bin/python tools/fixtures_esrgan.py --time 64 [--blocks 23]
+        # PyTorch CPU fp32 time of one full-size x4plus call on a 64x64 input (README figures)
 """
 
 import json
@@ -180,5 +182,27 @@ def main():
     save_file(tensors, os.path.join(OUT, "rrdbnet.safetensors"), metadata={"config": json.dumps(meta)})
 
 
+@torch.no_grad()
+def time_fullsize(size, blocks):
+    """One RealESRGAN_x4plus-shaped call (num_feat 64, num_grow_ch 32) on a size x size input,
+    after a warm-up call; generated weights (the values do not change the time)."""
+    import time
+
+    model = RRDBNet(3, 3, scale=4, num_feat=64, num_block=blocks, num_grow_ch=32).eval()
+    sd = model.state_dict()
+    shapes = {n: tuple(t.shape) for n, t in sd.items()}
+    model.load_state_dict({n: torch.from_numpy(values(n, shapes).astype(np.float32)) for n in sd})
+    x = torch.rand(1, 3, size, size)
+    model(x)
+    t = time.perf_counter()
+    model(x)
+    secs = time.perf_counter() - t
+    print(f"PyTorch {torch.__version__} CPU fp32, {torch.get_num_threads()} threads: x4plus ({blocks} blocks) on {size}x{size}: {secs:.2f} s")
+
+
 if __name__ == "__main__":
-    main()
+    if "--time" in sys.argv:
+        a = sys.argv
+        time_fullsize(int(a[a.index("--time") + 1]), int(a[a.index("--blocks") + 1]) if "--blocks" in a else 23)
+    else:
+        main()

@@ -313,5 +313,10 @@ fn resample_cases() -> Vec<Case> {
             let y = resample::transpose_last2(ctx, &up(ctx, &x, &[3, 17, 33], dtype)?)?;
             Ok(Outcome { got: y.to_vec(ctx)?, want: r::transpose_last2(&x, 3, 17, 33), tol: Tolerance::AbsRel(0.0, 0.0) })
         }),
+        case("pixel_shuffle", "pixel_unshuffle", "2x3x8x6 r2".into(), &both, |ctx, dtype| {
+            let x = data(2 * 3 * 8 * 6, 26, dtype);
+            let y = crate::ops::pixel_shuffle::pixel_unshuffle(ctx, &up(ctx, &x, &[2, 3, 8, 6], dtype)?, 2)?;
+            Ok(Outcome { got: y.to_vec(ctx)?, want: r::pixel_unshuffle(&x, 2, 3, 8, 6, 2), tol: Tolerance::AbsRel(0.0, 0.0) })
+        }),
     ]
 }
