@@ -69,6 +69,7 @@ pub fn plan_tiles(ctx: &Context, model: &RealEsrgan, width: usize, height: usize
 /// Upscale an RGB8 image by the model's native scale, tiles of `tile` input pixels (0 = the whole
 /// image in one call) with [`DEFAULT_PAD`] of context. Output = round(255 * clamp(y, 0, 1)), as
 /// Real-ESRGAN writes it.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn upscale(ctx: &Context, model: &RealEsrgan, img: &Image, tile: usize) -> Result<Image> {
     let plan = plan_tiles(ctx, model, img.width, img.height, tile, DEFAULT_PAD)?;
     let chw = image_to_chw(img);
@@ -95,10 +96,17 @@ pub fn chw_to_image(v: &[f32], width: usize, height: usize) -> Image {
     Image { width, height, rgb }
 }
 
+/// [`upscale_chw_async`], blocking (native).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn upscale_chw(ctx: &Context, model: &RealEsrgan, chw: &[f32], width: usize, height: usize, plan: &TilePlan) -> Result<Vec<f32>> {
+    pollster::block_on(upscale_chw_async(ctx, model, chw, width, height, plan))
+}
+
 /// The model on planar f32 `[3, height, width]` by `plan`; returns `[3, s*height, s*width]`,
 /// not clamped. Sizes that are not multiples of the model's pixel-unshuffle factor are padded
-/// on the right and bottom by reflection and cropped after (Real-ESRGAN's `mod_pad`).
-pub fn upscale_chw(ctx: &Context, model: &RealEsrgan, chw: &[f32], width: usize, height: usize, plan: &TilePlan) -> Result<Vec<f32>> {
+/// on the right and bottom by reflection and cropped after (Real-ESRGAN's `mod_pad`). Async
+/// for the browser, where readbacks are.
+pub async fn upscale_chw_async(ctx: &Context, model: &RealEsrgan, chw: &[f32], width: usize, height: usize, plan: &TilePlan) -> Result<Vec<f32>> {
     let (s, u) = (model.config.scale, model.config.unshuffle());
     if width == 0 || height == 0 || chw.len() != 3 * width * height {
         return Err(Error::Unsupported(format!("upscale: a {width}x{height} image needs {} planar RGB values, got {}", 3 * width * height, chw.len())));
@@ -123,7 +131,7 @@ pub fn upscale_chw(ctx: &Context, model: &RealEsrgan, chw: &[f32], width: usize,
                 }
             }
             let x = Tensor::from_f32(ctx, &input, &[1, 3, th, tw], model.dtype)?;
-            let y = model.forward(ctx, &x)?.to_vec(ctx)?;
+            let y = model.forward(ctx, &x)?.to_f32(ctx).await?;
             let (ytw, yth) = (tw * s, th * s);
             for c in 0..3 {
                 for oy in y0 * s..y1 * s {
@@ -145,6 +153,7 @@ pub fn upscale_chw(ctx: &Context, model: &RealEsrgan, chw: &[f32], width: usize,
 /// times) until the image is at least `by` times its size, then `resize` (the caller's Lanczos)
 /// brings it to `round(by * size)` exactly. A1111 also rounds that size down to a multiple of 8;
 /// Pigment keeps it exact.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn upscale_by(ctx: &Context, model: &RealEsrgan, img: &Image, by: f32, tile: usize, resize: impl Fn(&Image, usize, usize) -> Image) -> Result<Image> {
     if !(by.is_finite() && by > 0.0 && by <= 16.0) {
         return Err(Error::Unsupported(format!("upscale factor {by}: give a number in (0, 16]")));
