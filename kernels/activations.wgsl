@@ -1,7 +1,8 @@
 // Shared activation functions, prepended by the host to the kernels that use them
 // (activation.wgsl, gemm.wgsl, softmax.wgsl's GEGLU). Activation ids: 0 identity, 1 SiLU,
 // 2 GELU (erf), 3 GELU (tanh approximation), 4 quick GELU (x * sigmoid(1.702x)),
-// 5 ReLU, 6 tanh (TAESD's ReLUs and its latent clamp tanh(x/3)*3).
+// 5 ReLU, 6 tanh (TAESD's ReLUs and its latent clamp tanh(x/3)*3), 7 LeakyReLU with negative
+// slope 0.2 (ESRGAN's RRDBNet).
 
 // erf by Abramowitz–Stegun 7.1.26 is only 1.5e-7 absolute: good enough for f32 GELU, and WGSL
 // has no erf builtin.
@@ -28,6 +29,8 @@ fn apply_act(v: f32, act: u32) -> f32 {
     } else if (act == 6u) {
         // WGSL's tanh may overflow exp for large |v|; tanh is ±1 to f32 precision beyond 15.
         return tanh(clamp(v, -15.0, 15.0));
+    } else if (act == 7u) {
+        return select(0.2 * v, v, v >= 0.0);
     }
     return v;
 }

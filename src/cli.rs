@@ -7,6 +7,8 @@ pub use crate::imageio::canny_map;
 use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod upscale;
+
 #[derive(Parser)]
 #[command(name = "pigment", version, about = "Stable Diffusion on hand-written WGSL kernels (wgpu)")]
 pub struct Cli {
@@ -178,6 +180,27 @@ pub enum Command {
         #[arg(long, default_value = "latent")]
         hires_upscaler: String,
     },
+    /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits.
+    Upscale {
+        /// The image (PNG, JPEG or WebP).
+        input: std::path::PathBuf,
+        /// An RRDBNet .safetensors (RealESRGAN_x4plus, x4plus_anime_6B, x2plus, old ESRGAN x4
+        /// names), or synthetic:x4plus | synthetic:x4plus-anime-6b | synthetic:x2plus
+        /// (the architecture with generated weights: for timing, no download).
+        #[arg(long)]
+        model: String,
+        /// Output size / input size (default: the model's); another factor runs the model
+        /// until the image is at least that big, then resizes with Lanczos (A1111's way).
+        #[arg(long)]
+        scale: Option<f32>,
+        /// Tile edge in input pixels (0 = whole image); shrunk, with a note, when a tile's
+        /// tensors would not fit the adapter's storage binding limit.
+        #[arg(long, default_value_t = crate::pipeline::upscale::DEFAULT_TILE)]
+        tile: usize,
+        /// Output PNG (default: IN-xS.png beside the input).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// An HTTP server with AUTOMATIC1111's API (/sdapi/v1/...), OpenAI's
     /// /v1/images/generations and Pigment's job API: one GPU worker behind a FIFO queue.
     Serve {
@@ -203,6 +226,10 @@ pub enum Command {
         /// ControlNets for `alwayson_scripts.controlnet` (folders or .safetensors).
         #[arg(long, value_name = "DIR")]
         controlnet_dir: Option<std::path::PathBuf>,
+        /// Real-ESRGAN upscalers (.safetensors RRDBNets) for /sdapi/v1/upscalers and
+        /// /sdapi/v1/extra-single-image.
+        #[arg(long, value_name = "DIR")]
+        upscaler_dir: Option<std::path::PathBuf>,
         /// Largest request body, MiB (base64 images make bodies big).
         #[arg(long, default_value_t = 64)]
         body_limit_mb: usize,
@@ -221,7 +248,7 @@ pub enum Command {
         #[arg(long)]
         quick: bool,
         /// Only this kernel family (gemm, conv2d, attention, group_norm, layer_norm, softmax,
-        /// geglu, elementwise, embedding, resample).
+        /// geglu, elementwise, embedding, resample, pixel_shuffle).
         #[arg(long)]
         family: Option<String>,
     },
@@ -636,7 +663,7 @@ pub fn main() -> anyhow::Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
-        Command::Serve { listen, api_key, model, models_dir, lora_dir, embeddings_dir, controlnet_dir, body_limit_mb, preview_every } => {
+        Command::Serve { listen, api_key, model, models_dir, lora_dir, embeddings_dir, controlnet_dir, upscaler_dir, body_limit_mb, preview_every } => {
             let mut choice = AdapterChoice::from_env();
             if cli.adapter.is_some() {
                 choice.name = cli.adapter.clone();
@@ -650,11 +677,17 @@ pub fn main() -> anyhow::Result<()> {
                 lora_dir: lora_dir.clone(),
                 embeddings_dir: embeddings_dir.clone(),
                 controlnet_dir: controlnet_dir.clone(),
+                upscaler_dir: upscaler_dir.clone(),
                 body_limit: body_limit_mb.saturating_mul(1 << 20),
                 preview_every: *preview_every,
                 want_f16: !cli.no_f16,
             };
             crate::serve::run(opts, choice)?;
+        }
+        Command::Upscale { input, model, scale, tile, out } => {
+            let ctx = open(&cli)?;
+            upscale::run(&ctx, input, model, *scale, *tile, out.as_deref())?;
+            print_profile(&ctx)?;
         }
         Command::Adapters => {
             for (i, info) in pollster::block_on(crate::gpu::list_adapters()).iter().enumerate() {

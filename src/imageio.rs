@@ -31,6 +31,13 @@ pub fn resize_rgb(img: &Image, width: usize, height: usize) -> Image {
     Image { width, height, rgb: out.into_raw() }
 }
 
+/// Nearest-neighbour resize (A1111's "Nearest" upscaler, PIL's `NEAREST`).
+pub fn resize_nearest_rgb(img: &Image, width: usize, height: usize) -> Image {
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.clone()).expect("RGB buffer of its own size");
+    let out = image::imageops::resize(&buf, width as u32, height as u32, image::imageops::FilterType::Nearest);
+    Image { width, height, rgb: out.into_raw() }
+}
+
 /// PNG bytes with A1111's `parameters` text chunk, so its PNG-info tab (and ComfyUI) reads the
 /// settings; no chunk when `parameters` is empty.
 pub fn encode_png(image: &Image, parameters: &str) -> Result<Vec<u8>> {

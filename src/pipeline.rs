@@ -27,6 +27,7 @@ pub mod inpaint;
 pub mod plan;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
+pub mod upscale;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 pub use hires::{HiresOptions, HiresUpscaler};

@@ -28,7 +28,8 @@ fn activations_match_cpu() {
     for dtype in dtypes() {
         let x: Vec<f32> = quantize(&rand_vec(4099, 3).iter().map(|v| v * 6.0).collect::<Vec<_>>(), dtype);
         let t = upload(&x, &[4099], dtype);
-        let cases: [(Activation, fn(f64) -> f64); 6] = [
+        let cases: [(Activation, fn(f64) -> f64); 7] = [
+            (Activation::LeakyRelu, |v| if v >= 0.0 { v } else { 0.2 * v }),
             (Activation::Silu, |v| v / (1.0 + (-v).exp())),
             (Activation::Gelu, |v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()))),
             (Activation::QuickGelu, |v| v / (1.0 + (-1.702 * v).exp())),

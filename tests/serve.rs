@@ -152,7 +152,10 @@ fn openai_listings_options_and_model_switching() {
     }
     let (_, v) = s.get("/sdapi/v1/embeddings");
     assert_eq!(v, json!({"loaded": {}, "skipped": {}}));
-    for path in ["/sdapi/v1/upscalers", "/sdapi/v1/sd-vae", "/sdapi/v1/latent-upscale-modes"] {
+    let (_, v) = s.get("/sdapi/v1/upscalers");
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["None", "Lanczos", "Nearest"], "built-ins only without --upscaler-dir");
+    for path in ["/sdapi/v1/sd-vae", "/sdapi/v1/latent-upscale-modes"] {
         assert_eq!(s.get(path), (200, json!([])), "{path}");
     }
     let (_, v) = s.get("/controlnet/model_list");
@@ -304,4 +307,59 @@ fn jobs_progress_sse_interrupt_skip() {
     assert_eq!(l["queue_length"], 0);
     assert!(l["jobs"].as_array().unwrap().iter().any(|x| x["id"] == id), "{l}");
     assert_eq!(s.get("/pigment/v1/jobs/99999").0, 404);
+}
+
+/// `--upscaler-dir`: the Real-ESRGAN files are listed with their scale (other files are not),
+/// and `extra-single-image` runs one in the worker: the x4 golden of tests/esrgan.rs within a
+/// level (`tools/fixtures_esrgan.py`), `upscaling_resize` 2 its Lanczos resize, the built-ins
+/// resize; unknown upscalers and unsupported fields get a 422 naming the field.
+#[test]
+fn upscalers_listed_and_extra_single_image_runs_them() {
+    use pigment::models::esrgan::EsrganConfig;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("upscalers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = EsrganConfig { scale: 4, num_feat: 16, num_grow_ch: 8, num_block: 2 };
+    std::fs::write(dir.join("tiny-x4.safetensors"), pigment::weights::synthetic::safetensors_bytes(&cfg.tensors())).unwrap();
+    std::fs::write(dir.join("not-an-upscaler.safetensors"), pigment::weights::synthetic::safetensors_bytes(&[("conv_in.weight".into(), vec![4, 4, 3, 3])])).unwrap();
+    let s = server("upscale", &["--upscaler-dir", dir.to_str().unwrap()]);
+    let (_, v) = s.get("/sdapi/v1/upscalers");
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 4, "{v}");
+    assert_eq!(list[3]["name"], "tiny-x4");
+    assert_eq!(list[3]["scale"], 4);
+
+    let g = pigment::weights::SafetensorsFile::open(fixtures().join("golden/esrgan/rrdbnet.safetensors")).unwrap();
+    let (w, h) = (12, 10);
+    let rgb: Vec<u8> = g.get("input_rgb8").unwrap().to_f32().unwrap().iter().map(|&v| v as u8).collect();
+    let img = pigment::pipeline::Image { width: w, height: h, rgb };
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pigment::imageio::encode_png(&img, "").unwrap());
+    let want = g.get("x4_whole").unwrap().to_f32().unwrap();
+    let n = want.len() / 3;
+    let want: Vec<u8> = (0..n).flat_map(|i| (0..3).map(move |c| (c, i))).map(|(c, i)| (want[c * n + i].clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+
+    let (status, r) = s.post("/sdapi/v1/extra-single-image", &json!({"image": b64, "upscaler_1": "tiny-x4", "upscaling_resize": 4}));
+    assert_eq!(status, 200, "{r}");
+    let x4 = rgb_of(&r["image"]);
+    assert_eq!((x4.width, x4.height), (4 * w, 4 * h));
+    let max = x4.rgb.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(max <= 1, "x4: {max} levels off the golden");
+    let (status, r) = s.post("/sdapi/v1/extra-single-image", &json!({"image": b64, "upscaler_1": "tiny-x4"}));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rgb_of(&r["image"]).rgb, pigment::imageio::resize_rgb(&x4, 2 * w, 2 * h).rgb, "default upscaling_resize 2");
+    let (status, r) = s.post("/sdapi/v1/extra-single-image", &json!({"image": b64, "upscaler_1": "Lanczos", "upscaling_resize": 3}));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(rgb_of(&r["image"]).rgb, pigment::imageio::resize_rgb(&img, 3 * w, 3 * h).rgb);
+
+    for (body, words) in [
+        (json!({"image": b64, "upscaler_1": "R-ESRGAN 4x+"}), &["upscaler_1", "R-ESRGAN 4x+", "tiny-x4"][..]),
+        (json!({"upscaler_1": "tiny-x4"}), &["image"]),
+        (json!({"image": b64, "upscaling_resize": 0}), &["upscaling_resize"]),
+        (json!({"image": b64, "gfpgan_visibility": 0.5}), &["gfpgan_visibility"]),
+        (json!({"image": b64, "resize_mode": 1}), &["resize_mode"]),
+    ] {
+        let (status, r) = s.post("/sdapi/v1/extra-single-image", &body);
+        assert_eq!(status, 422, "{body}: {r}");
+        let d = detail(&r);
+        assert!(words.iter().all(|w| d.contains(w)), "{body}: {d}");
+    }
 }

@@ -23,6 +23,8 @@ pub enum Activation {
     QuickGelu = 4,
     Relu = 5,
     Tanh = 6,
+    /// LeakyReLU with negative slope 0.2 (ESRGAN's; fixed, as the model never uses another).
+    LeakyRelu = 7,
 }
 
 #[repr(C)]
@@ -118,6 +120,11 @@ pub fn quick_gelu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
 }
 pub fn relu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
     unary(ctx, Activation::Relu, x, 1.0, 0.0)
+}
+
+/// LeakyReLU with slope 0.2 for negative inputs.
+pub fn leaky_relu(ctx: &Context, x: &Tensor) -> Result<Tensor> {
+    unary(ctx, Activation::LeakyRelu, x, 1.0, 0.0)
 }
 /// `alpha * x + beta`.
 pub fn scale(ctx: &Context, x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {

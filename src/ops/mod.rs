@@ -7,6 +7,7 @@ pub mod elementwise;
 pub mod conv;
 pub mod conv_variants;
 pub mod norm;
+pub mod pixel_shuffle;
 pub mod resample;
 pub mod gemm;
 pub mod gemm_tune;

@@ -25,6 +25,7 @@ pub fn activation(act: Activation, v: f64) -> f64 {
         Activation::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
         Activation::Relu => v.max(0.0),
         Activation::Tanh => v.tanh(),
+        Activation::LeakyRelu => if v >= 0.0 { v } else { 0.2 * v },
     }
 }
 
@@ -306,4 +307,25 @@ pub fn worst_excess(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> (usize, 
         worst = (got.len().min(want.len()), f32::INFINITY, f32::INFINITY);
     }
     worst
+}
+
+/// torch's `F.pixel_unshuffle(x, r)` on `[N, C, H, W]`: output channel `c*r*r + i*r + j` holds
+/// the pixels at row offset `i`, column offset `j` of each r x r block.
+pub fn pixel_unshuffle(x: &[f32], n: usize, c: usize, h: usize, w: usize, r: usize) -> Vec<f32> {
+    let (ho, wo) = (h / r, w / r);
+    let mut y = Vec::with_capacity(x.len());
+    for b in 0..n {
+        for ci in 0..c {
+            for i in 0..r {
+                for j in 0..r {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            y.push(x[((b * c + ci) * h + oy * r + i) * w + ox * r + j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
 }

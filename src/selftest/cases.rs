@@ -253,7 +253,7 @@ fn softmax_cases() -> Vec<Case> {
 
 fn elementwise_cases() -> Vec<Case> {
     let mut v = vec![];
-    for act in [Activation::Identity, Activation::Silu, Activation::Gelu, Activation::GeluTanh, Activation::QuickGelu, Activation::Relu, Activation::Tanh] {
+    for act in [Activation::Identity, Activation::Silu, Activation::Gelu, Activation::GeluTanh, Activation::QuickGelu, Activation::Relu, Activation::Tanh, Activation::LeakyRelu] {
         v.push(case("elementwise", &format!("{act:?}").to_lowercase(), "4099".into(), &[DType::F32, DType::F16], move |ctx, dtype| {
             let x = data_q(&data(4099, 16, dtype).iter().map(|x| x * 6.0).collect::<Vec<_>>(), dtype);
             let y = elementwise::unary(ctx, act, &up(ctx, &x, &[4099], dtype)?, 1.5, -0.25)?;
@@ -312,6 +312,11 @@ fn resample_cases() -> Vec<Case> {
             let x = data(3 * 17 * 33, 25, dtype);
             let y = resample::transpose_last2(ctx, &up(ctx, &x, &[3, 17, 33], dtype)?)?;
             Ok(Outcome { got: y.to_vec(ctx)?, want: r::transpose_last2(&x, 3, 17, 33), tol: Tolerance::AbsRel(0.0, 0.0) })
+        }),
+        case("pixel_shuffle", "pixel_unshuffle", "2x3x8x6 r2".into(), &both, |ctx, dtype| {
+            let x = data(2 * 3 * 8 * 6, 26, dtype);
+            let y = crate::ops::pixel_shuffle::pixel_unshuffle(ctx, &up(ctx, &x, &[2, 3, 8, 6], dtype)?, 2)?;
+            Ok(Outcome { got: y.to_vec(ctx)?, want: r::pixel_unshuffle(&x, 2, 3, 8, 6, 2), tol: Tolerance::AbsRel(0.0, 0.0) })
         }),
     ]
 }

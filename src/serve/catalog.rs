@@ -90,3 +90,27 @@ pub fn controlnets(dir: Option<&Path>) -> Vec<(String, PathBuf)> {
     out.sort();
     out
 }
+
+/// An upscaler under `--upscaler-dir`: a Real-ESRGAN / ESRGAN `.safetensors`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpscalerEntry {
+    /// The file stem (A1111's `name` and what `upscaler_1` sends).
+    pub name: String,
+    pub path: PathBuf,
+    /// The native scale, read from the file's tensor shapes (header only).
+    pub scale: usize,
+}
+
+/// The RRDBNet files under `dir` (recursively, by stem); other `.safetensors` are left out with
+/// a note on stderr, so the listing only offers what the worker can run.
+pub fn upscalers(dir: Option<&Path>) -> Vec<UpscalerEntry> {
+    let mut out = Vec::new();
+    for (name, path) in files(dir) {
+        let scale = crate::weights::SafetensorsFile::open(&path).map_err(crate::Error::from).and_then(|f| crate::models::esrgan::RealEsrgan::inspect(&f));
+        match scale {
+            Ok(cfg) => out.push(UpscalerEntry { name, path, scale: cfg.scale }),
+            Err(e) => eprintln!("upscalers: skipping {}: {e}", path.display()),
+        }
+    }
+    out
+}

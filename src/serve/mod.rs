@@ -32,6 +32,8 @@ pub struct Options {
     pub embeddings_dir: Option<PathBuf>,
     /// ControlNets for `alwayson_scripts.controlnet` (by file or folder name).
     pub controlnet_dir: Option<PathBuf>,
+    /// Real-ESRGAN models for `/sdapi/v1/upscalers` and `/sdapi/v1/extra-single-image`.
+    pub upscaler_dir: Option<PathBuf>,
     /// Largest request body in bytes.
     pub body_limit: usize,
     /// A preview (VAE decode) every N model evaluations for `current_image`; 0 = none.
@@ -79,7 +81,7 @@ pub fn run(opts: Options, adapter: crate::gpu::AdapterChoice) -> anyhow::Result<
     if opts.body_limit < 1024 {
         anyhow::bail!("--body-limit-mb: at least 1 (MiB); requests carry base64 images");
     }
-    for (flag, dir) in [("--models-dir", &opts.models_dir), ("--lora-dir", &opts.lora_dir), ("--embeddings-dir", &opts.embeddings_dir), ("--controlnet-dir", &opts.controlnet_dir)] {
+    for (flag, dir) in [("--models-dir", &opts.models_dir), ("--lora-dir", &opts.lora_dir), ("--embeddings-dir", &opts.embeddings_dir), ("--controlnet-dir", &opts.controlnet_dir), ("--upscaler-dir", &opts.upscaler_dir)] {
         if let Some(d) = dir {
             if !d.is_dir() {
                 anyhow::bail!("{flag} {}: not a folder", d.display());

@@ -227,7 +227,7 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
     let prompt = f.string("prompt", "")?;
     let negative_prompt = f.string("negative_prompt", "")?;
     // Fields with no counterpart: refused when they ask for something.
-    refuse_if(f.boolean("enable_hr", false)?, "enable_hr", "hires fix needs an upscaler, and Pigment has none (/sdapi/v1/upscalers is empty); generate at the final size")?;
+    refuse_if(f.boolean("enable_hr", false)?, "enable_hr", "hires fix is not implemented yet; generate, then upscale with /sdapi/v1/extra-single-image and an upscaler from /sdapi/v1/upscalers")?;
     refuse_if(f.boolean("restore_faces", false)?, "restore_faces", "Pigment has no face restoration model")?;
     refuse_if(f.boolean("tiling", false)?, "tiling", "Pigment has no seamless-tiling mode")?;
     refuse_if(f.float("subseed_strength", 0.0)? != 0.0, "subseed_strength", "variation seeds are not implemented; leave it 0")?;

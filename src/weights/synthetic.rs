@@ -208,7 +208,7 @@ pub fn tensor_list(gz: &[u8], component: &str) -> std::result::Result<Vec<(Strin
 
 /// A safetensors file (F16, in `tensors` order) holding the generated values; tensors are
 /// filled on all cores (natively), largest first. Public for models built from a tensor list
-/// outside [`SyntheticModel`] (the TAESD test).
+/// outside [`SyntheticModel`] (TAESD's test, `models::esrgan`'s synthetic upscalers).
 pub fn safetensors_bytes(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;

@@ -25,6 +25,27 @@ pub enum Work {
     Generate(GenJob),
     /// `POST /sdapi/v1/options {"sd_model_checkpoint": title}`.
     SwitchModel(String),
+    /// `POST /sdapi/v1/extra-single-image`.
+    Upscale(UpscaleJob),
+}
+
+/// One image through an upscaler, by `by` (A1111's `upscaling_resize`).
+pub struct UpscaleJob {
+    pub image: Image,
+    pub upscaler: Upscaler,
+    pub by: f32,
+}
+
+/// A1111's built-in upscalers, or a model file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Upscaler {
+    /// "None": the image as it is.
+    None,
+    /// "Lanczos" / "Nearest": a plain resize.
+    Lanczos,
+    Nearest,
+    /// A Real-ESRGAN / ESRGAN file.
+    Model(PathBuf),
 }
 
 pub struct GenImage {
@@ -47,6 +68,7 @@ pub struct Generated {
 pub enum Output {
     Images(Generated),
     Switched,
+    Upscaled(Image),
 }
 
 pub type JobResult = Result<std::sync::Arc<Output>, ApiError>;

@@ -3,8 +3,9 @@
 //! on with the next.
 
 use super::queue::{Job, JobInfo, State};
-use super::{GenImage, GenJob, Generated, Output, Work};
+use super::{GenImage, GenJob, Generated, Output, UpscaleJob, Upscaler, Work};
 use crate::gpu::{AdapterChoice, Context};
+use crate::models::esrgan::RealEsrgan;
 use crate::pipeline::{Image, StableDiffusion};
 use crate::serve::catalog::{self, ModelEntry};
 use crate::serve::errors::{ApiError, ApiResult};
@@ -28,6 +29,8 @@ struct Worker {
     sd: Option<StableDiffusion>,
     entry: ModelEntry,
     controlnet: Option<std::path::PathBuf>,
+    /// The upscaler last used, kept for the next request (~33 MiB f16 for x4plus).
+    upscaler: Option<(std::path::PathBuf, RealEsrgan)>,
 }
 
 /// Open the adapter and load `first` on a new thread, returning once it is ready (or with the
@@ -38,7 +41,7 @@ pub fn spawn(shared: Arc<Shared>, choice: AdapterChoice, want_f16: bool, first: 
         let setup = (|| -> anyhow::Result<Worker> {
             let ctx = Context::new_blocking(&choice)?;
             eprintln!("adapter: {}", ctx.describe());
-            let mut w = Worker { ctx, choice, jobs_run: 0, shared, want_f16, sd: None, entry: first.clone(), controlnet: None };
+            let mut w = Worker { ctx, choice, jobs_run: 0, shared, want_f16, sd: None, entry: first.clone(), controlnet: None, upscaler: None };
             w.load(&first)?;
             Ok(w)
         })();
@@ -137,6 +140,7 @@ impl Worker {
                 self.switch(&title, "sd_model_checkpoint")?;
                 Ok(Output::Switched)
             }
+            Work::Upscale(u) => self.upscale(&u).map(Output::Upscaled),
             Work::Generate(g) => {
                 let previous = self.entry.clone();
                 let switched = match &g.model {
@@ -202,6 +206,30 @@ impl Worker {
         self.sd = Some(sd);
         self.entry = entry.clone();
         Ok(())
+    }
+
+    /// `extra-single-image`: the model's passes (tiled at the default tile, shrunk to fit)
+    /// then a Lanczos resize to the exact size, as `pigment upscale`.
+    fn upscale(&mut self, u: &UpscaleJob) -> ApiResult<Image> {
+        let field = "upscaler_1";
+        let img = &u.image;
+        let size = |d: usize| ((d as f32 * u.by).round() as usize).max(1);
+        match &u.upscaler {
+            Upscaler::None => Ok(img.clone()),
+            Upscaler::Lanczos => Ok(crate::imageio::resize_rgb(img, size(img.width), size(img.height))),
+            Upscaler::Nearest => Ok(crate::imageio::resize_nearest_rgb(img, size(img.width), size(img.height))),
+            Upscaler::Model(path) => {
+                if self.upscaler.as_ref().map(|(p, _)| p) != Some(path) {
+                    self.upscaler = None;
+                    let dtype = if self.want_f16 && self.ctx.f16 { crate::DType::F16 } else { crate::DType::F32 };
+                    let m = RealEsrgan::open(&self.ctx, path, dtype).map_err(|e| ApiError::field(field, e))?;
+                    self.upscaler = Some((path.clone(), m));
+                }
+                let (_, model) = self.upscaler.as_ref().expect("loaded above");
+                let tile = crate::pipeline::upscale::DEFAULT_TILE;
+                crate::pipeline::upscale::upscale_by(&self.ctx, model, img, u.by, tile, crate::imageio::resize_rgb).map_err(|e| ApiError::from_library(&e))
+            }
+        }
     }
 
     fn generate(&mut self, info: &JobInfo, g: &GenJob) -> ApiResult<Generated> {

@@ -38,7 +38,7 @@ async fn generate(shared: Arc<Shared>, body: Body, img2img: bool) -> ApiResult<R
         let out = out.clone();
         blocking(move || match &*out {
             Output::Images(g) => encode_images(g),
-            Output::Switched => Ok(Vec::new()),
+            Output::Switched | Output::Upscaled(_) => Ok(Vec::new()),
         })
         .await?
     };

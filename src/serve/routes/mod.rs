@@ -1,6 +1,7 @@
 //! The routes, and what they share: reading a JSON body, encoding images.
 
 pub mod a1111;
+pub mod extras;
 pub mod openai;
 pub mod pigment;
 
@@ -29,7 +30,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/sdapi/v1/schedulers", get(a1111::schedulers))
         .route("/sdapi/v1/loras", get(a1111::loras))
         .route("/sdapi/v1/embeddings", get(a1111::embeddings))
-        .route("/sdapi/v1/upscalers", get(a1111::empty_list))
+        .route("/sdapi/v1/upscalers", get(extras::upscalers))
+        .route("/sdapi/v1/extra-single-image", post(extras::extra_single_image))
         .route("/sdapi/v1/latent-upscale-modes", get(a1111::empty_list))
         .route("/sdapi/v1/sd-vae", get(a1111::empty_list))
         .route("/sdapi/v1/prompt-styles", get(a1111::empty_list))

@@ -73,7 +73,7 @@ async fn run(shared: Arc<Shared>, body: Result<Bytes, BytesRejection>) -> ApiRes
     let (id, out, _) = run_parsed(&shared, parsed, "openai").await?;
     let images = blocking(move || match &*out {
         Output::Images(g) => encode_images(g),
-        Output::Switched => Ok(Vec::new()),
+        Output::Switched | Output::Upscaled(_) => Ok(Vec::new()),
     })
     .await?;
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub async fn root() -> Json<Value> {
     Json(json!({
         "pigment": env!("CARGO_PKG_VERSION"),
-        "a1111": "/sdapi/v1/ (txt2img, img2img, progress, interrupt, skip, options, sd-models, samplers, schedulers, loras, embeddings, upscalers, png-info)",
+        "a1111": "/sdapi/v1/ (txt2img, img2img, progress, interrupt, skip, options, sd-models, samplers, schedulers, loras, embeddings, upscalers, extra-single-image, png-info)",
         "openai": "/v1/images/generations",
         "jobs": "/pigment/v1/jobs, /pigment/v1/jobs/{id}, /pigment/v1/jobs/{id}/events",
     }))
@@ -97,7 +97,7 @@ pub async fn job(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> A
             let (infotexts, seeds): (Vec<String>, Vec<u64>) = g.images.iter().map(|i| (i.parameters.clone(), i.seed)).unzip();
             let images = blocking(move || match &*out {
                 Output::Images(g) => encode_images(g),
-                Output::Switched => Ok(Vec::new()),
+                Output::Switched | Output::Upscaled(_) => Ok(Vec::new()),
             })
             .await?;
             let o = v.as_object_mut().expect("an object");
