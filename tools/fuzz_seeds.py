@@ -218,16 +218,74 @@ def serve_seeds():
         write("serve_request", f"{i}.json", bytes([sel]) + json.dumps(r).encode())
 
 
+def raw_st(entries, data=b""):
+    """A safetensors file from a header dict as given (shapes the writer would refuse)."""
+    h = json.dumps(entries).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
+def with_scalar(path, keep, key):
+    """The tensors `keep` of a seed file (after its selector byte), with `key` made a 0-d F16."""
+    from safetensors.torch import load
+
+    raw = open(path, "rb").read()
+    t = load(raw[1:])
+    t = {k: v for k, v in t.items() if k in keep}
+    assert set(t) == set(keep), set(keep) - set(t)
+    t[key] = torch.tensor(0.5).half()
+    return raw[:1] + st(t)
+
+
+# Just what UNet inference reads, so the files stay a few KB.
+UNET_INFER_DIFFUSERS = ["down_blocks.0.resnets.0.conv1.weight", "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                        "mid_block.attentions.0.proj_in.weight", "conv_in.weight", "time_embedding.linear_1.weight"]
+
+
+def regressions():
+    """Hand-made inputs for the panics fixed with the fuzz targets (err-*: must be refused)."""
+    d = os.path.join(OUT, "single_file")
+    sd1 = os.path.join(d, "seed-sd1.safetensors")
+    vae_up = "first_stage_model.decoder.up.0.block.0.conv2.weight"
+    for keep, key, name in [([vae_up], vae_up, "vae-scalar-up-conv")]:
+        with open(os.path.join(d, f"err-{name}.safetensors"), "wb") as f:
+            f.write(with_scalar(sd1, keep, key))
+    # OpenCLIP width 2^62 on an empty positional embedding: q;k;v row ranges overflowed
+    P = "cond_stage_model.model."
+    with open(os.path.join(d, "err-openclip-huge-width.safetensors"), "wb") as f:
+        f.write(bytes([SINGLE_FILE]) + raw_st({
+            P + "positional_embedding": {"dtype": "F16", "shape": [0, 2**62], "data_offsets": [0, 0]},
+            P + "transformer.resblocks.0.attn.in_proj_weight": {"dtype": "F16", "shape": [], "data_offsets": [0, 2]},
+        }, b"\0\0"))
+    d = os.path.join(OUT, "loaders")
+    cn = os.path.join(d, "seed-controlnet-diffusers.safetensors")
+    hint = ["controlnet_cond_embedding.conv_in.weight", "controlnet_cond_embedding.blocks.1.weight"]
+    with open(os.path.join(d, "err-controlnet-scalar-conv-in.safetensors"), "wb") as f:
+        f.write(with_scalar(cn, UNET_INFER_DIFFUSERS + hint[:1], hint[0]))
+    with open(os.path.join(d, "err-controlnet-scalar-unet-conv-in.safetensors"), "wb") as f:
+        f.write(with_scalar(cn, UNET_INFER_DIFFUSERS + hint[:1], "conv_in.weight"))
+    with open(os.path.join(d, "err-controlnet-scalar-block.safetensors"), "wb") as f:
+        f.write(with_scalar(cn, UNET_INFER_DIFFUSERS + hint, hint[1]))
+    # A LoRA down weight of an unsized dtype whose dims overflow a product
+    s = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    with open(os.path.join(d, "err-lora-overflowing-dims.safetensors"), "wb") as f:
+        f.write(bytes([LORA]) + raw_st({
+            s + ".lora_down.weight": {"dtype": "X9", "shape": [2, 2**40, 2**40], "data_offsets": [0, 0]},
+            s + ".lora_up.weight": {"dtype": "F16", "shape": [32, 2], "data_offsets": [0, 128]},
+        }, bytes(128)))
+
+
 def main():
     torch.set_num_threads(1)
-    safetensors_seeds()
-    unet, ucfg = single_files()
-    lora_seeds()
-    controlnet_seeds(unet, ucfg)
-    prompt_seeds()
-    tokenizer_seeds()
-    image_seeds()
-    serve_seeds()
+    if sys.argv[1:] != ["--regressions-only"]:
+        safetensors_seeds()
+        unet, ucfg = single_files()
+        lora_seeds()
+        controlnet_seeds(unet, ucfg)
+        prompt_seeds()
+        tokenizer_seeds()
+        image_seeds()
+        serve_seeds()
+    regressions()
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(OUT) for f in fs)
     print(f"tests/fixtures/fuzz: {total} bytes")
 
