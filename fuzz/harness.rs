@@ -240,11 +240,15 @@ pub fn tokenizer(data: &[u8]) -> Outcome {
     assert!(ids.iter().all(|&i| (i as usize) < tok().vocab_size()));
     assert_eq!(tok().tokenize(&text).len(), ids.len());
     assert_eq!(tok().encode_padded(&text, 77).len(), 77);
-    let mut t = tok().clone();
-    let name: String = text.split_whitespace().next().unwrap_or("x").chars().take(40).collect();
-    let first = t.add_embedding(&name, 2);
-    let ids2 = t.encode(&text);
-    assert!(ids2.iter().all(|&i| i < first + 2));
+    // An embedding named by the input's first word, on a copy of the tokenizer (a copy costs far
+    // more than an encode, so only for one input in eight).
+    if data.len() % 8 == 0 {
+        let mut t = tok().clone();
+        let name: String = text.split_whitespace().next().unwrap_or("x").chars().take(40).collect();
+        let first = t.add_embedding(&name, 2);
+        let ids2 = t.encode(&text);
+        assert!(ids2.iter().all(|&i| i < first + 2));
+    }
     static SD2: OnceLock<ClipTokenizer> = OnceLock::new();
     let sd2 = SD2.get_or_init(|| ClipTokenizer::embedded(PadToken::Exclamation));
     assert_eq!(sd2.encode_padded(&text, 77).len(), 77);
