@@ -10,7 +10,11 @@ mod harness;
 use std::path::Path;
 
 fn corpus(target: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz").join(target);
+    corpus_in("tests/fixtures/fuzz", target)
+}
+
+fn corpus_in(root: &str, target: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(root).join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -72,6 +76,15 @@ fn image() {
 #[test]
 fn serve_request() {
     corpus("serve_request");
+}
+
+/// Header inputs main's hand-written safetensors parser accepts or overflows on (unchecked
+/// `numel * size`, unsized unknown dtypes, `base + begin`); the `hostile` branch's parser (the
+/// safetensors crate) refuses them. Un-ignore once that branch is merged.
+#[test]
+#[ignore = "needs the hostile branch's safetensors-crate header parser"]
+fn safetensors_header_after_hostile() {
+    corpus_in("tests/fixtures/fuzz-after-hostile", "safetensors");
 }
 
 #[test]
