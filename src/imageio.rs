@@ -12,11 +12,19 @@ pub fn read_image(path: &std::path::Path, what: &str) -> Result<Image> {
     decode_image(&bytes).map_err(|e| anyhow!("cannot read {what} {}: {e}", path.display()))
 }
 
+/// The most pixels an input image may have (8192 x 8192): its RGB copy is then at most 192 MiB,
+/// beside the decoder's own buffer (at most the `image` crate's 512 MiB default allocation limit).
+pub const MAX_PIXELS: u64 = 8192 * 8192;
+
 /// Encoded image bytes (PNG or JPEG, format guessed from the content) as 8-bit RGB.
 pub fn decode_image(bytes: &[u8]) -> Result<Image> {
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| anyhow!("{e}"))?
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| anyhow!("{e}"));
+    // The size from the header first: a few bytes can declare a huge image.
+    let (w, h) = reader()?.into_dimensions().map_err(|e| anyhow!("{e} (give a PNG or JPEG)"))?;
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(anyhow!("the image is {w}x{h}, more than {MAX_PIXELS} pixels (8192x8192); resize it first"));
+    }
+    let img = reader()?
         .decode()
         .map_err(|e| anyhow!("{e} (give a PNG or JPEG)"))?
         .to_rgb8();

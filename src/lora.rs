@@ -357,6 +357,8 @@ impl<'a> Table<'a> {
 fn check_fit(path: &str, down: (&str, &[usize]), up: (&str, &[usize]), target: &str, wshape: &[usize]) -> Result<()> {
     let (out, numel) = (wshape.first().copied().unwrap_or(0), wshape.iter().product::<usize>());
     let r = down.1.first().copied().unwrap_or(0);
+    // Checked: a non-float tensor's dims are not bounded by the file, and may overflow.
+    let down_numel = down.1.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let fits = r > 0
         && out > 0
         && down.1.len() >= 2
@@ -364,7 +366,7 @@ fn check_fit(path: &str, down: (&str, &[usize]), up: (&str, &[usize]), target: &
         && up.1[0] == out
         && up.1[1] == r
         && up.1[2..].iter().all(|&d| d == 1)
-        && down.1.iter().product::<usize>() * out == r * numel;
+        && down_numel.and_then(|n| n.checked_mul(out)).is_some_and(|n| Some(n) == r.checked_mul(numel));
     if !fits {
         return Err(err(
             path,

@@ -589,8 +589,11 @@ impl Component {
                 Some(match (&mp.shape, mp.rows) {
                     (Some(sh), _) => sh.clone(),
                     (None, Some((a, b))) => {
+                        // A scalar cannot be split in rows: `get` names the error.
                         let mut s = s.to_vec();
-                        s[0] = b - a;
+                        if let Some(d0) = s.first_mut() {
+                            *d0 = b.saturating_sub(a);
+                        }
                         s
                     }
                     (None, None) => s.to_vec(),
@@ -655,12 +658,16 @@ impl Component {
         })?;
         v.name = format!("{name} ({})", mp.source);
         if let Some((r0, r1)) = mp.rows {
-            let inner: usize = v.shape.iter().skip(1).product();
-            if v.shape.is_empty() || r1 > v.shape[0] {
+            if v.shape.is_empty() || r1 > v.shape[0] || r0 > r1 {
                 return Err(v.shape_err(format!("at least {r1} rows")));
             }
+            // Within the tensor's own bytes (validated against the file) unless the dtype's size
+            // is unknown, where the sizes are not checked: then refuse products that overflow.
             let es = v.dtype.size();
-            let (b0, b1) = (r0 * inner * es, r1 * inner * es);
+            let row = v.shape.iter().skip(1).try_fold(es, |a, &d| a.checked_mul(d));
+            let Some((b0, b1)) = row.and_then(|row| Some((r0.checked_mul(row)?, r1.checked_mul(row)?))).filter(|&(_, b1)| b1 <= v.data.len()) else {
+                return Err(v.shape_err(format!("rows {r0}..{r1} within its {} bytes", v.data.len())));
+            };
             v.data = match v.data {
                 Cow::Borrowed(d) => Cow::Borrowed(&d[b0..b1]),
                 Cow::Owned(d) => Cow::Owned(d[b0..b1].to_vec()),
@@ -893,6 +900,12 @@ pub fn open_controlnet(path: impl AsRef<Path>) -> Result<Component> {
     } else {
         (SafetensorsFile::open(path)?, None)
     };
+    controlnet_from_file(file, config)
+}
+
+/// A ControlNet from a file already opened and its parsed `config.json` if any: diffusers naming
+/// is used as is, A1111 naming mapped. No GPU needed (the fuzz targets call it).
+pub fn controlnet_from_file(file: SafetensorsFile, config: Option<Value>) -> Result<Component> {
     let map = if file.contains("controlnet_cond_embedding.conv_in.weight") {
         None
     } else {

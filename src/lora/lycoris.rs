@@ -110,7 +110,9 @@ pub(super) fn check_pair(lora: &Lora, p: &Pair, target: &str, wshape: &[usize]) 
     let shape_of = |k: &str| lora.file.info(k).map(|(_, s)| s.to_vec()).unwrap_or_default();
     let (out, numel) = (wshape.first().copied().unwrap_or(0), wshape.iter().product::<usize>());
     let inner = if out > 0 { numel / out } else { 0 };
-    let numel_of = |s: &[usize]| s.iter().product::<usize>();
+    // Saturating: a non-float tensor's dims are not bounded by the file; an overflowed size
+    // (usize::MAX) never equals a real weight's, so it is a misfit, not a panic.
+    let numel_of = |s: &[usize]| s.iter().fold(1usize, |a, &d| a.saturating_mul(d));
     let misfit = |names: Vec<&String>| -> crate::Error {
         let shapes: Vec<String> = names.iter().map(|n| format!("'{n}' {:?}", shape_of(n))).collect();
         err(path, format!("LyCORIS tensors {} do not fit the model's '{target}' {wshape:?} (a LoRA for another model architecture?)", shapes.join(", "))).into()
@@ -124,7 +126,7 @@ pub(super) fn check_pair(lora: &Lora, p: &Pair, target: &str, wshape: &[usize]) 
         Kind::LoHa { w1a, w1b, w2a, w2b } => {
             let fits = |a: &String, b: &String| {
                 let (sa, sb) = (shape_of(a), shape_of(b));
-                sa.len() == 2 && sa[0] == out && sa[1] > 0 && sb.first() == Some(&sa[1]) && numel_of(&sb) == sa[1] * inner
+                sa.len() == 2 && sa[0] == out && sa[1] > 0 && sb.first() == Some(&sa[1]) && Some(numel_of(&sb)) == sa[1].checked_mul(inner)
             };
             if out == 0 || !fits(w1a, w1b) || !fits(w2a, w2b) {
                 return Err(misfit(p.tensors()));
@@ -146,7 +148,7 @@ pub(super) fn check_pair(lora: &Lora, p: &Pair, target: &str, wshape: &[usize]) 
                 }
             };
             match (dims(w1), dims(w2)) {
-                (Some((a, b, r1)), Some((c, e, r2))) if a * c == out && b * e == inner && out > 0 => r1.or(r2),
+                (Some((a, b, r1)), Some((c, e, r2))) if a.checked_mul(c) == Some(out) && b.checked_mul(e) == Some(inner) && out > 0 => r1.or(r2),
                 _ => return Err(misfit(p.tensors())),
             }
         }

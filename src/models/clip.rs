@@ -350,31 +350,7 @@ impl ClipTextModel {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_textual_inversion(&mut self, tok: &mut ClipTokenizer, path: &std::path::Path, name: &str) -> Result<usize> {
         let file = crate::weights::SafetensorsFile::open(path)?;
-        let d = self.config.hidden;
-        let names = file.names();
-        let key = if file.contains("emb_params") {
-            "emb_params".to_string()
-        } else if names.len() == 1 {
-            names[0].to_string()
-        } else {
-            return Err(Error::Unsupported(format!(
-                "{}: not a textual-inversion embedding (expected an `emb_params` tensor or a single tensor, found {names:?})",
-                path.display()
-            )));
-        };
-        let view = file.get(&key)?;
-        let shape = view.shape.clone();
-        let n = match shape[..] {
-            [w] if w == d => 1,
-            [n, w] if w == d => n,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "{}: embedding '{key}' has shape {shape:?}, but this text encoder is {d} wide (an embedding for another model family?)",
-                    path.display()
-                )))
-            }
-        };
-        let vectors = view.to_f32()?;
+        let (n, vectors) = read_textual_inversion(&file, self.config.hidden)?;
         self.add_embedding_vectors(&vectors)?;
         tok.add_embedding(name, n);
         Ok(n)
@@ -510,4 +486,36 @@ impl ClipTextModel {
     pub fn encode_prompt(&self, ctx: &Context, tok: &ClipTokenizer, prompt: &str, clip_skip: usize) -> Result<Tensor> {
         pollster::block_on(self.encode_prompt_async(ctx, tok, prompt, clip_skip))
     }
+}
+
+/// A textual-inversion file's vectors for a text encoder `hidden` wide, checked on the CPU
+/// (no GPU needed; [`ClipTextModel::load_textual_inversion`] and the fuzz targets call it):
+/// `(n, [n * hidden] row-major)`.
+pub fn read_textual_inversion(file: &crate::weights::SafetensorsFile, hidden: usize) -> Result<(usize, Vec<f32>)> {
+    let d = hidden;
+    let names = file.names();
+    let key = if file.contains("emb_params") {
+        "emb_params".to_string()
+    } else if names.len() == 1 {
+        names[0].to_string()
+    } else {
+        return Err(Error::Unsupported(format!(
+            "{}: not a textual-inversion embedding (expected an `emb_params` tensor or a single tensor, found {names:?})",
+            file.path()
+        )));
+    };
+    let view = file.get(&key)?;
+    let shape = view.shape.clone();
+    let n = match shape[..] {
+        [w] if w == d => 1,
+        [0, w] if w == d => return Err(Error::Unsupported(format!("{}: embedding '{key}' holds no vectors (shape {shape:?})", file.path()))),
+        [n, w] if w == d => n,
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "{}: embedding '{key}' has shape {shape:?}, but this text encoder is {d} wide (an embedding for another model family?)",
+                file.path()
+            )))
+        }
+    };
+    Ok((n, view.to_f32()?))
 }

@@ -104,10 +104,15 @@ impl ControlNetConfig {
             name: "controlnet_cond_embedding.conv_in.weight".into(),
             detail: " (needed to infer the ControlNet's hint encoder)".into(),
         })?;
+        let short = |name: &str, got: Vec<usize>, n: usize| WeightsError::Shape { path: path.clone(), name: name.into(), got, want: format!("at least {n} dimensions") };
+        if conv_in.len() < 2 {
+            return Err(short("controlnet_cond_embedding.conv_in.weight", conv_in, 2));
+        }
         let mut chans = vec![conv_in[0]];
         let mut i = 1;
         while let Some(s) = shape(&format!("controlnet_cond_embedding.blocks.{i}.weight")) {
-            chans.push(s[0]);
+            let Some(&c0) = s.first() else { return Err(short(&format!("controlnet_cond_embedding.blocks.{i}.weight"), s, 1)) };
+            chans.push(c0);
             i += 2;
         }
         Ok(ControlNetConfig { unet, conditioning_channels: conv_in[1], conditioning_embedding_out_channels: chans, bgr: false })

@@ -277,12 +277,18 @@ impl UNetConfig {
     /// config folder (`OpenOptions::config_dir`). GroupNorm 32 groups, eps 1e-5 (every SD UNet).
     pub fn infer(c: &Component) -> std::result::Result<UNetConfig, WeightsError> {
         let path = c.path().to_string();
+        // Every shape read here is indexed up to its 3rd dimension: fewer is an error, not a panic.
         let shape = |name: &str| -> std::result::Result<Vec<usize>, WeightsError> {
-            c.shape(name).ok_or_else(|| WeightsError::Missing {
+            let s = c.shape(name).ok_or_else(|| WeightsError::Missing {
                 path: path.clone(),
                 name: name.to_string(),
                 detail: " (needed to infer the UNet config)".into(),
-            })
+            })?;
+            let want = if name.ends_with("conv_in.weight") || name.ends_with("conv_out.weight") { 3 } else { 2 };
+            if s.len() < want {
+                return Err(WeightsError::Shape { path: path.clone(), name: name.to_string(), got: s, want: format!("at least {want} dimensions") });
+            }
+            Ok(s)
         };
         let arch = |detail: String| WeightsError::Architecture { path: path.clone(), detail };
         let mut block_out_channels = Vec::new();
@@ -330,7 +336,7 @@ impl UNetConfig {
         let text_time = c.shape("add_embedding.linear_1.weight").map(|s| (256, s[1]));
         let conv_in = shape("conv_in.weight")?;
         // ControlNets (the encoder half only) have no conv_out.
-        let conv_out = c.shape("conv_out.weight").unwrap_or_else(|| conv_in.clone());
+        let conv_out = if c.contains("conv_out.weight") { shape("conv_out.weight")? } else { conv_in.clone() };
         Ok(UNetConfig {
             text_time,
             in_channels: conv_in[1],

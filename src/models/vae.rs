@@ -138,12 +138,21 @@ impl VaeConfig {
         }
         let mut cfg = VaeConfig::sd();
         let mut chans = Vec::new();
-        while let Some(s) = c.shape(&format!("decoder.up_blocks.{}.resnets.0.conv2.weight", chans.len())) {
+        // A shape with fewer dimensions than read here is an error naming the tensor, not a panic.
+        let dims = |name: &str, n: usize| -> std::result::Result<Option<Vec<usize>>, WeightsError> {
+            match c.shape(name) {
+                Some(s) if s.len() < n => {
+                    Err(WeightsError::Shape { path: path.clone(), name: name.into(), got: s, want: format!("at least {n} dimensions") })
+                }
+                s => Ok(s),
+            }
+        };
+        while let Some(s) = dims(&format!("decoder.up_blocks.{}.resnets.0.conv2.weight", chans.len()), 1)? {
             chans.push(s[0]);
         }
         if chans.is_empty() {
             return Err(WeightsError::Missing {
-                path,
+                path: path.clone(),
                 name: "decoder.up_blocks.0.resnets.0.conv2.weight".into(),
                 detail: " (needed to infer the VAE)".into(),
             });
@@ -155,13 +164,13 @@ impl VaeConfig {
             layers += 1;
         }
         cfg.layers_per_block = layers.saturating_sub(1).max(1);
-        if let Some(s) = c.shape("decoder.conv_in.weight") {
+        if let Some(s) = dims("decoder.conv_in.weight", 2)? {
             cfg.latent_channels = s[1];
         }
-        if let Some(s) = c.shape("decoder.conv_out.weight") {
+        if let Some(s) = dims("decoder.conv_out.weight", 1)? {
             cfg.out_channels = s[0];
         }
-        if let Some(s) = c.shape("encoder.conv_in.weight") {
+        if let Some(s) = dims("encoder.conv_in.weight", 2)? {
             cfg.in_channels = s[1];
         }
         cfg.use_quant_conv = c.contains("quant_conv.weight");

@@ -115,6 +115,13 @@ fn map_openclip_text(file: &SafetensorsFile, names: &[&str]) -> Result<HashMap<S
                 m.insert(dst(&format!("{d}.{wb}")), Mapped::plain(src(&format!("{s}.{wb}"))));
             }
         }
+        // q; k; v rows of the fused projection (a width this large is a corrupt shape, not a model).
+        if width.checked_mul(3).is_none() {
+            return Err(WeightsError::Architecture {
+                path: file.path().to_string(),
+                detail: format!("OpenCLIP text width {width} (from {p}positional_embedding) is implausible"),
+            });
+        }
         for (j, qkv) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
             let rows = Some((j * width, (j + 1) * width));
             m.insert(
