@@ -286,6 +286,7 @@ pub fn serve_request(data: &[u8]) -> Outcome {
             lora_dir: Some(fx.join("lora")),
             embeddings_dir: None,
             controlnet_dir: Some(fx.clone()),
+            upscaler_dir: None,
             body_limit: 1 << 20,
             preview_every: 0,
             want_f16: false,

@@ -80,9 +80,8 @@ fn serve_request() {
 
 /// Header inputs main's hand-written safetensors parser accepts or overflows on (unchecked
 /// `numel * size`, unsized unknown dtypes, `base + begin`); the `hostile` branch's parser (the
-/// safetensors crate) refuses them. Un-ignore once that branch is merged.
+/// safetensors crate) refuses them.
 #[test]
-#[ignore = "needs the hostile branch's safetensors-crate header parser"]
 fn safetensors_header_after_hostile() {
     corpus_in("tests/fixtures/fuzz-after-hostile", "safetensors");
 }

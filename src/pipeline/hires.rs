@@ -34,7 +34,7 @@ impl HiresUpscaler {
             "latent-nearest" | "latent_nearest" | "latent (nearest)" => Ok(HiresUpscaler::LatentNearest),
             "lanczos" => Ok(HiresUpscaler::Lanczos),
             _ => Err(Error::Unsupported(format!(
-                "hires upscaler '{s}': model upscalers arrive with `pigment upscale`; use latent, latent-nearest or lanczos"
+                "hires upscaler '{s}': model upscalers are not wired into hires fix yet (upscale the result with `pigment upscale`); use latent, latent-nearest or lanczos"
             ))),
         }
     }
@@ -270,6 +270,6 @@ mod tests {
     fn upscaler_names() {
         assert_eq!(HiresUpscaler::parse("latent-nearest").unwrap().a1111_name(), "Latent (nearest)");
         let e = HiresUpscaler::parse("4x-UltraSharp.pth").unwrap_err().to_string();
-        assert!(e.contains("model upscalers arrive with `pigment upscale`"), "{e}");
+        assert!(e.contains("model upscalers are not wired into hires fix yet"), "{e}");
     }
 }
