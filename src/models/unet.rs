@@ -728,23 +728,7 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
-        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, None, None, trace)
-    }
-
-    /// The general call: SDXL's added conditioning (required when the model has
-    /// `add_embedding`, refused otherwise), an optional ControlNet's residuals and trace.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_full(
-        &self,
-        ctx: &Context,
-        sample: &Tensor,
-        timesteps: &[f32],
-        encoder_hidden_states: &Tensor,
-        added: Option<&AddedCond>,
-        control: Option<&ControlNetOutput>,
-        trace: Option<&mut Trace>,
-    ) -> Result<Tensor> {
-        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, added, control, trace)
+        self.forward_full(ctx, sample, timesteps, encoder_hidden_states, None, None, trace)
     }
 
     /// [`Self::forward`] with a ControlNet's residuals added to the skip connections and the mid
@@ -758,10 +742,13 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         control: Option<&ControlNetOutput>,
     ) -> Result<Tensor> {
-        self.forward_impl(ctx, sample, timesteps, encoder_hidden_states, None, control, None)
+        self.forward_full(ctx, sample, timesteps, encoder_hidden_states, None, control, None)
     }
 
-    fn forward_impl(
+    /// The general call: SDXL's added conditioning (required when the model has
+    /// `add_embedding`, refused otherwise), an optional ControlNet's residuals and trace.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_full(
         &self,
         ctx: &Context,
         sample: &Tensor,
