@@ -31,12 +31,10 @@ pub fn decode_image(bytes: &[u8]) -> Result<Image> {
     Ok(Image { width: img.width() as usize, height: img.height() as usize, rgb: img.into_raw() })
 }
 
-/// Lanczos3 resize (diffusers' `VaeImageProcessor` and A1111 resize with PIL's Lanczos; the
-/// `image` crate's filter is the same kernel, rounding may differ by a level).
+/// Lanczos3 resize (diffusers' `VaeImageProcessor` and A1111 resize with PIL's Lanczos): the
+/// hires fix's PIL-exact resize, so every Lanczos in Pigment is the same one.
 pub fn resize_rgb(img: &Image, width: usize, height: usize) -> Image {
-    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.rgb.clone()).expect("RGB buffer of its own size");
-    let out = image::imageops::resize(&buf, width as u32, height as u32, image::imageops::FilterType::Lanczos3);
-    Image { width, height, rgb: out.into_raw() }
+    crate::pipeline::hires::resize_lanczos(img, width, height)
 }
 
 /// Nearest-neighbour resize (A1111's "Nearest" upscaler, PIL's `NEAREST`).
