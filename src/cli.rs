@@ -54,6 +54,12 @@ pub enum Command {
         prompt: Option<String>,
         #[arg(long, default_value = "")]
         negative_prompt: String,
+        /// SDXL: a prompt for the second text encoder (diffusers' prompt_2; default: the prompt).
+        #[arg(long, value_name = "TEXT")]
+        prompt_2: Option<String>,
+        /// SDXL: a negative prompt for the second text encoder (default: the negative prompt).
+        #[arg(long, value_name = "TEXT")]
+        negative_prompt_2: Option<String>,
         /// Random seed (a random one is chosen and printed when absent).
         #[arg(long)]
         seed: Option<u64>,
@@ -166,6 +172,10 @@ pub enum Command {
         /// Decoder of the final image: the model's VAE, or TAESD (fast, approximate; needs --taesd).
         #[arg(long, value_enum, default_value = "full")]
         vae_decoder: DecoderArg,
+        /// Encoder of the init image (img2img, inpainting, hires fix with lanczos): the model's
+        /// VAE, or TAESD's encoder for a fast draft (needs --taesd with taesd_encoder).
+        #[arg(long, value_enum, default_value = "full")]
+        vae_encoder: DecoderArg,
         /// Hires fix (A1111): generate at --width x --height, upscale by this factor (to
         /// multiples of 8), then img2img at that size.
         #[arg(long, value_name = "SCALE")]
@@ -404,6 +414,8 @@ pub fn main() -> anyhow::Result<()> {
             config,
             prompt,
             negative_prompt,
+            prompt_2,
+            negative_prompt_2,
             seed,
             width,
             height,
@@ -438,6 +450,7 @@ pub fn main() -> anyhow::Result<()> {
             preview_every,
             taesd,
             vae_decoder,
+            vae_encoder,
             hires_scale,
             hires_steps,
             hires_denoise,
@@ -535,9 +548,10 @@ pub fn main() -> anyhow::Result<()> {
                     None
                 }
             };
-            let uses_taesd = *preview == PreviewArg::Taesd || *vae_decoder == DecoderArg::Taesd;
-            if uses_taesd && taesd.is_none() {
-                anyhow::bail!("--preview taesd and --vae-decoder taesd need --taesd PATH (a madebyollin/taesd folder or taesd_decoder.safetensors)");
+            let decodes_taesd = *preview == PreviewArg::Taesd || *vae_decoder == DecoderArg::Taesd;
+            let encodes_taesd = *vae_encoder == DecoderArg::Taesd;
+            if (decodes_taesd || encodes_taesd) && taesd.is_none() {
+                anyhow::bail!("--preview taesd, --vae-decoder taesd and --vae-encoder taesd need --taesd PATH (a madebyollin/taesd folder, or taesd_decoder.safetensors / taesd_encoder.safetensors)");
             }
             // LoRA files and prompt tags first: a missing one fails before the model loads.
             let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
@@ -558,8 +572,11 @@ pub fn main() -> anyhow::Result<()> {
             }
             if let Some(t) = taesd {
                 let m = crate::models::taesd::Taesd::open(ctx, t, sd.vae.dtype).map_err(|e| anyhow::anyhow!("--taesd {}: {e}", t.display()))?;
-                if !m.has_decoder() {
+                if decodes_taesd && !m.has_decoder() {
                     anyhow::bail!("--taesd {}: no decoder (give taesd_decoder.safetensors or a diffusers AutoencoderTiny folder)", t.display());
+                }
+                if encodes_taesd && !m.has_encoder() {
+                    anyhow::bail!("--taesd {}: no encoder for --vae-encoder taesd (give taesd_encoder.safetensors or a diffusers AutoencoderTiny folder)", t.display());
                 }
                 sd.set_taesd(Some(m));
             }
@@ -567,6 +584,8 @@ pub fn main() -> anyhow::Result<()> {
             let mut opts = crate::pipeline::GenerateOptions {
                 prompt,
                 negative_prompt: negative_prompt.clone(),
+                prompt_2: prompt_2.clone(),
+                negative_prompt_2: negative_prompt_2.clone(),
                 seed,
                 width: *width,
                 height: *height,
@@ -587,6 +606,7 @@ pub fn main() -> anyhow::Result<()> {
                 hires,
                 decoder: to_decoder(*vae_decoder == DecoderArg::Taesd),
                 preview_decoder: to_decoder(*preview == PreviewArg::Taesd),
+                encoder: to_decoder(encodes_taesd),
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
                 anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());

@@ -37,6 +37,10 @@ pub use hires::{HiresOptions, HiresUpscaler};
 pub struct GenerateOptions {
     pub prompt: String,
     pub negative_prompt: String,
+    /// SDXL: the prompts for text_encoder_2 (diffusers' `prompt_2` / `negative_prompt_2`;
+    /// `None`: the same as the first). Refused for single-encoder models.
+    pub prompt_2: Option<String>,
+    pub negative_prompt_2: Option<String>,
     pub seed: u64,
     pub width: usize,
     pub height: usize,
@@ -71,11 +75,15 @@ pub struct GenerateOptions {
     pub decoder: VaeDecoder,
     /// Decoder of the previews (`generate_with_previews`).
     pub preview_decoder: VaeDecoder,
+    /// Encoder of init and masked images (img2img, inpainting, the hires fix's pixel
+    /// upscalers); [`Autoencoder::Taesd`] is a fast draft encode (diffusers' img2img with
+    /// `vae=AutoencoderTiny`: no posterior sample, so no generator draw).
+    pub encoder: Autoencoder,
 }
 
-/// Which autoencoder turns latents into pixels.
+/// Which autoencoder turns latents into pixels or pixels into latents.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum VaeDecoder {
+pub enum Autoencoder {
     /// The model's own VAE.
     #[default]
     Full,
@@ -83,11 +91,16 @@ pub enum VaeDecoder {
     Taesd,
 }
 
+/// The decoder's name for [`Autoencoder`].
+pub type VaeDecoder = Autoencoder;
+
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             prompt: String::new(),
             negative_prompt: String::new(),
+            prompt_2: None,
+            negative_prompt_2: None,
             seed: 0,
             width: 512,
             height: 512,
@@ -107,6 +120,7 @@ impl Default for GenerateOptions {
             hires: None,
             decoder: VaeDecoder::Full,
             preview_decoder: VaeDecoder::Full,
+            encoder: Autoencoder::Full,
         }
     }
 }
@@ -281,6 +295,9 @@ impl StableDiffusion {
         if let Some(x) = &self.sdxl {
             return x.encode(ctx, self, o, guided).await;
         }
+        if o.prompt_2.is_some() || o.negative_prompt_2.is_some() {
+            return Err(Error::Unsupported(format!("prompt_2 / negative_prompt_2 are for SDXL's second text encoder; {} has one (put it all in the prompt)", self.name)));
+        }
         let mut cond = prompt::tokenize_bounded(&self.tokenizer, "prompt", &o.prompt).map_err(Error::Unsupported)?;
         let c = if guided {
             let mut uncond = prompt::tokenize_bounded(&self.tokenizer, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
@@ -399,6 +416,15 @@ impl StableDiffusion {
         for (d, what) in [(o.decoder, "final decode"), (o.preview_decoder, "previews")] {
             if d == VaeDecoder::Taesd && self.taesd.is_none() {
                 return Err(Error::Unsupported(format!("TAESD {what} need TAESD weights (--taesd PATH; library: StableDiffusion::set_taesd)")));
+            }
+        }
+        if o.encoder == Autoencoder::Taesd && o.init_image.is_some() {
+            match &self.taesd {
+                None => return Err(Error::Unsupported("the TAESD encoder needs TAESD weights (--taesd PATH; library: StableDiffusion::set_taesd)".into())),
+                Some(t) if !t.has_encoder() => {
+                    return Err(Error::Unsupported("this TAESD has no encoder: give taesd_encoder.safetensors beside the decoder, or a diffusers AutoencoderTiny folder".into()))
+                }
+                _ => {}
             }
         }
         phase(ctx, "text encoder");

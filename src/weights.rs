@@ -444,17 +444,22 @@ impl TensorView<'_> {
 
 /// A single-file tensor as a diffusers tensor: the original key, optionally rows
 /// `[r0, r1)` of its first dimension (a third of a fused QKV), optionally reshaped
-/// (1×1 conv weights used as Linear weights).
+/// (1×1 conv weights used as Linear weights), optionally a 2-D transpose (OpenCLIP's
+/// `text_projection` is `[width, proj]`, the Linear weight `[proj, width]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mapped {
     pub source: String,
     pub rows: Option<(usize, usize)>,
     pub shape: Option<Vec<usize>>,
+    pub transpose: bool,
 }
 
 impl Mapped {
     pub fn plain(source: impl Into<String>) -> Mapped {
-        Mapped { source: source.into(), rows: None, shape: None }
+        Mapped { source: source.into(), rows: None, shape: None, transpose: false }
+    }
+    pub fn transposed(source: impl Into<String>) -> Mapped {
+        Mapped { transpose: true, ..Mapped::plain(source) }
     }
 }
 
@@ -561,6 +566,11 @@ impl Component {
     pub fn is_single_file(&self) -> bool {
         self.map.is_some()
     }
+    /// Whether the file holds this key under its own (original) name: what single-file
+    /// inference asks of the rest of the checkpoint.
+    pub fn file_contains(&self, original_key: &str) -> bool {
+        self.file.contains(original_key)
+    }
 
     /// All diffusers names this component provides, sorted.
     pub fn names(&self) -> Vec<String> {
@@ -586,6 +596,9 @@ impl Component {
             Some(m) => {
                 let mp = m.get(name)?;
                 let (_, s) = self.file.info(&mp.source)?;
+                if mp.transpose {
+                    return Some(s.iter().rev().copied().collect());
+                }
                 Some(match (&mp.shape, mp.rows) {
                     (Some(sh), _) => sh.clone(),
                     (None, Some((a, b))) => {
@@ -679,6 +692,23 @@ impl Component {
                 return Err(v.shape_err(format!("{} elements (to view as {shape:?})", shape.iter().product::<usize>())));
             }
             v.shape = shape.clone();
+        }
+        if mp.transpose {
+            if v.shape.len() != 2 {
+                return Err(v.shape_err("2 dimensions (to transpose)".into()));
+            }
+            let (r, c, es) = (v.shape[0], v.shape[1], v.dtype.size());
+            if r.checked_mul(c).and_then(|n| n.checked_mul(es)) != Some(v.data.len()) || es == 0 {
+                return Err(v.shape_err(format!("{r}x{c} elements of {es} bytes")));
+            }
+            let mut out = vec![0u8; v.data.len()];
+            for i in 0..r {
+                for j in 0..c {
+                    out[(j * r + i) * es..][..es].copy_from_slice(&v.data[(i * c + j) * es..][..es]);
+                }
+            }
+            v.data = Cow::Owned(out);
+            v.shape = vec![c, r];
         }
         Ok(v)
     }
@@ -813,7 +843,7 @@ impl Weights {
         Ok(Weights {
             source: Source::SingleFile(PathBuf::from(&file.path)),
             text_encoder: make(ComponentKind::TextEncoder, parts.text_encoder, parts.text_kind),
-            text_encoder_2: None,
+            text_encoder_2: make(ComponentKind::TextEncoder2, parts.text_encoder_2, Some(TextEncoderKind::OpenClip)),
             unet: make(ComponentKind::Unet, parts.unet, None),
             vae: make(ComponentKind::Vae, parts.vae, None),
         })

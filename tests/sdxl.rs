@@ -9,14 +9,17 @@
 //!   target 64x64);
 //! * a 64x64 2-step txt2img (Euler, cfg 5, seed 42) and a Turbo-style 1-step (Euler a,
 //!   trailing spacing, guidance 0: no unconditional batch) against diffusers' PNGs;
-//! * sd15-tiny at guidance 1: diffusers' image, with one UNet batch of 1 per evaluation.
+//! * sd15-tiny at guidance 1: diffusers' image, with one UNet batch of 1 per evaluation;
+//! * img2img and inpainting (4- and 9-channel UNets) against StableDiffusionXLImg2ImgPipeline /
+//!   StableDiffusionXLInpaintPipeline, and `prompt_2` / `negative_prompt_2` against
+//!   `encode_prompt` (tools/fixtures_sdxl_img2img.py).
 //!
 //! Tolerances are the SD 1.5 tests' (tests/clip.rs, unet.rs, pipeline.rs): max |got - want| /
 //! max |want| <= 1e-4 in f32, 1e-2 in f16; PNGs within mean 1 / max 8 levels.
 
 mod common;
 
-use common::sdxl::sdxl_tiny;
+use common::sdxl::{sdxl_tiny, sdxl_tiny_inpaint};
 use common::*;
 use pigment::gpu::{AdapterChoice, Context};
 use pigment::models::unet::AddedCond;
@@ -189,19 +192,93 @@ fn sd15_cfg1_runs_one_batch_and_matches_diffusers() {
     png_check(&image, "sd15-tiny/cfg1.png", "sd15 cfg 1");
 }
 
-/// SDXL single files are recognised (1024 default size) and refused with a clear error until
-/// their mapping exists.
+/// `sdxl-tiny` in SDXL's original single-file layout, assembled from the generated folder by
+/// `tests/fixtures/sdxl-tiny.manifest.json.gz` (tools/fixtures_sdxl_single.py: the mapping was
+/// checked against diffusers' `from_single_file` / `convert_open_clip_checkpoint`).
+fn sdxl_single_file() -> std::path::PathBuf {
+    use std::io::Read;
+    let folder = sdxl_tiny();
+    let root = folder.parent().unwrap().to_path_buf();
+    let path = root.join("sdxl-tiny.safetensors");
+    let mut text = String::new();
+    let gz = std::fs::read(fixtures().join("sdxl-tiny.manifest.json.gz")).unwrap();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let bytes = common::single_file::assemble(&text, &read).unwrap();
+    let tmp = root.join(format!("sdxl-tiny.{}.part.safetensors", std::process::id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// An SDXL single file (with the folder's configs for the tiny head counts, as diffusers'
+/// `from_single_file(path, config=folder)`) loads the folder's exact tensors: the same PNG as the
+/// folder, i.e. diffusers'. Without configs the architecture is inferred from the tensors, and
+/// the tiny widths' head counts are refused by name.
 #[test]
-fn sdxl_single_file_is_refused_by_name() {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sdxl-keys-only.safetensors");
-    let v = [0u8; 8];
-    let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![4], &v).unwrap();
-    let bytes = safetensors::serialize([("conditioner.embedders.1.model.ln_final.weight", t)], None).unwrap();
-    std::fs::write(&path, bytes).unwrap();
+fn sdxl_single_file_matches_the_folder() {
+    let path = sdxl_single_file();
     assert!(pigment::weights::is_sdxl_path(&path) && pigment::weights::is_sdxl_path(&sdxl_tiny()));
     assert!(!pigment::weights::is_sdxl_path(&fixtures().join("sd15-tiny")));
-    let err = pigment::weights::Weights::open(&path).unwrap_err().to_string();
-    assert!(err.contains("SDXL single-file") && err.contains("diffusers folder"), "{err}");
+    let sd = StableDiffusion::load_with_config(ctx(), &path, Some(&sdxl_tiny()), false).unwrap();
+    assert!(sd.is_sdxl());
+    assert_eq!(sd.vae.config.scaling_factor, 0.13025);
+    let image = sd.generate(ctx(), &options(), |_, _| {}).unwrap();
+    png_check(&image, "sdxl-tiny/txt2img.png", "sdxl single file txt2img");
+    let (text, added) = sd.conditioning(ctx(), &options()).unwrap();
+    let g = golden("text.safetensors");
+    check(&text.to_vec(ctx()).unwrap(), &g.f32("prompt_embeds").0, tol(DType::F32), "single file prompt_embeds");
+    check(&added.unwrap().text_embeds, &g.f32("pooled").0, tol(DType::F32), "single file pooled (transposed text_projection)");
+    // Inferred without configs: the UNet's widths (32, 64) have no 64-wide heads to count.
+    let err = StableDiffusion::load(ctx(), &path, false).err().unwrap().to_string();
+    assert!(err.contains("--config DIR"), "{err}");
+    // The refiner layout (bigG alone at embedders.0) is named, not half-loaded.
+    let refiner = path.with_file_name("sdxl-refiner-keys.safetensors");
+    let v = [0u8; 8];
+    let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![4], &v).unwrap();
+    std::fs::write(&refiner, safetensors::serialize([("conditioner.embedders.0.model.ln_final.weight", t)], None).unwrap()).unwrap();
+    let err = pigment::weights::Weights::open(&refiner).unwrap_err().to_string();
+    assert!(err.contains("refiner"), "{err}");
+}
+
+/// diffusers' SDXL img2img and inpainting pipelines (tools/fixtures_sdxl_img2img.py): 5 steps,
+/// cfg 5, init `golden/img2img/init.png`, mask `mask.png`.
+#[test]
+fn img2img_and_inpainting_match_diffusers_png() {
+    let img = |name: &str| {
+        let (width, height, rgb) = read_png(&fixtures().join("golden/img2img").join(name));
+        pigment::pipeline::Image { width, height, rgb }
+    };
+    let o = GenerateOptions { steps: 5, init_image: Some(img("init.png")), strength: 0.6, ..options() };
+    let inpaint = GenerateOptions { mask: Some(img("mask.png")), strength: 0.75, ..o.clone() };
+    let sd = load(DType::F32);
+    png_check(&sd.generate(ctx(), &o, |_, _| {}).unwrap(), "sdxl-tiny/img2img.png", "sdxl img2img");
+    png_check(&sd.generate(ctx(), &inpaint, |_, _| {}).unwrap(), "sdxl-tiny/inpaint4.png", "sdxl inpaint (4 channels)");
+    let sd = StableDiffusion::load(ctx(), &sdxl_tiny_inpaint(), false).unwrap();
+    assert!(sd.is_sdxl() && sd.unet.in_channels() == 9);
+    let o9 = GenerateOptions { strength: 1.0, ..inpaint };
+    png_check(&sd.generate(ctx(), &o9, |_, _| {}).unwrap(), "sdxl-tiny/inpaint9.png", "sdxl inpaint (9 channels)");
+    let e = sd.generate(ctx(), &GenerateOptions { mask: None, ..o9 }, |_, _| {}).err().unwrap().to_string();
+    assert!(e.contains("inpainting model") && e.contains("--mask"), "{e}");
+}
+
+/// `prompt_2` / `negative_prompt_2` go to text_encoder_2 (and its pooled output), the prompts to
+/// text_encoder, as diffusers' `encode_prompt`.
+#[test]
+fn prompt_2_conditions_the_second_encoder() {
+    let g = golden("prompt2.safetensors");
+    let o = GenerateOptions {
+        prompt_2: Some("a red cube on a wooden table".into()),
+        negative_prompt_2: Some("dark, noisy".into()),
+        ..options()
+    };
+    for dtype in dtypes() {
+        let (text, added) = load(dtype).conditioning(ctx(), &o).unwrap();
+        check(&text.to_vec(ctx()).unwrap(), &g.f32("prompt_embeds").0, tol(dtype), &format!("{dtype:?} prompt_embeds with prompt_2"));
+        check(&added.unwrap().text_embeds, &g.f32("pooled").0, tol(dtype), &format!("{dtype:?} pooled with prompt_2"));
+    }
+    // SD 1.x has one encoder: prompt_2 is refused, not dropped.
+    let sd = StableDiffusion::load(ctx(), &fixtures().join("sd15-tiny"), false).unwrap();
+    let e = sd.conditioning(ctx(), &o).err().unwrap().to_string();
+    assert!(e.contains("prompt_2") && e.contains("SDXL"), "{e}");
 }

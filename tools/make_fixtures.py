@@ -607,6 +607,8 @@ def assemble_single_file(manifest_path):
             x = src[0].reshape(e["shape"])
         elif op == "concat":
             x = torch.cat(src, 0)
+        elif op == "transpose":
+            x = src[0].T
         elif op == "fill":
             x = torch.full(e["shape"], e["value"], dtype=dtype)
         else:

@@ -173,6 +173,10 @@ impl VaeConfig {
         if let Some(s) = dims("encoder.conv_in.weight", 2)? {
             cfg.in_channels = s[1];
         }
+        // SDXL's VAE (same layout, retrained) scales its latents by 0.13025.
+        if c.file_contains("conditioner.embedders.1.model.ln_final.weight") {
+            cfg.scaling_factor = 0.13025;
+        }
         cfg.use_quant_conv = c.contains("quant_conv.weight");
         cfg.use_post_quant_conv = c.contains("post_quant_conv.weight");
         cfg.mid_block_add_attention = c.contains("decoder.mid_block.attentions.0.to_q.weight");

@@ -9,7 +9,7 @@
 //! noise (Euler a, ...) comes after.
 
 use super::inpaint::{Inpaint, MaskLatents};
-use super::{GenerateOptions, Image, StableDiffusion};
+use super::{Autoencoder, GenerateOptions, Image, StableDiffusion};
 use crate::gpu::Context;
 use crate::rng::TorchRng;
 use crate::schedulers::{self, Scheduler};
@@ -101,6 +101,14 @@ pub(crate) async fn encode_sample(
     o: &GenerateOptions,
     rng: &mut TorchRng,
 ) -> Result<Vec<f32>> {
+    if let (Autoencoder::Taesd, Some(taesd)) = (o.encoder, &sd.taesd) {
+        // AutoencoderTiny's output has `latents`, not a distribution: diffusers'
+        // `retrieve_latents` takes them as they are (no generator draw), already in the UNet's
+        // scale (TAESD's scaling_factor is 1).
+        super::phase(ctx, "taesd encode");
+        let img = Tensor::from_f32(ctx, pixels, &[1, 3, o.height, o.width], taesd.dtype)?;
+        return taesd.encode(ctx, &img)?.to_f32(ctx).await;
+    }
     super::phase(ctx, "vae encode");
     let img = Tensor::from_f32(ctx, pixels, &[1, 3, o.height, o.width], sd.vae.dtype)?;
     let vae = sd.encoder_vae(ctx)?;
@@ -158,8 +166,11 @@ pub(crate) async fn prepare(
         Some(encode_sample(sd, ctx, &ml.masked_image, o, rng).await?)
     } else {
         // diffusers encodes the masked image for 4-channel UNets too and drops it: draw the
-        // posterior sample's randn to keep the generator in step, skip the encode.
-        rng.randn(n);
+        // posterior sample's randn to keep the generator in step, skip the encode (TAESD's
+        // encode draws nothing).
+        if o.encoder == Autoencoder::Full {
+            rng.randn(n);
+        }
         None
     };
     let inpaint = Inpaint::new(ml.latent_mask, masked_image_latents, if nine { None } else { image_latents }, noise);

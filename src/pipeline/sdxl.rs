@@ -52,13 +52,27 @@ impl SdxlParts {
         let (h1, _) = clip.encode_sdxl_async(ctx, &ids(c1), CHUNK_LEN, clip_skip).await?;
         let (h2, pooled) = self.clip_2.encode_sdxl_async(ctx, &ids(c2), CHUNK_LEN, clip_skip).await?;
         let (d1, d2) = (clip.config.hidden, self.clip_2.config.hidden);
+        let weighted = |c: &Chunk| c.weights.iter().any(|&w| w != 1.0);
+        // One prompt for both (A1111): emphasis over the concatenated rows. Two prompts
+        // (`prompt_2`): each encoder's rows take their own prompt's weights.
+        let same = c1.iter().zip(c2).all(|(a, b)| a.weights == b.weights);
+        let (mut h1, mut h2) = (h1, h2);
+        if !same {
+            for (h, d, cs) in [(&mut h1, d1, c1), (&mut h2, d2, c2)] {
+                for (c, rows) in cs.iter().zip(h.chunks_exact_mut(CHUNK_LEN * d)) {
+                    if weighted(c) {
+                        prompt::apply_weights(rows, CHUNK_LEN, d, &c.weights);
+                    }
+                }
+            }
+        }
         let mut h = Vec::with_capacity(h1.len() + h2.len());
         for (a, b) in h1.chunks_exact(d1).zip(h2.chunks_exact(d2)) {
             h.extend_from_slice(a);
             h.extend_from_slice(b);
         }
         for (c, rows) in c1.iter().zip(h.chunks_exact_mut(CHUNK_LEN * (d1 + d2))) {
-            if c.weights.iter().any(|&w| w != 1.0) {
+            if same && weighted(c) {
                 prompt::apply_weights(rows, CHUNK_LEN, d1 + d2, &c.weights);
             }
         }
@@ -69,16 +83,28 @@ impl SdxlParts {
 
     pub(super) async fn encode(&self, ctx: &Context, sd: &StableDiffusion, o: &GenerateOptions, guided: bool) -> Result<Conditioning> {
         let (t1, t2) = (&sd.tokenizer, &self.tokenizer_2);
+        let prompt_2 = o.prompt_2.as_deref().unwrap_or(&o.prompt);
+        let negative_2 = o.negative_prompt_2.as_deref().unwrap_or(&o.negative_prompt);
         let mut c1 = prompt::tokenize_bounded(t1, "prompt", &o.prompt).map_err(Error::Unsupported)?;
-        let mut c2 = prompt::tokenize_bounded(t2, "prompt", &o.prompt).map_err(Error::Unsupported)?;
-        let zero_negative = o.negative_prompt.is_empty() && self.force_zeros_for_empty_prompt;
+        let mut c2 = prompt::tokenize_bounded(t2, "prompt_2", prompt_2).map_err(Error::Unsupported)?;
+        let zero_negative = o.negative_prompt.is_empty() && negative_2.is_empty() && self.force_zeros_for_empty_prompt;
         let mut negative = None;
         if guided && !zero_negative {
             let mut u1 = prompt::tokenize_bounded(t1, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
-            let mut u2 = prompt::tokenize_bounded(t2, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
+            let mut u2 = prompt::tokenize_bounded(t2, "negative prompt_2", negative_2).map_err(Error::Unsupported)?;
             prompt::match_chunk_counts(t1, &mut u1, &mut c1);
             prompt::match_chunk_counts(t2, &mut u2, &mut c2);
             negative = Some((u1, u2));
+        }
+        // The two encoders' rows are concatenated per token: as many chunks on each side.
+        let n = c1.len().max(c2.len());
+        for (t, cs) in [(t1, &mut c1), (t2, &mut c2)] {
+            cs.resize(n, prompt::empty_chunk(t));
+        }
+        if let Some((u1, u2)) = &mut negative {
+            for (t, cs) in [(t1, u1), (t2, u2)] {
+                cs.resize(n, prompt::empty_chunk(t));
+            }
         }
         let (h, pooled) = self.encode_text(ctx, &sd.clip, &c1, &c2, o.clip_skip).await?;
         let (mut text, mut text_embeds) = (Vec::new(), Vec::new());

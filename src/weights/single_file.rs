@@ -7,7 +7,8 @@
 //!   rows), attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_final`). Every resblock present is
 //!   mapped (`layers.N` = `resblocks.N`); `text_projection` and `logit_scale` are not used by
 //!   `CLIPTextModel` and are not mapped;
-//! * UNet `model.diffusion_model.*` and VAE `first_stage_model.*`: see [`map_unet`], [`map_vae`].
+//! * UNet `model.diffusion_model.*` and VAE `first_stage_model.*`: see [`map_unet`], [`map_vae`];
+//! * SDXL (`conditioner.embedders.*`): see [`map_sdxl`].
 //!
 //! The architecture is inferred from the keys present; a file with none of the known prefixes
 //! is rejected naming a few of the keys it does have.
@@ -19,12 +20,16 @@ use std::collections::HashMap;
 pub struct Parts {
     pub text_encoder: Option<HashMap<String, Mapped>>,
     pub text_kind: Option<TextEncoderKind>,
+    /// SDXL's OpenCLIP ViT-bigG (`conditioner.embedders.1.model.*`) as `CLIPTextModelWithProjection`.
+    pub text_encoder_2: Option<HashMap<String, Mapped>>,
     pub unet: Option<HashMap<String, Mapped>>,
     pub vae: Option<HashMap<String, Mapped>>,
 }
 
 const SD1_TEXT: &str = "cond_stage_model.transformer.";
 const SD2_TEXT: &str = "cond_stage_model.model.";
+const SDXL_TEXT_1: &str = "conditioner.embedders.0.transformer.";
+const SDXL_TEXT_2: &str = "conditioner.embedders.1.model.";
 const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
 
@@ -32,18 +37,12 @@ pub fn map_checkpoint(file: &SafetensorsFile) -> Result<Parts> {
     let names = file.names();
     let has = |p: &str| names.iter().any(|n| n.starts_with(p));
     if has("conditioner.embedders.") {
-        // SDXL's original layout (sgm): not mapped yet; say so rather than load half a model.
-        return Err(WeightsError::Architecture {
-            path: file.path().to_string(),
-            detail: "an SDXL single-file checkpoint (conditioner.embedders.* keys): not supported yet; use a diffusers folder \
-                     (diffusers: StableDiffusionXLPipeline.from_single_file(FILE).save_pretrained(DIR))"
-                .into(),
-        });
+        return map_sdxl(file, &names);
     }
     let (text_encoder, text_kind) = if has(SD1_TEXT) {
         (Some(map_sd1_text(&names)), Some(TextEncoderKind::Clip))
     } else if has(SD2_TEXT) {
-        (Some(map_openclip_text(file, &names)?), Some(TextEncoderKind::OpenClip))
+        (Some(map_openclip_text(file, &names, SD2_TEXT)?), Some(TextEncoderKind::OpenClip))
     } else {
         (None, None)
     };
@@ -60,13 +59,54 @@ pub fn map_checkpoint(file: &SafetensorsFile) -> Result<Parts> {
             ),
         });
     }
-    Ok(Parts { text_encoder, text_kind, unet, vae })
+    Ok(Parts { text_encoder, text_kind, text_encoder_2: None, unet, vae })
+}
+
+/// SDXL's original (sgm) layout: `conditioner.embedders.0.transformer.*` (CLIP ViT-L in Hugging
+/// Face names), `conditioner.embedders.1.model.*` (OpenCLIP ViT-bigG, with its `text_projection`
+/// `[width, proj]` as the Linear weight transposed), the UNet with `label_emb.0.{0,2}` as
+/// `add_embedding.linear_{1,2}`, and the VAE.
+fn map_sdxl(file: &SafetensorsFile, names: &[&str]) -> Result<Parts> {
+    let has = |p: &str| names.iter().any(|n| n.starts_with(p));
+    if !has(SDXL_TEXT_2) {
+        // The refiner's only encoder is bigG at embedders.0 (and its time ids carry an aesthetic score).
+        let detail = if has("conditioner.embedders.0.model.") {
+            "an SDXL refiner single file (OpenCLIP at conditioner.embedders.0.model.*): the refiner is not supported yet".to_string()
+        } else {
+            format!("an SDXL-style single file (conditioner.embedders.*) without {SDXL_TEXT_2}*: not a model Pigment knows")
+        };
+        return Err(WeightsError::Architecture { path: file.path().to_string(), detail });
+    }
+    let text_encoder = has(SDXL_TEXT_1).then(|| map_hf_text(names, SDXL_TEXT_1));
+    let mut text_encoder_2 = map_openclip_text(file, names, SDXL_TEXT_2)?;
+    let projection = format!("{SDXL_TEXT_2}text_projection");
+    if file.contains(&projection) {
+        text_encoder_2.insert("text_projection.weight".into(), Mapped::transposed(projection));
+    }
+    let mut unet = if has(UNET) { Some(map_unet(file, names)?) } else { None };
+    if let Some(u) = &mut unet {
+        for (src, dst) in [("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")] {
+            for wb in ["weight", "bias"] {
+                let n = format!("{UNET}{src}{wb}");
+                if file.contains(&n) {
+                    u.insert(format!("{dst}{wb}"), Mapped::plain(n));
+                }
+            }
+        }
+    }
+    let vae = has(VAE).then(|| map_vae(file, names));
+    Ok(Parts { text_encoder, text_kind: Some(TextEncoderKind::Clip), text_encoder_2: Some(text_encoder_2), unet, vae })
 }
 
 fn map_sd1_text(names: &[&str]) -> HashMap<String, Mapped> {
+    map_hf_text(names, SD1_TEXT)
+}
+
+/// Hugging Face CLIP names under `prefix` (with or without their `text_model.`).
+fn map_hf_text(names: &[&str], prefix: &str) -> HashMap<String, Mapped> {
     let mut m = HashMap::new();
     for n in names {
-        let Some(rest) = n.strip_prefix(SD1_TEXT) else { continue };
+        let Some(rest) = n.strip_prefix(prefix) else { continue };
         if rest.ends_with("position_ids") {
             continue; // a buffer, not a weight
         }
@@ -76,8 +116,8 @@ fn map_sd1_text(names: &[&str]) -> HashMap<String, Mapped> {
     m
 }
 
-fn map_openclip_text(file: &SafetensorsFile, names: &[&str]) -> Result<HashMap<String, Mapped>> {
-    let p = SD2_TEXT;
+/// OpenCLIP text tower names under `p` (SD 2.x's `cond_stage_model.model.`, SDXL's bigG).
+fn map_openclip_text(file: &SafetensorsFile, names: &[&str], p: &str) -> Result<HashMap<String, Mapped>> {
     let mut m = HashMap::new();
     let mut put = |k: String, src: String| {
         m.insert(k, Mapped::plain(src));
@@ -126,9 +166,9 @@ fn map_openclip_text(file: &SafetensorsFile, names: &[&str]) -> Result<HashMap<S
             let rows = Some((j * width, (j + 1) * width));
             m.insert(
                 dst(&format!("self_attn.{qkv}.weight")),
-                Mapped { source: src("attn.in_proj_weight"), rows, shape: None },
+                Mapped { rows, ..Mapped::plain(src("attn.in_proj_weight")) },
             );
-            m.insert(dst(&format!("self_attn.{qkv}.bias")), Mapped { source: src("attn.in_proj_bias"), rows, shape: None });
+            m.insert(dst(&format!("self_attn.{qkv}.bias")), Mapped { rows, ..Mapped::plain(src("attn.in_proj_bias")) });
         }
     }
     Ok(m)
@@ -191,7 +231,7 @@ pub fn map_vae(file: &SafetensorsFile, names: &[&str]) -> HashMap<String, Mapped
             _ => None,
         };
         if let Some(key) = key {
-            m.insert(key, Mapped { source: n.to_string(), rows: None, shape });
+            m.insert(key, Mapped { shape, ..Mapped::plain(*n) });
         }
     }
     m

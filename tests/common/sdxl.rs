@@ -10,7 +10,9 @@ fn asset(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/synthetic/sdxl-tiny").join(name)
 }
 
-fn write_folder(dir: &Path) {
+/// `inpaint`: the 9-channel inpainting UNet instead (`unet_inpaint.json`; only `conv_in`'s
+/// input channels differ, and the generator fills it by its shape).
+fn write_folder(dir: &Path, inpaint: bool) {
     let gz = std::fs::read(asset("tensors.txt.gz")).unwrap();
     for (component, file) in [
         ("text_encoder", "model"),
@@ -20,10 +22,16 @@ fn write_folder(dir: &Path) {
     ] {
         let sub = dir.join(component);
         std::fs::create_dir_all(&sub).unwrap();
-        let tensors = tensor_list(&gz, component).unwrap();
+        let mut tensors = tensor_list(&gz, component).unwrap();
         assert!(!tensors.is_empty(), "no {component} tensors in the list");
+        let mut config = format!("{component}.json");
+        if inpaint && component == "unet" {
+            let conv_in = tensors.iter_mut().find(|(n, _)| n == "conv_in.weight").unwrap();
+            conv_in.1[1] = 9;
+            config = "unet_inpaint.json".into();
+        }
         std::fs::write(sub.join(format!("{file}.safetensors")), safetensors_bytes(&tensors)).unwrap();
-        std::fs::copy(asset(&format!("{component}.json")), sub.join("config.json")).unwrap();
+        std::fs::copy(asset(&config), sub.join("config.json")).unwrap();
     }
     std::fs::create_dir_all(dir.join("scheduler")).unwrap();
     std::fs::copy(asset("scheduler.json"), dir.join("scheduler/scheduler_config.json")).unwrap();
@@ -50,13 +58,23 @@ fn write_folder(dir: &Path) {
 /// temporary name and renamed, so a reader never sees half of it.
 pub fn sdxl_tiny() -> PathBuf {
     static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    folder(&DONE, "sdxl-tiny", false)
+}
+
+/// `sdxl-tiny` with a 9-channel inpainting UNet (`<target tmp>/fixtures/sdxl-tiny-inpaint`).
+pub fn sdxl_tiny_inpaint() -> PathBuf {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    folder(&DONE, "sdxl-tiny-inpaint", true)
+}
+
+fn folder(done: &std::sync::Mutex<bool>, name: &str, inpaint: bool) -> PathBuf {
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
-    let dir = root.join("sdxl-tiny");
+    let dir = root.join(name);
     if !*done {
-        let tmp = root.join(format!("sdxl-tiny.{}.part", std::process::id()));
+        let tmp = root.join(format!("{name}.{}.part", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        write_folder(&tmp);
+        write_folder(&tmp, inpaint);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).unwrap();
         *done = true;

@@ -2,8 +2,8 @@
 //! twice: `tests/fixtures/<name>.manifest.json` (written by the fixture tools from the mapping
 //! diffusers' `from_single_file` was checked against) lists every original key with the folder
 //! tensor(s) it comes from and the op: `identity`, `reshape` (VAE attention [C,C] → [C,C,1,1]),
-//! `concat` along dim 0 (OpenCLIP's fused `in_proj`) or `fill` (unused constants such as SD2's
-//! `text_projection`). Native tests get a file (`common::single_file`), the browser test bytes.
+//! `concat` along dim 0 (OpenCLIP's fused `in_proj`), `transpose` (2-D: SDXL's OpenCLIP
+//! `text_projection`) or `fill` (unused constants such as SD2's `text_projection`). Native tests get a file (`common::single_file`), the browser test bytes.
 //! Shared by tests/common/mod.rs and tests/web_pipeline.rs (`#[path]`), so it needs no GPU.
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -55,6 +55,16 @@ pub fn assemble(manifest: &str, source: &dyn Fn(&str) -> Vec<u8>) -> Result<Vec<
                     && p0.shape()[1..] == shape[1..] =>
             {
                 parts.iter().flat_map(|p| p.data().iter().copied()).collect()
+            }
+            ("transpose", [p]) if p.shape().len() == 2 && shape == [p.shape()[1], p.shape()[0]] => {
+                let (r, c, es) = (p.shape()[0], p.shape()[1], p.data().len() / (p.shape()[0] * p.shape()[1]).max(1));
+                let mut t = vec![0u8; p.data().len()];
+                for i in 0..r {
+                    for j in 0..c {
+                        t[(j * r + i) * es..][..es].copy_from_slice(&p.data()[(i * c + j) * es..][..es]);
+                    }
+                }
+                t
             }
             ("fill", []) => {
                 let v = field(e, "value")?.as_f64().ok_or_else(|| format!("{key}: fill value is not a number"))? as f32;
