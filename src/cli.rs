@@ -186,7 +186,8 @@ pub enum Command {
         /// Denoising strength of the hires pass, in (0, 1].
         #[arg(long, default_value_t = 0.7)]
         hires_denoise: f32,
-        /// latent (bilinear), latent-nearest, or lanczos (decode, PIL Lanczos, encode).
+        /// latent (bilinear), latent-nearest, lanczos (decode, PIL Lanczos, encode), or the path
+        /// of a Real-ESRGAN / ESRGAN .safetensors (decode, the model, Lanczos to size, encode).
         #[arg(long, default_value = "latent")]
         hires_upscaler: String,
     },
@@ -247,6 +248,14 @@ pub enum Command {
         /// and the SSE stream; 0 = none.
         #[arg(long, default_value_t = 10)]
         preview_every: usize,
+        /// TAESD weights (as `generate --taesd`): previews are TAESD decodes, ~100x cheaper
+        /// than the VAE's, so --preview-every can be small.
+        #[arg(long, value_name = "PATH")]
+        taesd: Option<std::path::PathBuf>,
+        /// Let pages from this origin call the API from a browser (CORS), e.g. the web page
+        /// served from another machine: scheme://host[:port], or * for any; repeatable.
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
     },
     /// List the GPU adapters wgpu can see, in the order Pigment prefers them, with the GEMM
     /// variants each can run and those `pigment tune` chose.
@@ -683,7 +692,7 @@ pub fn main() -> anyhow::Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
-        Command::Serve { listen, api_key, model, models_dir, lora_dir, embeddings_dir, controlnet_dir, upscaler_dir, body_limit_mb, preview_every } => {
+        Command::Serve { listen, api_key, model, models_dir, lora_dir, embeddings_dir, controlnet_dir, upscaler_dir, body_limit_mb, preview_every, taesd, cors_origins } => {
             let mut choice = AdapterChoice::from_env();
             if cli.adapter.is_some() {
                 choice.name = cli.adapter.clone();
@@ -700,6 +709,8 @@ pub fn main() -> anyhow::Result<()> {
                 upscaler_dir: upscaler_dir.clone(),
                 body_limit: body_limit_mb.saturating_mul(1 << 20),
                 preview_every: *preview_every,
+                taesd: taesd.clone(),
+                cors_origins: cors_origins.clone(),
                 want_f16: !cli.no_f16,
             };
             crate::serve::run(opts, choice)?;

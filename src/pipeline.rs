@@ -553,7 +553,7 @@ async fn hires_generate(
     }
     let (lc, bh, bw) = (base.shape[1], base.shape[2], base.shape[3]);
     let (th, tw) = (second.height / 8, second.width / 8);
-    let init = match h.upscaler {
+    let init = match &h.upscaler {
         HiresUpscaler::Latent => Some(hires::resize_bilinear(&base.latents, lc, bh, bw, th, tw)),
         HiresUpscaler::LatentNearest => Some(hires::resize_nearest(&base.latents, lc, bh, bw, th, tw)),
         HiresUpscaler::Lanczos => {
@@ -561,6 +561,15 @@ async fn hires_generate(
             second.init_image = Some(hires::resize_lanczos(&img, second.width, second.height));
             None
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        HiresUpscaler::Model { path, .. } => {
+            let img = sd.decode(ctx, &base, o.width, o.height, VaeDecoder::Full).await?;
+            let model = crate::models::esrgan::RealEsrgan::open(ctx, path, sd.vae.dtype).map_err(|e| Error::Unsupported(format!("hires upscaler {}: {e}", path.display())))?;
+            second.init_image = Some(hires::upscale_with_model(ctx, &model, &img, second.width, second.height)?);
+            None
+        }
+        #[cfg(target_arch = "wasm32")]
+        HiresUpscaler::Model { .. } => return Err(Error::Unsupported("model upscalers in hires fix need the native build".into())),
     };
     let mut p = |i: usize, _: usize| progress(first_steps + i, total);
     let s = sd.sample(ctx, &second, init.as_deref(), &mut preview, &mut p).await?;

@@ -89,3 +89,38 @@ fn bad_hires_options_are_named() {
     let e = err(GenerateOptions { decoder: pigment::pipeline::VaeDecoder::Taesd, ..base });
     assert!(e.contains("--taesd"), "{e}");
 }
+
+/// A model upscaler (a Real-ESRGAN file) in the second pass equals its steps composed by hand:
+/// the base image, `pigment upscale`'s model pass (x4: 32 → 128, then PIL's Lanczos down to 64;
+/// x2: 64 at once), then plain img2img at the target size with the hires steps and strength, to
+/// the bit. The infotext names the file.
+#[test]
+fn model_upscaler_is_upscale_then_img2img() {
+    use pigment::models::esrgan::{EsrganConfig, RealEsrgan};
+    let c = ctx();
+    let sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("hires-esrgan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base_opts = GenerateOptions { hires: None, ..options(HiresUpscaler::Latent) };
+    let base = sd.generate(c, &base_opts, |_, _| {}).unwrap();
+    for scale in [4, 2] {
+        let cfg = EsrganConfig { scale, num_feat: 16, num_grow_ch: 8, num_block: 2 };
+        let path = dir.join(format!("tiny-x{scale}.safetensors"));
+        std::fs::write(&path, pigment::weights::synthetic::safetensors_bytes(&cfg.tensors())).unwrap();
+        let up = HiresUpscaler::parse(path.to_str().unwrap()).unwrap();
+        assert_eq!(up, HiresUpscaler::Model { name: format!("tiny-x{scale}"), path: path.clone() });
+        let o = options(up);
+        let got = sd.generate(c, &o, |_, _| {}).unwrap();
+
+        let model = RealEsrgan::open(c, &path, sd.vae.dtype).unwrap();
+        let big = pigment::pipeline::upscale::upscale(c, &model, &base, pigment::pipeline::upscale::DEFAULT_TILE).unwrap();
+        assert_eq!((big.width, big.height), (32 * scale, 32 * scale));
+        let init = if scale == 2 { big } else { pigment::pipeline::hires::resize_lanczos(&big, 64, 64) };
+        let second = GenerateOptions { width: 64, height: 64, strength: 0.5, init_image: Some(init), ..base_opts.clone() };
+        let want = sd.generate(c, &second, |_, _| {}).unwrap();
+        let (mean, max) = image_diff(&got.rgb, &want.rgb);
+        eprintln!("x{scale} model upscaler vs by hand: mean {mean:.3} max {max}");
+        assert_eq!(max, 0, "x{scale}: mean {mean:.3} max {max}");
+        assert!(a1111_parameters(&o, "m").ends_with(&format!("Hires upscaler: tiny-x{scale}")));
+    }
+}

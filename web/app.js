@@ -2,6 +2,7 @@
 import init, * as wasm from './pkg/pigment.js';
 import { loadModel, clearCache } from './model.js';
 import * as img2img from './img2img.js';
+import * as server from './server.js';
 
 const $ = (id) => document.getElementById(id);
 const status = (s) => { $('status').textContent = s; };
@@ -90,16 +91,24 @@ async function generate() {
     progress(0, 1);
     const [init, mask] = img2img.inputs(o.width, o.height);
     const kind = { img2img: init !== undefined, inpaint: mask !== undefined };
-    const rgba = await model.generate(JSON.stringify(o), (i, n) => {
+    const onStep = (i, n) => {
       progress(i, n + 1);
       status(`Step ${i} / ${n} (${((performance.now() - t0) / 1000).toFixed(1)} s)` + (i === n ? ', decoding…' : ''));
-    }, (i, preview) => {
+    };
+    const onPreview = (preview, w = o.width, h = o.height) => {
       // the VAE decode of the latents so far (one decode per preview)
-      draw(preview, o.width, o.height);
+      draw(preview, w, h);
       document.body.dataset.previews = String(Number(document.body.dataset.previews || 0) + 1);
-    }, init, mask);
-    draw(rgba, o.width, o.height);
-    last = { o, parameters: model.parameters(JSON.stringify(o), kind.img2img, kind.inpaint) };
+    };
+    if (server.enabled()) {
+      const r = await server.generate(o, init, mask, onStep, onPreview);
+      draw(r.rgba, r.width, r.height);
+      last = { o, parameters: r.parameters };
+    } else {
+      const rgba = await model.generate(JSON.stringify(o), onStep, (i, preview) => onPreview(preview), init, mask);
+      draw(rgba, o.width, o.height);
+      last = { o, parameters: model.parameters(JSON.stringify(o), kind.img2img, kind.inpaint) };
+    }
     progress(1, 1);
     status(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s (seed ${o.seed}).`);
     document.body.dataset.done = String(Date.now());
@@ -148,6 +157,7 @@ $('send-to-img2img').onclick = () => {
   img2img.setInit(c);
 };
 img2img.setup(fail);
+server.setup((on) => { $('generate').disabled = !on && !model; });
 $('random-seed').onclick = () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); };
 $('clear-cache').onclick = async () => { await clearCache(); status('Downloaded models removed from the browser cache.'); };
 start().catch(fail);

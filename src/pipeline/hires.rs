@@ -7,6 +7,9 @@
 //! * `Lanczos`: the base latents decoded by the VAE, resized with PIL's Lanczos (reimplemented
 //!   here to the bit: 22-bit fixed-point taps, horizontal pass then vertical, as PIL's
 //!   `ImagingResample`), and used as the img2img init image (VAE-encoded, posterior sample).
+//! * `Model`: a Real-ESRGAN / ESRGAN file, as A1111's `images.resize_image` with an upscaler:
+//!   the decoded base image through the model (tiled) until it is at least the target size (at
+//!   most 3 passes), then PIL's Lanczos to the target when the model's scale overshoots.
 //!
 //! Seeds: the second pass draws from a fresh generator seeded with the image's seed (A1111
 //! reseeds its second-pass noise with the same seeds). Steps: `steps` of a schedule of `steps`
@@ -18,35 +21,70 @@ use super::{GenerateOptions, Image};
 use crate::{Error, Result};
 
 /// How the base image is enlarged (A1111's "Upscaler").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HiresUpscaler {
     Latent,
     LatentNearest,
     Lanczos,
+    /// A Real-ESRGAN / ESRGAN (RRDBNet) `.safetensors`; `name` is what the infotext shows.
+    Model { name: String, path: std::path::PathBuf },
 }
 
 impl HiresUpscaler {
-    /// `latent`, `latent-nearest`, `lanczos` (also A1111's own names). Anything else is taken
-    /// for a model upscaler, which this build cannot run yet.
+    /// The built-ins `latent`, `latent-nearest`, `lanczos` (also A1111's own names), or the
+    /// path of an RRDBNet `.safetensors` (named by its file stem).
     pub fn parse(s: &str) -> Result<HiresUpscaler> {
-        match s.to_ascii_lowercase().as_str() {
-            "latent" => Ok(HiresUpscaler::Latent),
-            "latent-nearest" | "latent_nearest" | "latent (nearest)" => Ok(HiresUpscaler::LatentNearest),
-            "lanczos" => Ok(HiresUpscaler::Lanczos),
-            _ => Err(Error::Unsupported(format!(
-                "hires upscaler '{s}': model upscalers are not wired into hires fix yet (upscale the result with `pigment upscale`); use latent, latent-nearest or lanczos"
-            ))),
+        if let Some(b) = HiresUpscaler::builtin(s) {
+            return Ok(b);
+        }
+        let path = std::path::Path::new(s);
+        if path.is_file() {
+            let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| s.to_string());
+            return Ok(HiresUpscaler::Model { name, path: path.to_path_buf() });
+        }
+        Err(Error::Unsupported(format!(
+            "hires upscaler '{s}': not latent, latent-nearest or lanczos, and no such file; give the path of a Real-ESRGAN / ESRGAN .safetensors (e.g. RealESRGAN_x4plus.safetensors)"
+        )))
+    }
+
+    /// A built-in upscaler by Pigment's or A1111's name.
+    pub fn builtin(s: &str) -> Option<HiresUpscaler> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "latent" => Some(HiresUpscaler::Latent),
+            "latent-nearest" | "latent_nearest" | "latent (nearest)" => Some(HiresUpscaler::LatentNearest),
+            "lanczos" => Some(HiresUpscaler::Lanczos),
+            _ => None,
         }
     }
 
     /// The name A1111 writes in `Hires upscaler:`.
-    pub fn a1111_name(self) -> &'static str {
+    pub fn a1111_name(&self) -> &str {
         match self {
             HiresUpscaler::Latent => "Latent",
             HiresUpscaler::LatentNearest => "Latent (nearest)",
             HiresUpscaler::Lanczos => "Lanczos",
+            HiresUpscaler::Model { name, .. } => name,
         }
     }
+}
+
+/// The `Model` upscaler's step: `img` through `model` (tiles of the default size) until it is at
+/// least `width` x `height` (at most 3 passes; a 1x model stops after one), then PIL's Lanczos
+/// to exactly that size, as A1111's `Upscaler.upscale` + `images.resize_image`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn upscale_with_model(ctx: &crate::gpu::Context, model: &crate::models::esrgan::RealEsrgan, img: &Image, width: usize, height: usize) -> Result<Image> {
+    let mut cur = img.clone();
+    for _ in 0..3 {
+        if cur.width >= width && cur.height >= height {
+            break;
+        }
+        let before = (cur.width, cur.height);
+        cur = super::upscale::upscale(ctx, model, &cur, super::upscale::DEFAULT_TILE)?;
+        if (cur.width, cur.height) == before {
+            break;
+        }
+    }
+    Ok(if (cur.width, cur.height) == (width, height) { cur } else { resize_lanczos(&cur, width, height) })
 }
 
 /// The second pass (`--hires-scale`, `--hires-steps`, `--hires-denoise`, `--hires-upscaler`).
@@ -270,6 +308,6 @@ mod tests {
     fn upscaler_names() {
         assert_eq!(HiresUpscaler::parse("latent-nearest").unwrap().a1111_name(), "Latent (nearest)");
         let e = HiresUpscaler::parse("4x-UltraSharp.pth").unwrap_err().to_string();
-        assert!(e.contains("model upscalers are not wired into hires fix yet"), "{e}");
+        assert!(e.contains("'4x-UltraSharp.pth'") && e.contains("no such file"), "{e}");
     }
 }

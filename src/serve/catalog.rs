@@ -114,3 +114,50 @@ pub fn upscalers(dir: Option<&Path>) -> Vec<UpscalerEntry> {
     }
     out
 }
+
+/// Hashes already computed, by path, with the size and modification time they were taken at.
+type HashCache = std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, String)>;
+static HASHES: std::sync::Mutex<Option<HashCache>> = std::sync::Mutex::new(None);
+/// One hashing at a time: two listings at once wait for the first instead of reading twice.
+static HASHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The SHA-256 (lowercase hex) of a checkpoint file, as A1111's `sha256` (its `hash` and title
+/// suffix are the first 10 digits). Computed once per file version and cached, as A1111 does:
+/// hashing a 2 GB checkpoint takes seconds. `None` for folders (diffusers) and unreadable files.
+pub fn sha256(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    let key = (meta.len(), meta.modified().ok()?);
+    let cached = || {
+        let g = HASHES.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()?.get(path).filter(|(n, t, _)| (*n, *t) == key).map(|(_, _, h)| h.clone())
+    };
+    if let Some(h) = cached() {
+        return Some(h);
+    }
+    let _one = HASHING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = cached() {
+        return Some(h);
+    }
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    HASHES.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default).insert(path.to_path_buf(), (key.0, key.1, hex.clone()));
+    Some(hex)
+}
+
+/// A1111's title: `file.safetensors [0123456789]` for a file, the bare name for a folder.
+pub fn titled(e: &ModelEntry, sha: Option<&str>) -> String {
+    match sha {
+        Some(h) => format!("{} [{}]", e.title, &h[..10]),
+        None => e.title.clone(),
+    }
+}

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod errors;
+pub mod hires;
 pub mod jobs;
 pub mod oversize;
 pub mod request;
@@ -38,6 +39,10 @@ pub struct Options {
     pub body_limit: usize,
     /// A preview (VAE decode) every N model evaluations for `current_image`; 0 = none.
     pub preview_every: usize,
+    /// TAESD weights: previews are TAESD decodes (~100x cheaper than the VAE's) instead.
+    pub taesd: Option<PathBuf>,
+    /// Origins whose pages may call the API (CORS); `*` = any. Empty: none (same origin only).
+    pub cors_origins: Vec<String>,
     pub want_f16: bool,
 }
 
@@ -78,6 +83,7 @@ pub fn run(opts: Options, adapter: crate::gpu::AdapterChoice) -> anyhow::Result<
             opts.listen
         );
     }
+    routes::cors_layer(&opts.cors_origins)?;
     if opts.body_limit < 1024 {
         anyhow::bail!("--body-limit-mb: at least 1 (MiB); requests carry base64 images");
     }
@@ -87,6 +93,9 @@ pub fn run(opts: Options, adapter: crate::gpu::AdapterChoice) -> anyhow::Result<
                 anyhow::bail!("{flag} {}: not a folder", d.display());
             }
         }
+    }
+    if let Some(t) = opts.taesd.as_deref().filter(|t| !t.exists()) {
+        anyhow::bail!("--taesd {}: no such file or folder (taesd_decoder.safetensors, or a diffusers AutoencoderTiny folder such as madebyollin/taesd)", t.display());
     }
     let list = catalog::models(opts.models_dir.as_deref(), opts.model.as_deref());
     let first = match &opts.model {

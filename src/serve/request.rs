@@ -227,7 +227,7 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
     let prompt = f.string("prompt", "")?;
     let negative_prompt = f.string("negative_prompt", "")?;
     // Fields with no counterpart: refused when they ask for something.
-    refuse_if(f.boolean("enable_hr", false)?, "enable_hr", "hires fix is not implemented yet; generate, then upscale with /sdapi/v1/extra-single-image and an upscaler from /sdapi/v1/upscalers")?;
+    refuse_if(img2img && f.boolean("enable_hr", false)?, "enable_hr", "hires fix is a txt2img second pass; send it to /sdapi/v1/txt2img")?;
     refuse_if(f.boolean("restore_faces", false)?, "restore_faces", "Pigment has no face restoration model")?;
     refuse_if(f.boolean("tiling", false)?, "tiling", "Pigment has no seamless-tiling mode")?;
     refuse_if(f.float("subseed_strength", 0.0)? != 0.0, "subseed_strength", "variation seeds are not implemented; leave it 0")?;
@@ -302,6 +302,9 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
         Some(scripts) => alwayson_scripts(shared, scripts, &mut o)?,
         None => (None, String::new()),
     };
+    if !img2img && f.boolean("enable_hr", false)? {
+        super::hires::fields(shared, &f, &mut o)?;
+    }
     let images = (0..batch_size * n_iter).map(|k| GenerateOptions { seed: seed.wrapping_add(k as u64), ..o.clone() }).collect();
     Ok(Parsed {
         job: GenJob { images, model, restore_model, controlnet, extra_parameters },

@@ -6,7 +6,7 @@ use super::queue::{Job, JobInfo, State};
 use super::{GenImage, GenJob, Generated, Output, UpscaleJob, Upscaler, Work};
 use crate::gpu::{AdapterChoice, Context};
 use crate::models::esrgan::RealEsrgan;
-use crate::pipeline::{Image, StableDiffusion};
+use crate::pipeline::{GenerateOptions, Image, StableDiffusion};
 use crate::serve::catalog::{self, ModelEntry};
 use crate::serve::errors::{ApiError, ApiResult};
 use crate::serve::Shared;
@@ -195,6 +195,13 @@ impl Worker {
                 Err(e) => skipped.push((name, e.to_string())),
             }
         }
+        if let Some(t) = &self.shared.opts.taesd {
+            let m = crate::models::taesd::Taesd::open(&self.ctx, t, sd.vae.dtype).map_err(|e| anyhow::anyhow!("--taesd {}: {e}", t.display()))?;
+            if !m.has_decoder() {
+                anyhow::bail!("--taesd {}: no decoder (give taesd_decoder.safetensors or a diffusers AutoencoderTiny folder)", t.display());
+            }
+            sd.set_taesd(Some(m));
+        }
         eprintln!("model {} ready in {:.1} s", entry.title, t.elapsed().as_secs_f64());
         {
             let mut m = self.shared.model.write().unwrap_or_else(|e| e.into_inner());
@@ -272,6 +279,14 @@ impl Worker {
                 }
             };
             let preview = (every > 0).then_some((every, &mut on_preview as &mut dyn FnMut(usize, &Image)));
+            // --taesd: previews are TAESD decodes; the final image stays the VAE's
+            let taesd_previews;
+            let o = if sd.taesd.is_some() {
+                taesd_previews = GenerateOptions { preview_decoder: crate::pipeline::VaeDecoder::Taesd, ..o.clone() };
+                &taesd_previews
+            } else {
+                o
+            };
             let image = sd
                 .generate_steps(ctx, o, preview, |i, total| {
                     info.update(|s| {

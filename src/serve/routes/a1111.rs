@@ -149,7 +149,11 @@ pub fn info_json(m: &Meta, g: &crate::serve::jobs::Generated, img2img: bool) -> 
         "sd_vae_hash": null,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": if img2img { json!(short(o.strength)) } else { Value::Null },
+        "denoising_strength": match &o.hires {
+            Some(h) => json!(short(h.denoise)),
+            None if img2img => json!(short(o.strength)),
+            None => Value::Null,
+        },
         "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": g.images.iter().map(|i| i.parameters.clone()).collect::<Vec<_>>(),
@@ -218,11 +222,13 @@ pub async fn skip(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({}))
 }
 
-pub async fn get_options(State(shared): State<Arc<Shared>>) -> Json<Value> {
+pub async fn get_options(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
     let m = shared.model.read().unwrap_or_else(|e| e.into_inner()).clone();
-    Json(json!({
-        "sd_model_checkpoint": m.entry.title,
-        "sd_checkpoint_hash": null,
+    let path = m.entry.path.clone();
+    let sha = blocking(move || Ok(catalog::sha256(&path))).await?;
+    Ok(Json(json!({
+        "sd_model_checkpoint": catalog::titled(&m.entry, sha.as_deref()),
+        "sd_checkpoint_hash": sha,
         "sd_vae": "Automatic",
         "CLIP_stop_at_last_layers": shared.clip_skip.load(Ordering::Relaxed),
         "samples_format": "png",
@@ -231,7 +237,7 @@ pub async fn get_options(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "show_progress_type": "Full",
         "eta_noise_seed_delta": 0,
         "sd_lora": "None",
-    }))
+    })))
 }
 
 /// `sd_model_checkpoint` switches the model (queued behind the jobs before it, answered once
@@ -256,13 +262,26 @@ pub async fn set_options(State(shared): State<Arc<Shared>>, body: Body) -> ApiRe
     Ok(Json(Value::Null))
 }
 
-pub async fn sd_models(State(shared): State<Arc<Shared>>) -> Json<Value> {
+/// A1111's listing with real hashes (computed on the first listing, off the async threads).
+pub async fn sd_models(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Value>> {
     let list = catalog::models(shared.opts.models_dir.as_deref(), shared.opts.model.as_deref());
-    Json(Value::Array(
-        list.iter()
-            .map(|e| json!({"title": e.title, "model_name": e.name, "hash": null, "sha256": null, "filename": e.path.to_string_lossy(), "config": null}))
-            .collect(),
-    ))
+    let rows: Vec<Value> = blocking(move || {
+        Ok(list
+            .iter()
+            .map(|e| {
+                let sha = catalog::sha256(&e.path);
+                let short = sha.as_deref().map(|h| &h[..10]);
+                json!({"title": catalog::titled(e, sha.as_deref()), "model_name": e.name, "hash": short, "sha256": sha, "filename": e.path.to_string_lossy(), "config": null})
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(Value::Array(rows)))
+}
+
+/// The latent upscalers `hr_upscaler` takes (pixel ones are in `/sdapi/v1/upscalers`).
+pub async fn latent_upscale_modes() -> Json<Value> {
+    Json(json!([{"name": "Latent"}, {"name": "Latent (nearest)"}]))
 }
 
 pub async fn samplers() -> Json<Value> {

@@ -16,9 +16,44 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
+/// `--cors-origin`: answers preflights (before `--api-key` is checked: browsers send them
+/// without the key) and lets pages from those origins read the answers, 401s included.
+pub fn cors_layer(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                let o = o.trim().trim_end_matches('/');
+                let host = o.strip_prefix("http://").or_else(|| o.strip_prefix("https://"));
+                if host.is_none_or(|h| h.is_empty() || h.contains('/')) {
+                    anyhow::bail!("--cors-origin {o}: give an origin as a browser sends it (scheme://host[:port], e.g. http://192.168.1.5:8080), or *");
+                }
+                HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("--cors-origin {o}: not a valid origin"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::HeaderName::from_static("x-pigment-job")])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.opts.body_limit;
-    Router::new()
+    let cors = cors_layer(&shared.opts.cors_origins).ok().flatten();
+    let router = Router::new()
         .route("/sdapi/v1/txt2img", post(a1111::txt2img))
         .route("/sdapi/v1/img2img", post(a1111::img2img))
         .route("/sdapi/v1/progress", get(a1111::progress))
@@ -32,7 +67,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/sdapi/v1/embeddings", get(a1111::embeddings))
         .route("/sdapi/v1/upscalers", get(extras::upscalers))
         .route("/sdapi/v1/extra-single-image", post(extras::extra_single_image))
-        .route("/sdapi/v1/latent-upscale-modes", get(a1111::empty_list))
+        .route("/sdapi/v1/latent-upscale-modes", get(a1111::latent_upscale_modes))
         .route("/sdapi/v1/sd-vae", get(a1111::empty_list))
         .route("/sdapi/v1/prompt-styles", get(a1111::empty_list))
         .route("/sdapi/v1/refresh-checkpoints", post(a1111::refresh))
@@ -49,8 +84,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(shared.clone(), oversize::refuse_oversized))
-        .with_state(shared)
+        .layer(middleware::from_fn_with_state(shared.clone(), oversize::refuse_oversized));
+    // outermost: a preflight is answered before the key check and the body limits
+    match cors {
+        Some(c) => router.layer(c).with_state(shared),
+        None => router.with_state(shared),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

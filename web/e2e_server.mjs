@@ -1,0 +1,127 @@
+// The page's server mode end to end (issue #13 item 7): a `pigment serve` with the tiny SD 1.5
+// fixture on one loopback port, the page from web/serve.mjs on another (so every call is cross
+// origin, CORS preflights included, with an API key), headless Chromium. Generate with the
+// server toggle on must draw diffusers' golden for the settings (mean <= 1 level, max <= 8, as
+// tests/serve.rs), txt2img and img2img; a wrong key and a server without --cors-origin must give
+// a clear error on the page instead of an image.
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const BIN = process.env.PIGMENT_BIN || path.join(process.env.CARGO_TARGET_DIR || path.join(root, 'target'), 'release/pigment');
+const KEY = 'e2e-secret';
+const { server, port } = await serve(root);
+const origin = `http://127.0.0.1:${port}`;
+let failed = false;
+const check = (ok, msg) => { console.log(`${ok ? 'ok  ' : 'FAIL'} ${msg}`); if (!ok) failed = true; };
+
+/** `pigment serve` on a free loopback port; resolves once it prints its address. */
+function pigmentServe(args) {
+  const child = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--model', path.join(root, 'tests/fixtures/sd15-tiny'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stderr.on('data', (d) => { log += d; });
+  return new Promise((ok, fail) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /listening on (http:\/\/\S+)/.exec(out);
+      if (m) ok({ child, url: m[1], log: () => log });
+    });
+    child.on('exit', (code) => fail(new Error(`pigment serve exited (${code}) before listening:\n${log}`)));
+  });
+}
+
+async function waitFor(page, what, fn, timeout = 300e3) {
+  try {
+    await page.waitForFunction(fn, null, { timeout, polling: 250 });
+  } catch (e) {
+    const s = await page.evaluate(() => `${document.getElementById('status')?.textContent} ${document.getElementById('error')?.textContent}`);
+    throw new Error(`${what}: ${e.message.split('\n')[0]}; page says: ${s}`);
+  }
+}
+
+/** Generate with the form's settings; the canvas vs a golden as [mean, max], or the error. */
+async function generate(page, sampler, golden, { steps = 4, strength = 0.75 } = {}) {
+  await page.fill('#prompt', 'a photograph of an astronaut riding a horse');
+  await page.fill('#negative', 'blurry, low quality');
+  await page.fill('#seed', '42');
+  await page.fill('#steps', String(steps));
+  await page.fill('#strength', String(strength));
+  await page.fill('#guidance', '7.5');
+  await page.selectOption('#sampler', sampler);
+  await page.selectOption('#schedule', 'normal');
+  await page.fill('#width', '64');
+  await page.fill('#height', '64');
+  await page.evaluate(() => { delete document.body.dataset.done; document.getElementById('error').textContent = ''; });
+  await page.click('#generate');
+  await waitFor(page, 'generation', () => document.body.dataset.done || document.getElementById('error').textContent);
+  const err = await page.textContent('#error');
+  if (err) return { err };
+  const [mean, max, progress] = await page.evaluate(async (golden) => {
+    const c = document.getElementById('canvas');
+    const got = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const bmp = await createImageBitmap(await (await fetch(golden)).blob(), { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    const oc = new OffscreenCanvas(bmp.width, bmp.height);
+    oc.getContext('2d').drawImage(bmp, 0, 0);
+    const want = oc.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data;
+    if (want.length !== got.length) return [Infinity, Infinity, 0];
+    let sum = 0, max = 0, n = 0;
+    for (let i = 0; i < got.length; i++) {
+      if (i % 4 === 3) continue;
+      const d = Math.abs(got[i] - want[i]);
+      sum += d; max = Math.max(max, d); n++;
+    }
+    const p = document.getElementById('progress');
+    return [sum / n, max, p.value / p.max];
+  }, golden);
+  return { mean, max, progress };
+}
+
+const t0 = Date.now();
+const good = await pigmentServe(['--cors-origin', origin, '--api-key', KEY, '--preview-every', '1']);
+const closed = await pigmentServe([]);
+const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-dev-shm-usage', '--no-first-run'] });
+try {
+  const page = await browser.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') console.log(`  [page] ${m.text().split('\n')[0]}`); });
+  await page.goto(`${origin}/web/index.html`);
+  await waitFor(page, 'page start', () => /Ready|Failed/.test(document.getElementById('status').textContent), 60e3);
+  // No model is loaded in the page: the toggle alone enables Generate.
+  check(await page.isDisabled('#generate'), 'Generate disabled without a model');
+  await page.check('#server-on');
+  check(!(await page.isDisabled('#generate')), 'the server toggle enables Generate');
+  await page.fill('#server-url', good.url);
+  await page.fill('#server-key', KEY);
+
+  let r = await generate(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png');
+  check(!r.err && r.mean <= 1 && r.max <= 8 && r.progress === 1, `server txt2img (PLMS) vs golden: ${r.err ?? `mean ${r.mean.toFixed(3)} max ${r.max}, progress ${r.progress}`}`);
+
+  await page.setInputFiles('#init-file', path.join(root, 'tests/fixtures/golden/img2img/init.png'));
+  await waitFor(page, 'init image', () => !document.getElementById('init-wrap').hidden);
+  r = await generate(page, 'euler', '/tests/fixtures/golden/img2img/img2img_euler.png', { steps: 5, strength: 0.6 });
+  check(!r.err && r.mean <= 1 && r.max <= 8, `server img2img (Euler) vs golden: ${r.err ?? `mean ${r.mean.toFixed(3)} max ${r.max}`}`);
+  await page.click('#clear-init');
+
+  await page.fill('#server-key', 'wrong');
+  r = await generate(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png');
+  check(/401/.test(r.err ?? '') && /API key/.test(r.err), `wrong key: ${r.err ?? 'an image'}`);
+
+  // A server that allows no other origin: the browser refuses its answers.
+  await page.fill('#server-url', closed.url);
+  await page.fill('#server-key', '');
+  r = await generate(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png');
+  check(/cannot reach/.test(r.err ?? '') && /--cors-origin/.test(r.err), `server without --cors-origin: ${r.err ?? 'an image'}`);
+} catch (e) {
+  check(false, e.message);
+} finally {
+  await browser.close();
+  good.child.kill();
+  closed.child.kill();
+  server.close();
+}
+console.log(`e2e server mode: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+process.exit(failed ? 1 : 0);
