@@ -290,6 +290,8 @@ pub fn serve_request(data: &[u8]) -> Outcome {
             body_limit: 1 << 20,
             preview_every: 0,
             want_f16: false,
+            taesd: None,
+            cors_origins: Vec::new(),
         };
         Shared {
             queue: Queue::default(),
