@@ -16,8 +16,7 @@ use pigment::schedulers::{self, SamplerKind, SigmaSchedule};
 use std::path::Path;
 
 fn read_png(path: &Path) -> Image {
-    let (width, height, rgb) = common::read_png(path);
-    Image { width, height, rgb }
+    common::read_image(path)
 }
 
 fn golden_dir() -> std::path::PathBuf {
@@ -30,20 +29,7 @@ fn kind(name: &str) -> SamplerKind {
 }
 
 fn options(sampler: &str, strength: f32, mask: bool) -> GenerateOptions {
-    GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 5,
-        guidance: 7.5,
-        sampler: kind(sampler),
-        init_image: Some(read_png(&golden_dir().join("init.png"))),
-        mask: mask.then(|| read_png(&golden_dir().join("mask.png"))),
-        strength,
-        ..Default::default()
-    }
+    common::img2img_options(kind(sampler), strength, mask)
 }
 
 fn check_image(sd: &StableDiffusion, o: &GenerateOptions, golden: &str) {

@@ -245,10 +245,7 @@ fn sdxl_single_file_matches_the_folder() {
 /// cfg 5, init `golden/img2img/init.png`, mask `mask.png`.
 #[test]
 fn img2img_and_inpainting_match_diffusers_png() {
-    let img = |name: &str| {
-        let (width, height, rgb) = read_png(&fixtures().join("golden/img2img").join(name));
-        pigment::pipeline::Image { width, height, rgb }
-    };
+    let img = |name: &str| read_image(&fixtures().join("golden/img2img").join(name));
     let o = GenerateOptions { steps: 5, init_image: Some(img("init.png")), strength: 0.6, ..options() };
     let inpaint = GenerateOptions { mask: Some(img("mask.png")), strength: 0.75, ..o.clone() };
     let sd = load(DType::F32);

@@ -175,27 +175,10 @@ fn bad_paths_are_named() {
 /// VAE takes it moves the noise and the image by tens of levels.
 #[test]
 fn taesd_encoder_img2img_and_inpainting_match_diffusers() {
-    use pigment::pipeline::{Autoencoder, GenerateOptions, Image, StableDiffusion};
-    let img = |name: &str| {
-        let (width, height, rgb) = read_png(&fixtures().join(name));
-        Image { width, height, rgb }
-    };
+    use pigment::pipeline::{Autoencoder, GenerateOptions, StableDiffusion};
+    use pigment::schedulers::SamplerKind;
     let mut sd = StableDiffusion::load(ctx(), &fixtures().join("sd15-tiny"), false).unwrap();
-    let base = GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 5,
-        guidance: 7.5,
-        sampler: pigment::schedulers::SamplerKind::Euler,
-        init_image: Some(img("golden/img2img/init.png")),
-        strength: 0.6,
-        encoder: Autoencoder::Taesd,
-        decoder: Autoencoder::Taesd,
-        ..Default::default()
-    };
+    let base = GenerateOptions { encoder: Autoencoder::Taesd, decoder: Autoencoder::Taesd, ..img2img_options(SamplerKind::Euler, 0.6, false) };
     // Without TAESD weights, or with a decoder-only TAESD, the encoder is refused by name.
     let full_decoder = GenerateOptions { decoder: Autoencoder::Full, ..base.clone() };
     let e = sd.generate(ctx(), &full_decoder, |_, _| {}).err().unwrap().to_string();
@@ -208,15 +191,10 @@ fn taesd_encoder_img2img_and_inpainting_match_diffusers() {
     assert!(e.contains("no encoder") && e.contains("taesd_encoder.safetensors"), "{e}");
 
     sd.set_taesd(Some(Taesd::open(ctx(), &model_dirs().0, DType::F32).unwrap()));
-    let inpaint = GenerateOptions {
-        mask: Some(img("golden/img2img/mask.png")),
-        strength: 0.75,
-        sampler: pigment::schedulers::SamplerKind::EulerAncestral,
-        ..base.clone()
-    };
+    let inpaint = GenerateOptions { encoder: Autoencoder::Taesd, decoder: Autoencoder::Taesd, ..img2img_options(SamplerKind::EulerAncestral, 0.75, true) };
     for (o, golden) in [(base, "img2img_euler"), (inpaint, "inpaint4_euler_a")] {
         let got = sd.generate(ctx(), &o, |_, _| {}).unwrap();
-        let want = img(&format!("golden/taesd/{golden}.png"));
+        let want = read_image(&fixtures().join(format!("golden/taesd/{golden}.png")));
         let (mean, max) = image_diff(&got.rgb, &want.rgb);
         eprintln!("taesd {golden}: mean {mean:.3} max {max} levels");
         assert!(mean <= 1.0 && max <= 8, "taesd {golden}: mean {mean:.3} max {max} levels off diffusers");

@@ -10,6 +10,7 @@ import path from 'node:path';
 import fs from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { serve } from './serve.mjs';
+import { canvasVsGolden, fillForm, waitFor } from './e2e_common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -21,27 +22,10 @@ const weightHits = () => [...hits].filter(([p]) => p.endsWith('.safetensors')).r
 let failed = false;
 const check = (ok, msg) => { console.log(`${ok ? 'ok  ' : 'FAIL'} ${msg}`); if (!ok) failed = true; };
 
-async function waitFor(page, what, fn, timeout = 300e3) {
-  try {
-    await page.waitForFunction(fn, null, { timeout, polling: 250 });
-  } catch (e) {
-    const s = await page.evaluate(() => `${document.getElementById('status')?.textContent} ${document.getElementById('error')?.textContent}`);
-    throw new Error(`${what}: ${e.message.split('\n')[0]}; page says: ${s}`);
-  }
-}
-
 /** Fill the form, click Generate, compare the canvas with a golden PNG. */
 async function generateAndCompare(page, sampler, golden, what, previews, { steps = 4, strength = 0.75, maskBlur = 4 } = {}) {
-  await page.fill('#prompt', 'a photograph of an astronaut riding a horse');
-  await page.fill('#negative', 'blurry, low quality');
-  await page.fill('#seed', '42');
-  await page.fill('#steps', String(steps));
-  await page.fill('#strength', String(strength));
+  await fillForm(page, sampler, { steps, strength });
   await page.fill('#mask-blur', String(maskBlur));
-  await page.fill('#guidance', '7.5');
-  await page.selectOption('#sampler', sampler);
-  await page.fill('#width', '64');
-  await page.fill('#height', '64');
   await page.fill('#preview-every', '2');
   const t0 = Date.now();
   await page.click('#generate');
@@ -49,23 +33,7 @@ async function generateAndCompare(page, sampler, golden, what, previews, { steps
   const err = await page.textContent('#error');
   if (err) throw new Error(`${what}: ${err}`);
   const secs = (Date.now() - t0) / 1000;
-  const [mean, max, progress] = await page.evaluate(async (golden) => {
-    const c = document.getElementById('canvas');
-    const got = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    const bmp = await createImageBitmap(await (await fetch(golden)).blob(), { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-    const oc = new OffscreenCanvas(bmp.width, bmp.height);
-    oc.getContext('2d').drawImage(bmp, 0, 0);
-    const want = oc.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data;
-    if (want.length !== got.length) return [Infinity, Infinity, 0];
-    let sum = 0, max = 0, n = 0;
-    for (let i = 0; i < got.length; i++) {
-      if (i % 4 === 3) continue;
-      const d = Math.abs(got[i] - want[i]);
-      sum += d; max = Math.max(max, d); n++;
-    }
-    const p = document.getElementById('progress');
-    return [sum / n, max, p.value / p.max];
-  }, golden);
+  const [mean, max, progress] = await canvasVsGolden(page, golden);
   check(mean <= 1 && max <= 8, `${what}: canvas vs ${golden}: mean ${mean.toFixed(3)} max ${max} levels (${secs.toFixed(1)} s)`);
   check(progress === 1, `${what}: progress bar full`);
   const shown = Number(await page.evaluate(() => document.body.dataset.previews || 0));

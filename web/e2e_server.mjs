@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { serve } from './serve.mjs';
+import { canvasVsGolden, fillForm, waitFor } from './e2e_common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -35,49 +36,16 @@ function pigmentServe(args) {
   });
 }
 
-async function waitFor(page, what, fn, timeout = 300e3) {
-  try {
-    await page.waitForFunction(fn, null, { timeout, polling: 250 });
-  } catch (e) {
-    const s = await page.evaluate(() => `${document.getElementById('status')?.textContent} ${document.getElementById('error')?.textContent}`);
-    throw new Error(`${what}: ${e.message.split('\n')[0]}; page says: ${s}`);
-  }
-}
-
 /** Generate with the form's settings; the canvas vs a golden as [mean, max], or the error. */
 async function generate(page, sampler, golden, { steps = 4, strength = 0.75 } = {}) {
-  await page.fill('#prompt', 'a photograph of an astronaut riding a horse');
-  await page.fill('#negative', 'blurry, low quality');
-  await page.fill('#seed', '42');
-  await page.fill('#steps', String(steps));
-  await page.fill('#strength', String(strength));
-  await page.fill('#guidance', '7.5');
-  await page.selectOption('#sampler', sampler);
+  await fillForm(page, sampler, { steps, strength });
   await page.selectOption('#schedule', 'normal');
-  await page.fill('#width', '64');
-  await page.fill('#height', '64');
   await page.evaluate(() => { delete document.body.dataset.done; document.getElementById('error').textContent = ''; });
   await page.click('#generate');
   await waitFor(page, 'generation', () => document.body.dataset.done || document.getElementById('error').textContent);
   const err = await page.textContent('#error');
   if (err) return { err };
-  const [mean, max, progress] = await page.evaluate(async (golden) => {
-    const c = document.getElementById('canvas');
-    const got = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    const bmp = await createImageBitmap(await (await fetch(golden)).blob(), { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-    const oc = new OffscreenCanvas(bmp.width, bmp.height);
-    oc.getContext('2d').drawImage(bmp, 0, 0);
-    const want = oc.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data;
-    if (want.length !== got.length) return [Infinity, Infinity, 0];
-    let sum = 0, max = 0, n = 0;
-    for (let i = 0; i < got.length; i++) {
-      if (i % 4 === 3) continue;
-      const d = Math.abs(got[i] - want[i]);
-      sum += d; max = Math.max(max, d); n++;
-    }
-    const p = document.getElementById('progress');
-    return [sum / n, max, p.value / p.max];
-  }, golden);
+  const [mean, max, progress] = await canvasVsGolden(page, golden);
   return { mean, max, progress };
 }
 

@@ -90,21 +90,19 @@ impl SdxlParts {
         let zero_negative = o.negative_prompt.is_empty() && negative_2.is_empty() && self.force_zeros_for_empty_prompt;
         let mut negative = None;
         if guided && !zero_negative {
-            let mut u1 = prompt::tokenize_bounded(t1, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
-            let mut u2 = prompt::tokenize_bounded(t2, "negative prompt_2", negative_2).map_err(Error::Unsupported)?;
-            prompt::match_chunk_counts(t1, &mut u1, &mut c1);
-            prompt::match_chunk_counts(t2, &mut u2, &mut c2);
+            let u1 = prompt::tokenize_bounded(t1, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
+            let u2 = prompt::tokenize_bounded(t2, "negative prompt_2", negative_2).map_err(Error::Unsupported)?;
             negative = Some((u1, u2));
         }
-        // The two encoders' rows are concatenated per token: as many chunks on each side.
-        let n = c1.len().max(c2.len());
-        for (t, cs) in [(t1, &mut c1), (t2, &mut c2)] {
-            cs.resize(n, prompt::empty_chunk(t));
-        }
+        // Prompt and negative batch together, and the two encoders' rows are concatenated per
+        // token: every list gets as many chunks (empty ones padded, as match_chunk_counts does).
+        let mut lists = vec![(t1, &mut c1), (t2, &mut c2)];
         if let Some((u1, u2)) = &mut negative {
-            for (t, cs) in [(t1, u1), (t2, u2)] {
-                cs.resize(n, prompt::empty_chunk(t));
-            }
+            lists.extend([(t1, u1), (t2, u2)]);
+        }
+        let n = lists.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+        for (t, cs) in lists {
+            cs.resize(n, prompt::empty_chunk(t));
         }
         let (h, pooled) = self.encode_text(ctx, &sd.clip, &c1, &c2, o.clip_skip).await?;
         let (mut text, mut text_embeds) = (Vec::new(), Vec::new());

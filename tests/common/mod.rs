@@ -186,3 +186,30 @@ impl Drop for Lowered {
         ctx().set_max_binding_for_tests(0);
     }
 }
+
+/// An RGB PNG as a pipeline image.
+pub fn read_image(path: &std::path::Path) -> pigment::pipeline::Image {
+    let (width, height, rgb) = read_png(path);
+    pigment::pipeline::Image { width, height, rgb }
+}
+
+/// The settings of the img2img / inpainting goldens (tools/fixtures_img2img.py, reused by
+/// tools/fixtures_taesd.py): seed 42, 64x64, 5 steps, cfg 7.5, `golden/img2img/init.png` and,
+/// with `mask`, `mask.png`.
+pub fn img2img_options(sampler: pigment::schedulers::SamplerKind, strength: f32, mask: bool) -> pigment::pipeline::GenerateOptions {
+    let dir = fixtures().join("golden").join("img2img");
+    pigment::pipeline::GenerateOptions {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: "blurry, low quality".into(),
+        seed: 42,
+        width: 64,
+        height: 64,
+        steps: 5,
+        guidance: 7.5,
+        sampler,
+        init_image: Some(read_image(&dir.join("init.png"))),
+        mask: mask.then(|| read_image(&dir.join("mask.png"))),
+        strength,
+        ..Default::default()
+    }
+}
