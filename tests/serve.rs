@@ -155,9 +155,8 @@ fn openai_listings_options_and_model_switching() {
     let (_, v) = s.get("/sdapi/v1/upscalers");
     let names: Vec<&str> = v.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["None", "Lanczos", "Nearest"], "built-ins only without --upscaler-dir");
-    for path in ["/sdapi/v1/sd-vae", "/sdapi/v1/latent-upscale-modes"] {
-        assert_eq!(s.get(path), (200, json!([])), "{path}");
-    }
+    assert_eq!(s.get("/sdapi/v1/sd-vae"), (200, json!([])));
+    assert_eq!(s.get("/sdapi/v1/latent-upscale-modes"), (200, json!([{"name": "Latent"}, {"name": "Latent (nearest)"}])));
     let (_, v) = s.get("/controlnet/model_list");
     assert_eq!(v["model_list"], json!(["sd15-tiny-controlnet"]));
     let (_, v) = s.get("/sdapi/v1/options");
@@ -201,7 +200,12 @@ fn bad_inputs_get_4xx_naming_the_field() {
         ("/sdapi/v1/txt2img", with("sampler_name", json!("DPM2 a")), 422, &["sampler_name", "DPM2 a", "Euler a"]),
         ("/sdapi/v1/txt2img", with("scheduler", json!("Beta")), 422, &["scheduler", "Beta", "Karras"]),
         ("/sdapi/v1/txt2img", with("scheduler", json!("Karras")), 422, &["scheduler", "PLMS", "fixed schedule"]),
-        ("/sdapi/v1/txt2img", with("enable_hr", json!(true)), 422, &["enable_hr", "upscaler"]),
+        // Hires fix is served now (tests/serve_extras.rs); an upscaler it lacks is named.
+        ("/sdapi/v1/txt2img", {
+            let mut b = with("enable_hr", json!(true));
+            b["hr_upscaler"] = json!("4x-UltraSharp");
+            b
+        }, 422, &["hr_upscaler", "4x-UltraSharp", "--upscaler-dir"]),
         ("/sdapi/v1/txt2img", with("restore_faces", json!(true)), 422, &["restore_faces"]),
         ("/sdapi/v1/txt2img", with("override_settings", json!({"sd_vae": "vae-ft-mse"})), 422, &["override_settings.sd_vae"]),
         ("/sdapi/v1/txt2img", with("alwayson_scripts", json!({"ADetailer": {"args": [true]}})), 422, &["alwayson_scripts.ADetailer"]),
