@@ -41,6 +41,7 @@
 mod lycoris;
 
 use crate::error::Result;
+use crate::DType;
 use crate::gpu::Context;
 use crate::models::unet::UNet2DConditionModel;
 use crate::pipeline::StableDiffusion;
@@ -515,10 +516,12 @@ pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Re
 }
 
 /// Which LoRAs a [`StableDiffusion`] has merged (kept in the pipeline by [`StableDiffusion::set_loras`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Applied {
     /// (file, te multiplier, unet multiplier) in order.
     set: Vec<(String, f32, f32)>,
+    /// The LoRAs themselves, to merge again into an f32 UNet when f16 overflows (see `guard`).
+    uses: Vec<LoraUse>,
     te_merged: bool,
     unet_merged: bool,
 }
@@ -545,7 +548,8 @@ impl StableDiffusion {
         let plan = plan(&te, &unet, uses)?;
         // Until both rebuilds succeed, the state is unknown: force a rebuild next time.
         let (te_was, unet_was) = (self.loras.te_merged, self.loras.unet_merged);
-        self.loras = Applied { set: Vec::new(), te_merged: true, unet_merged: true };
+        self.loras = Applied { set: Vec::new(), uses: Vec::new(), te_merged: true, unet_merged: true };
+        *self.unet_f32.get_mut().unwrap() = None;
         let (te_now, unet_now) = (!plan.text_encoder.is_empty(), !plan.unet.is_empty());
         // One part at a time, each merged tensor kept in the storage dtype (what the upload would
         // round it to anyway), so at most one f32 copy of a tensor is alive at once.
@@ -564,7 +568,7 @@ impl StableDiffusion {
             let (config, dtype) = (self.unet.config.clone(), self.unet.dtype);
             self.unet = UNet2DConditionModel::load_with(ctx, &unet.with_overrides(o), config, dtype)?;
         }
-        self.loras = Applied { set, te_merged: te_now, unet_merged: unet_now };
+        self.loras = Applied { set, uses: uses.to_vec(), te_merged: te_now, unet_merged: unet_now };
         // The replaced models' buffers went back to the pool's free list: release them. (While a
         // model is rebuilt, the old and new weights are both on the GPU for a moment.)
         ctx.trim_pool();
@@ -574,6 +578,23 @@ impl StableDiffusion {
     /// The LoRAs currently merged.
     pub fn loras(&self) -> &Applied {
         &self.loras
+    }
+
+    /// The UNet again, from the base weights with the current LoRAs merged, in `dtype` (the f32
+    /// re-run of an f16 UNet that overflowed).
+    pub(crate) fn unet_in(&self, ctx: &Context, dtype: DType) -> Result<UNet2DConditionModel> {
+        let unet = self.weights.unet()?.base();
+        let config = self.unet.config.clone();
+        if self.loras.uses.is_empty() || !self.loras.unet_merged {
+            return UNet2DConditionModel::load_with(ctx, &unet, config, dtype);
+        }
+        let te = self.weights.text_encoder()?.base();
+        let plan = plan(&te, &unet, &self.loras.uses)?;
+        let mut o = HashMap::new();
+        merge_part(&unet, &plan.unet, |k, v| {
+            o.insert(k, Override::new(v, dtype));
+        })?;
+        UNet2DConditionModel::load_with(ctx, &unet.with_overrides(o), config, dtype)
     }
 }
 

@@ -24,6 +24,8 @@ mod guard;
 pub mod hires;
 mod img2img;
 pub mod inpaint;
+mod limits;
+pub use limits::check_device_size;
 pub mod plan;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
@@ -139,23 +141,6 @@ impl std::fmt::Debug for Image {
     }
 }
 
-/// The decoded image, a `[1, 3, H, W]` f32 tensor, must fit one buffer of the device (checked
-/// before anything is allocated, so `--width 100000` names the limit instead of failing in
-/// wgpu or allocating gigabytes of latents on the host).
-pub fn check_device_size(ctx: &Context, width: usize, height: usize) -> Result<()> {
-    let bytes = (width as u64).saturating_mul(height as u64).saturating_mul(3 * 4);
-    let limit = ctx.limits.max_buffer_size;
-    if bytes > limit {
-        let side = ((limit / 12) as f64).sqrt() as usize / 8 * 8;
-        return Err(Error::BufferTooLarge {
-            what: format!("a {width}x{height} image (its decoded [1, 3, {height}, {width}] f32 tensor; at most about {side}x{side} here)"),
-            bytes,
-            limit,
-        });
-    }
-    Ok(())
-}
-
 /// Width and height must be multiples of 8 (the VAE's factor); name the nearest valid sizes.
 pub fn check_size(width: usize, height: usize) -> Result<()> {
     for (what, v) in [("width", width), ("height", height)] {
@@ -191,6 +176,8 @@ pub struct StableDiffusion {
     pub(crate) loras: crate::lora::Applied,
     /// The f32 decoder an overflowing f16 decode is re-run with (see `guard`), once needed.
     pub(crate) vae_f32: std::sync::Mutex<Option<std::sync::Arc<AutoencoderKL>>>,
+    /// The f32 UNet (LoRAs merged) an overflowing f16 sampling loop is re-run with, once needed.
+    pub(crate) unet_f32: std::sync::Mutex<Option<std::sync::Arc<UNet2DConditionModel>>>,
     /// Warnings for the caller ([`StableDiffusion::take_warnings`]).
     pub(crate) warnings: std::sync::Mutex<Vec<String>>,
     /// TAESD, for [`VaeDecoder::Taesd`] previews and final decodes ([`StableDiffusion::set_taesd`]).
@@ -263,6 +250,7 @@ impl StableDiffusion {
             weights,
             loras: Default::default(),
             vae_f32: Default::default(),
+            unet_f32: Default::default(),
             warnings: Default::default(),
             taesd: None,
         })
@@ -399,6 +387,8 @@ impl StableDiffusion {
     /// The sampler loop: text conditioning, start latents (txt2img noise, the init image's, or
     /// `init_latents` noised to the strength's first step), every model evaluation. Returns the
     /// final latents (or those so far when `progress` answered `Break`).
+    /// An f16 UNet whose latents turn non-finite is stopped at that step and the whole loop runs
+    /// again with an f32 UNet (same seed, so the same image an f32 run gives), with a warning.
     pub(crate) async fn sample(
         &self,
         ctx: &Context,
@@ -407,6 +397,26 @@ impl StableDiffusion {
         preview: &mut Option<(usize, &mut dyn FnMut(usize, &Image))>,
         progress: &mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
     ) -> Result<Sampled> {
+        let step = match self.sample_with(ctx, o, init_latents, preview, progress, &self.unet).await? {
+            Sampling::Done(s) => return Ok(s),
+            Sampling::Overflowed { step } => step,
+        };
+        let unet = self.f32_unet(ctx, step)?;
+        match self.sample_with(ctx, o, init_latents, preview, progress, &unet).await? {
+            Sampling::Done(s) => Ok(s),
+            Sampling::Overflowed { .. } => unreachable!("only an f16 UNet reports an overflow"),
+        }
+    }
+
+    async fn sample_with(
+        &self,
+        ctx: &Context,
+        o: &GenerateOptions,
+        init_latents: Option<&[f32]>,
+        preview: &mut Option<(usize, &mut dyn FnMut(usize, &Image))>,
+        progress: &mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
+        unet: &UNet2DConditionModel,
+    ) -> Result<Sampling> {
         check_size(o.width, o.height)?;
         check_device_size(ctx, o.width, o.height)?;
         if o.steps == 0 {
@@ -431,8 +441,15 @@ impl StableDiffusion {
         // diffusers' `do_classifier_free_guidance`: guidance > 1, else one batch of cond alone
         let guided = uses_cfg(o.guidance);
         let batch_n = if guided { 2 } else { 1 };
+        limits::check_unet_fits(ctx, unet, batch_n, o.width, o.height)?;
         let cond = self.encode(ctx, o, guided).await?;
-        let text = &cond.text;
+        let text32;
+        let text = if cond.text.dtype() == unet.dtype {
+            &cond.text
+        } else {
+            text32 = Tensor::from_f32(ctx, &cond.text.to_f32(ctx).await?, cond.text.shape(), unet.dtype)?;
+            &text32
+        };
         let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
         let latent_shape = [1, self.vae.config.latent_channels, h, w];
@@ -448,6 +465,11 @@ impl StableDiffusion {
         let total = sched.timesteps().len();
         let dtype = text.dtype();
         let control = controlnet::prepare(ctx, self, o, batch_n)?;
+        if control.is_some() && unet.dtype != cond.text.dtype() {
+            return Err(Error::Unsupported("the f16 UNet overflowed with a ControlNet, which has no f32 re-run: run with --no-f16".into()));
+        }
+        // Overflow is looked for only where an f32 re-run can follow (not in `--plan` dry runs).
+        let watch = unet.dtype == DType::F16 && !ctx.planning();
         phase(ctx, "unet");
         for i in begin..total {
             let t = sched.timesteps()[i];
@@ -459,20 +481,24 @@ impl StableDiffusion {
             if guided {
                 batch.extend_from_slice(&xin);
             }
-            let shape = [batch_n, self.unet.in_channels(), h, w];
+            let shape = [batch_n, unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
             let res = match &control {
                 Some(c) => c.residuals(ctx, &sample, t, text, i - begin, total - begin)?,
                 None => None,
             };
-            let out = self.unet.forward_full(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None)?.to_f32(ctx).await?;
+            let out = unet.forward_full(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None)?.to_f32(ctx).await?;
             let guided = if guided { schedulers::cfg_combine(&out[..n], &out[n..], o.guidance) } else { out };
             x = sched.step(&guided, i, &x, &mut rng);
             if let Some(p) = &inpaint {
                 p.blend(&mut x, sched.as_ref(), i)?;
             }
+            // The latents are on the host already: a scan is cheaper than a GPU reduction here.
+            if watch && x.iter().any(|v| !v.is_finite()) {
+                return Ok(Sampling::Overflowed { step: i + 1 - begin });
+            }
             if progress(i + 1 - begin, total - begin).is_break() {
-                return Ok(Sampled { latents: x, shape: latent_shape, interrupted: true });
+                return Ok(Sampling::Done(Sampled { latents: x, shape: latent_shape, interrupted: true }));
             }
             if let Some((every, show)) = preview.as_mut() {
                 let done = i + 1 - begin;
@@ -484,7 +510,7 @@ impl StableDiffusion {
                 }
             }
         }
-        Ok(Sampled { latents: x, shape: latent_shape, interrupted: false })
+        Ok(Sampling::Done(Sampled { latents: x, shape: latent_shape, interrupted: false }))
     }
 
     /// The result's decode: with the model's VAE through the NaN / constant-image guards
@@ -522,6 +548,12 @@ pub(crate) struct Conditioning {
 }
 
 /// Latents out of the sampler loop.
+/// How a sampling loop ended: done (or interrupted), or stopped where an f16 UNet overflowed.
+enum Sampling {
+    Done(Sampled),
+    Overflowed { step: usize },
+}
+
 pub(crate) struct Sampled {
     pub latents: Vec<f32>,
     pub shape: [usize; 4],

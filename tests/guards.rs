@@ -5,18 +5,21 @@
 //! * sd15-tiny with its VAE's `decoder.conv_in` scaled so that its activations overflow f16
 //!   (the weights themselves stay representable) but not f32: the f16 generation warns, is
 //!   re-decoded in f32 and matches the f32 model's image; the same with the UNet's `conv_in`
-//!   scaled fails naming the UNet and `--no-f16`. A zeroed `conv_out` gives a constant image:
+//!   scaled is sampled again in f32 (with and without a LoRA) and matches the f32 model; a NaN
+//!   weight fails in f32 naming the UNet. A zeroed `conv_out` gives a constant image:
 //!   returned with a warning.
 //! * A 1e6-token prompt and a 100000-pixel width are refused before anything is allocated.
 
 mod common;
 use common::{ctx, fixtures, rand_vec};
 use pigment::ops::finite_check::{finite_stats_blocking, finite_stats_cpu};
+use pigment::lora::{Lora, LoraUse};
 use pigment::pipeline::{GenerateOptions, StableDiffusion};
 use pigment::schedulers::SamplerKind;
 use pigment::{DType, Tensor};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[test]
 fn finite_check_counts_nan_and_inf_and_the_range() {
@@ -132,17 +135,44 @@ fn f16_vae_overflow_is_redecoded_in_f32() {
 }
 
 #[test]
-fn f16_unet_overflow_fails_naming_the_stage() {
+fn f16_unet_overflow_is_resampled_in_f32() {
     if !ctx().f16 {
         eprintln!("skipped: no SHADER_F16 on this adapter");
         return;
     }
     let dir = edited_model("unet", "unet", &["conv_in.weight"], overflow_scale);
-    let sd16 = StableDiffusion::load(ctx(), &dir, true).unwrap();
-    let e = sd16.generate(ctx(), &opts(), |_, _| {}).unwrap_err().to_string();
-    assert!(e.contains("UNet") && e.contains("NaN or infinite") && e.contains("--no-f16"), "{e}");
-    let sd32 = StableDiffusion::load(ctx(), &dir, false).unwrap();
-    sd32.generate(ctx(), &opts(), |_, _| {}).expect("the same model in f32 stays finite");
+    let mut sd16 = StableDiffusion::load(ctx(), &dir, true).unwrap();
+    let mut sd32 = StableDiffusion::load(ctx(), &dir, false).unwrap();
+    assert_eq!(sd16.unet.dtype, DType::F16);
+    let lora = LoraUse::new(Arc::new(Lora::open(fixtures().join("lora/sd15-tiny-kohya.safetensors")).unwrap()), 0.8);
+    // Plain, then with a LoRA: the f32 re-run must merge it as the f16 UNet had it.
+    for uses in [vec![], vec![lora]] {
+        sd16.set_loras(ctx(), &uses).unwrap();
+        sd32.set_loras(ctx(), &uses).unwrap();
+        let mut steps = Vec::new();
+        let got = sd16.generate(ctx(), &opts(), |i, n| steps.push((i, n))).unwrap();
+        let w = sd16.take_warnings();
+        assert!(w.iter().any(|w| w.contains("f16 UNet") && w.contains("f32")), "{w:?}");
+        // The f16 loop stopped at its first step, before reporting it; the f32 one ran whole.
+        assert_eq!(steps, [(1, 2), (2, 2)]);
+        let want = sd32.generate(ctx(), &opts(), |_, _| {}).unwrap();
+        assert!(sd32.take_warnings().is_empty());
+        // Only the text encoder and the VAE ran in f16: a few levels.
+        let (mean, max) = mean_max_diff(&got.rgb, &want.rgb);
+        eprintln!("f16 model resampled in f32 ({} LoRA) vs f32 model: mean {mean:.3} max {max} levels", uses.len());
+        assert!(mean <= 2.0 && max <= 16, "mean {mean:.3} max {max}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_unet_non_finite_in_f32_fails_naming_the_stage() {
+    let dir = edited_model("unet-nan", "unet", &["conv_in.weight"], |v| v[0] = f32::NAN);
+    for f16 in [false, true] {
+        let sd = StableDiffusion::load(ctx(), &dir, f16).unwrap();
+        let e = sd.generate(ctx(), &opts(), |_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("UNet") && e.contains("NaN or infinite") && e.contains("in f32"), "f16 {f16}: {e}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -203,4 +233,24 @@ fn a_width_past_the_device_limit_names_it() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("max_buffer_size") && err.contains("100000x100000"), "{err}");
+}
+
+#[test]
+fn a_size_whose_unet_activation_is_past_the_device_limit_names_it() {
+    let sd = tiny();
+    let limit = ctx().limits.max_buffer_size;
+    // A height where the decoded image (12 bytes a pixel) fits one buffer but the UNet's
+    // first-level GEGLU projection (batch 2 x 8·c0 channels x 4 bytes per latent pixel, 1/64 of
+    // the image's) does not: that check, not the image's, must refuse it.
+    let c0 = sd.unet.config.block_out_channels[0] as u64;
+    let unet_per_px = 2 * 8 * c0 * 4 / 64;
+    assert!(unet_per_px > 12, "the fixture's UNet must need more per pixel than the image");
+    let width = 100_000u64;
+    let height = (limit / (width * unet_per_px) + 64) / 8 * 8;
+    assert!(width * height * 12 <= limit && width * height * unet_per_px > limit, "height {height}");
+    let before = ctx().pool_stats();
+    let o = GenerateOptions { width: width as usize, height: height as usize, ..opts() };
+    let e = sd.generate(ctx(), &o, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains(&format!("100000x{height}")) && e.contains("GEGLU") && e.contains("max_buffer_size"), "{e}");
+    assert_eq!(ctx().pool_stats().created, before.created, "refused before allocating");
 }

@@ -300,7 +300,7 @@ pub fn attention_strided_with(
     // is 9216 keys (96x96 latents) at D = 40 (2304 blocks); 4096 keys at D = 160 is 4096 blocks.
     if kernel == AttnKernel::Direct && lk.div_ceil(kb) > MAX_KEY_BLOCKS {
         return Err(Error::Unsupported(format!(
-            "attention over {lk} keys at head dim {head_dim} ({} key blocks of {kb}; at most {MAX_KEY_BLOCKS} per invocation)",
+            "attention over {lk} keys at head dim {head_dim} ({} key blocks of {kb}; at most {MAX_KEY_BLOCKS} per invocation on this adapter's kernel): use a smaller --width/--height",
             lk.div_ceil(kb)
         )));
     }

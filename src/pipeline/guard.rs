@@ -1,11 +1,13 @@
 //! The NaN and black-image guards at the end of a generation: the final latents (after the
 //! UNet loop) and the decoded image are checked for NaN/inf on the GPU
 //! ([`crate::ops::finite_check`], one small readback each). A non-finite f16 VAE decode is run
-//! again with an f32 decoder (as diffusers' `force_upcast` does for SDXL's VAE), with a
-//! warning; a non-finite UNet result, or an f32 decode that is still non-finite, is an error
+//! again with an f32 decoder (as diffusers' `force_upcast` does for SDXL's VAE), and an f16
+//! sampling loop whose latents turn non-finite (checked on the host after every step, where they
+//! already are) again with an f32 UNet, each with a warning; a non-finite f32 result is an error
 //! naming the stage. A constant (e.g. all-black) image is returned with a warning.
 
 use super::{phase, Image, StableDiffusion};
+use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::{image_to_u8, AutoencoderKL};
 use crate::ops::finite_check::{finite_stats, FiniteStats};
 use crate::{DType, Error, Result, Tensor};
@@ -32,6 +34,28 @@ impl StableDiffusion {
         let v = Arc::new(v);
         *slot = Some(v.clone());
         Ok(v)
+    }
+
+    /// The f32 UNet (current LoRAs merged) for re-running a sampling loop whose f16 latents
+    /// turned non-finite at `step`; loaded from the base weights on first use and kept until
+    /// the LoRAs change. Warns, or fails naming the stage when it cannot be loaded.
+    pub(super) fn f32_unet(&self, ctx: &Context, step: usize) -> Result<Arc<UNet2DConditionModel>> {
+        let mut slot = self.unet_f32.lock().unwrap();
+        let unet = match slot.as_ref() {
+            Some(u) => u.clone(),
+            None => {
+                let u = self.unet_in(ctx, DType::F32).map_err(|e| {
+                    Error::Unsupported(format!(
+                        "the f16 UNet gave non-finite latents at step {step} and an f32 UNet could not be loaded ({e}); run with --no-f16 (PIGMENT_F16=0)"
+                    ))
+                })?;
+                let u = Arc::new(u);
+                *slot = Some(u.clone());
+                u
+            }
+        };
+        self.warn(format!("the f16 UNet gave non-finite latents at step {step}; sampled again in f32 (slower, more memory)"));
+        Ok(unet)
     }
 
     /// Warnings from the generations since the last call (the f32 re-run of a VAE decode, a
