@@ -439,6 +439,12 @@ impl Model {
                 return Err(js_err("the LoRAs changed since the last merge: call apply_loras(options, unetBytes) before generate").into());
             }
             let mut o = parse_options(&options).map_err(js_err)?;
+            // No previews: their decoder is not needed (the pipeline would ask for TAESD anyway).
+            if preview_every(&options).map_err(js_err)? == 0 || on_preview.is_none() {
+                o.preview_decoder = crate::pipeline::VaeDecoder::Full;
+            } else if o.preview_decoder == crate::pipeline::VaeDecoder::Taesd && sd.taesd.is_none() {
+                return Err(js_err("preview 'taesd' needs TAESD weights: load them first (set_taesd), or choose the full VAE").into());
+            }
             o.init_image = init_rgba.map(|b| from_rgba("init image", &b, o.width, o.height)).transpose().map_err(js_err)?;
             o.mask = mask_rgba.map(|b| from_rgba("mask", &b, o.width, o.height)).transpose().map_err(js_err)?;
             let every = preview_every(&options).map_err(js_err)?;

@@ -105,6 +105,7 @@ async function generate() {
     const onPreview = (preview, w, h) => {
       // the VAE decode of the latents so far (one decode per preview)
       draw(preview, w, h);
+      window.pigmentPreview = { rgba: preview, width: w, height: h }; // the last one, for tests
       document.body.dataset.previews = String(Number(document.body.dataset.previews || 0) + 1);
     };
     if (server.enabled()) {
