@@ -135,8 +135,13 @@ async function compare(page, what, golden, opts) {
 
 async function expectError(page, what, re, action) {
   await page.evaluate(() => { document.getElementById('error').textContent = ''; });
-  await action();
-  await waitFor(page, what, () => document.getElementById('error').textContent, 120e3);
+  try {
+    await action();
+    await waitFor(page, what, () => document.getElementById('error').textContent, 60e3);
+  } catch (e) {
+    check(false, `${what}: no error shown (${e.message})`);
+    return;
+  }
   const msg = await page.textContent('#error');
   check(re.test(msg), `${what}: ${msg}`);
 }
