@@ -9,6 +9,7 @@
 // * TAESD previews (a small random AutoencoderTiny decoder written here): counted, unlike the
 //   full VAE's, and the final image is still the VAE's golden; preview "off" shows none;
 // * hires fix with each upscaler: golden/hires/*.png (tests/hires.rs), drawn at the larger size;
+// * a single-file checkpoint with a LoRA (its UNet tensors re-read for the merge);
 // * clear errors: a LoRA that matches no layer, a file that is no LoRA, bad embeddings, TAESD
 //   previews without TAESD, an upscaler the page lacks, generating without a model.
 import { chromium } from 'playwright-core';
@@ -245,6 +246,23 @@ try {
     await page.evaluate(() => document.getElementById('hires-upscaler').add(new Option('ESRGAN', 'RealESRGAN_x4plus')));
     await generate(page, 'ESRGAN', { size: 32, hires: { scale: 2, steps: 4, denoise: 0.5, upscaler: 'RealESRGAN_x4plus' } });
   });
+
+  // 5. A single file picked (configs from a URL): the LoRA merge re-reads its UNet tensors, and
+  // the extras added so far come along to the new model.
+  const single = process.env.PIGMENT_SINGLE_FILE || path.join(root, 'target/tmp/fixtures/sd15-tiny.safetensors');
+  if (await fs.stat(single).catch(() => null)) {
+    await page.fill('#config-url', '/tests/fixtures/sd15-tiny');
+    await page.evaluate(() => { delete document.body.dataset.model; });
+    await pick(page, '#files', single);
+    await waitFor(page, 'single file', () => document.body.dataset.model || document.getElementById('error').textContent);
+    await pick(page, '#lora-files', kohya);
+    await waitFor(page, 'LoRA row (single file)', () => document.querySelector('#lora-list [data-name="sd15-tiny-kohya"]') || document.getElementById('error').textContent);
+    await page.fill('#lora-list [data-name="sd15-tiny-kohya"] .lora-weight', '0.8');
+    await compare(page, 'single file: LoRA kohya x 0.8', '/tests/fixtures/golden/sd15-tiny/lora_kohya.png');
+    await compare(page, 'single file: embedding "rider" carried over', '/tests/fixtures/golden/sd15-tiny/lora_kohya.png', { prompt: 'a photograph of an rider a horse' });
+  } else {
+    console.log(`skip single file: no ${single} (web/test.sh assembles it)`);
+  }
 } catch (e) {
   check(false, e.message);
 } finally {
