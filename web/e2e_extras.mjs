@@ -6,8 +6,12 @@
 //   the PNG's parameters carry `Lora hashes` as the CLI writes them;
 // * a textual-inversion embedding made of the token rows of "astronaut riding" (as
 //   tests/clip.rs), used by its word: the plain Euler golden;
-// * TAESD previews (a small random AutoencoderTiny decoder written here): counted, unlike the
-//   full VAE's, and the final image is still the VAE's golden; preview "off" shows none;
+// * TAESD previews (a small random AutoencoderTiny decoder, e2e_fixtures.mjs): counted, unlike
+//   the full VAE's, the one preview equal to the CLI's (golden/taesd/page_preview.png, made by
+//   `node web/e2e_fixtures.mjs taesd DIR` then `pigment generate --model tests/fixtures/sd15-tiny
+//   --no-f16 --seed 42 --width 64 --height 64 --steps 4 --cfg 7.5 --sampler euler --prompt P
+//   --negative-prompt N --preview taesd --preview-every 2 --taesd DIR`: its OUTPUT-preview.png),
+//   and the final image still the VAE's golden; preview "off" shows none;
 // * hires fix with each upscaler: golden/hires/*.png (tests/hires.rs), drawn at the larger size;
 // * a single-file checkpoint with a LoRA (its UNet tensors re-read for the merge);
 // * clear errors: a LoRA that matches no layer, a file that is no LoRA, bad embeddings, TAESD
@@ -20,6 +24,7 @@ import crypto from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { serve } from './serve.mjs';
 import { canvasVsGolden, fillForm, waitFor } from './e2e_common.mjs';
+import { randn, readSafetensors, safetensors, writeTaesd } from './e2e_fixtures.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -29,60 +34,6 @@ const PROMPT = 'a photograph of an astronaut riding a horse';
 const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'pigment-e2e-extras-'));
 let failed = false;
 const check = (ok, msg) => { console.log(`${ok ? 'ok  ' : 'FAIL'} ${msg}`); if (!ok) failed = true; };
-
-/** A safetensors file from `[name, dtype, shape, bytes]` entries. */
-function safetensors(tensors) {
-  const header = {};
-  let off = 0;
-  for (const [name, dtype, shape, bytes] of tensors) {
-    header[name] = { dtype, shape, data_offsets: [off, off + bytes.length] };
-    off += bytes.length;
-  }
-  let json = Buffer.from(JSON.stringify(header));
-  json = Buffer.concat([json, Buffer.alloc((8 - (json.length % 8)) % 8, 0x20)]);
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(json.length));
-  return Buffer.concat([len, json, ...tensors.map((t) => Buffer.from(t[3]))]);
-}
-
-function readSafetensors(buf) {
-  const n = Number(buf.readBigUInt64LE(0));
-  return { header: JSON.parse(buf.subarray(8, 8 + n).toString()), data: buf.subarray(8 + n) };
-}
-
-/** Seeded N(0, 1) values (mulberry32 + Box-Muller) as f32 bytes, scaled by `gain`. */
-function randn(count, seed, gain) {
-  let a = seed >>> 0;
-  const u = () => { a = (a + 0x6d2b79f5) >>> 0; let t = a; t = Math.imul(t ^ (t >>> 15), t | 1); t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296; };
-  const v = new Float32Array(count);
-  for (let i = 0; i < count; i++) v[i] = gain * Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
-  return new Uint8Array(v.buffer);
-}
-
-/** A small AutoencoderTiny decoder (8 channels, one block per stage, random weights): the
- *  layout of diffusers' DecoderTiny, so the page's TAESD path runs with a file this test owns. */
-async function writeTaesd(dir) {
-  const C = 8, config = { _class_name: 'AutoencoderTiny', decoder_block_out_channels: [C, C, C, C], num_decoder_blocks: [1, 1, 1, 1], latent_channels: 4 };
-  const t = [];
-  let seed = 1;
-  const conv = (p, cout, cin, k, bias) => {
-    t.push([`${p}.weight`, 'F32', [cout, cin, k, k], randn(cout * cin * k * k, seed++, 1 / Math.sqrt(cin * k * k))]);
-    if (bias) t.push([`${p}.bias`, 'F32', [cout], randn(cout, seed++, 0.1)]);
-  };
-  let i = 0;
-  conv(`decoder.layers.${i}`, C, 4, 3, true);
-  i += 2; // a ReLU follows
-  for (let s = 0; s < 4; s++) {
-    for (const c of [0, 2, 4]) conv(`decoder.layers.${i}.conv.${c}`, C, C, 3, true);
-    i += s < 3 ? 2 : 1; // the block, then an upsample except after the last
-    conv(`decoder.layers.${i}`, s < 3 ? C : 3, C, 3, s === 3);
-    i += 1;
-  }
-  await fs.mkdir(dir, { recursive: true });
-  await fs.writeFile(path.join(dir, 'config.json'), JSON.stringify(config));
-  await fs.writeFile(path.join(dir, 'diffusion_pytorch_model.safetensors'), safetensors(t));
-  return [path.join(dir, 'config.json'), path.join(dir, 'diffusion_pytorch_model.safetensors')];
-}
 
 /** The sd15-tiny text encoder's token rows of `words` (each one token) as an embedding file. */
 async function writeEmbedding(file, words) {
@@ -152,6 +103,22 @@ async function parameters(page) {
   return (await fs.readFile(await d.path())).toString('latin1');
 }
 
+/** The last preview against a golden PNG: [mean, max] levels (Infinity when the sizes differ). */
+const previewVsGolden = (page, golden) => page.evaluate(async (golden) => {
+  const p = window.pigmentPreview;
+  const bmp = await createImageBitmap(await (await fetch(golden)).blob(), { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  const c = new OffscreenCanvas(bmp.width, bmp.height);
+  c.getContext('2d').drawImage(bmp, 0, 0);
+  const want = c.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data;
+  if (!p || p.width !== bmp.width || p.height !== bmp.height) return [Infinity, Infinity];
+  let sum = 0, max = 0, n = 0;
+  for (let i = 0; i < want.length; i++) {
+    if (i % 4 === 3) continue;
+    const d = Math.abs(p.rgba[i] - want[i]);
+    sum += d; max = Math.max(max, d); n++;
+  }
+  return [sum / n, max];
+}, golden);
 const previews = (page) => page.evaluate(() => Number(document.body.dataset.previews || 0));
 const lastPreview = (page) => page.evaluate(() => Array.from(window.pigmentPreview?.rgba ?? []));
 const pick = async (page, input, files) => page.setInputFiles(input, files);
@@ -232,6 +199,8 @@ try {
   const tiny = await lastPreview(page);
   const diff = tiny.length === full.length ? tiny.reduce((s, v, i) => s + Math.abs(v - full[i]), 0) / tiny.length : Infinity;
   check((await previews(page)) === 1 && diff > 10 && diff < Infinity, `TAESD previews: ${await previews(page)} (expected 1), mean ${diff.toFixed(1)} levels from the VAE's`);
+  const [pm, px] = await previewVsGolden(page, '/tests/fixtures/golden/taesd/page_preview.png');
+  check(pm <= 1 && px <= 8, `TAESD preview vs the CLI's (golden/taesd/page_preview.png): mean ${pm.toFixed(3)} max ${px} levels`);
   await compare(page, 'preview off', '/tests/fixtures/golden/sd15-tiny/sampler_euler.png', { previewEvery: 2, preview: 'off' });
   check((await previews(page)) === 0, `preview off: ${await previews(page)} previews`);
 
