@@ -422,6 +422,9 @@ impl Model {
     /// VAE or taesd) of the current latents every N evaluations. Resolves to the image as RGBA
     /// bytes (`output_size` × 4: larger than width × height with `hires`). Changed LoRAs must
     /// be merged first (`apply_loras`).
+    // The model stays borrowed for the whole generation on purpose: apply_loras, add_embedding
+    // and set_taesd then answer "busy" (try_borrow_mut) instead of changing it mid-run.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn generate(
         &self,
         options: &str,
