@@ -10,7 +10,8 @@
 //!   diffusers folder's `*/…safetensors` (each with `set_config(part, json)`), or
 //!   `add_single_file(bytes)` for an original-layout checkpoint (or any subset of its tensors:
 //!   the page splits a single file per component, see below), then `finish()`.
-//! * [`Model`]: `generate(optionsJson, onProgress)` → a Promise of RGBA bytes.
+//! * [`Model`]: `generate(optionsJson, onProgress)` → a Promise of RGBA bytes; LoRAs,
+//!   embeddings and TAESD are added to it ([`extras`]).
 //!
 //! Memory: each part is uploaded to GPU buffers tensor by tensor as soon as it arrives and its
 //! bytes are freed, so wasm memory (4 GiB at most) holds one tensor of it at a time; the part's
@@ -27,8 +28,11 @@ use crate::schedulers::{SamplerKind, SchedulerConfig, SigmaSchedule};
 use crate::tokenizer::{ClipTokenizer, PadToken};
 use crate::weights::{self, Component, ComponentKind, SafetensorsFile, TextEncoderKind, Weights};
 use serde_json::Value;
+use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
+
+mod extras;
 
 fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
@@ -248,15 +252,15 @@ impl ModelLoader {
             sdxl: None,
             scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
             name: name.to_string(),
-            // The parts were uploaded and dropped as they arrived: no base weights to merge
-            // LoRAs into (the page offers none).
-            weights: weights::Weights::from_parts(weights::Source::Folder(name.into()), None, None, None),
+            // The parts were uploaded and dropped as they arrived: `apply_loras` is handed the
+            // UNet's file again to merge from (see extras).
+            weights: extras::no_weights(name),
             loras: Default::default(),
             vae_f32: Default::default(),
             warnings: Default::default(),
             taesd: None,
         };
-        Ok(Model { ctx: self.ctx, sd: Rc::new(sd) })
+        Ok(Model { ctx: self.ctx, sd: Rc::new(RefCell::new(sd)), loras: Vec::new(), lora_serial: 0 })
     }
 }
 
@@ -264,7 +268,11 @@ impl ModelLoader {
 #[wasm_bindgen]
 pub struct Model {
     ctx: Rc<Context>,
-    sd: Rc<StableDiffusion>,
+    /// Mutable for LoRA merges, embeddings and TAESD; borrowed by a generation while it runs.
+    sd: Rc<RefCell<StableDiffusion>>,
+    /// LoRA files added (`add_lora`), by name.
+    loras: Vec<std::sync::Arc<crate::lora::Lora>>,
+    lora_serial: u64,
 }
 
 fn rgba(image: &Image) -> js_sys::Uint8Array {
@@ -289,9 +297,12 @@ fn from_rgba(what: &str, b: &js_sys::Uint8Array, width: usize, height: usize) ->
     Ok(Image { width, height, rgb })
 }
 
-/// `previewEvery` from the options JSON (0 or absent: no previews).
+/// `previewEvery` from the options JSON (0 or absent, or `preview: "off"`: no previews).
 fn preview_every(json: &str) -> Result<usize, crate::Error> {
     let v: Value = serde_json::from_str(json).map_err(|e| crate::Error::Unsupported(format!("options are not valid JSON: {e}")))?;
+    if v.get("preview").and_then(Value::as_str) == Some("off") {
+        return Ok(0);
+    }
     match v.get("previewEvery").filter(|x| !x.is_null()) {
         None => Ok(0),
         Some(x) => x
@@ -355,6 +366,48 @@ pub fn parse_options(json: &str) -> Result<GenerateOptions, crate::Error> {
     if !o.sampler.supports_schedule(o.schedule) {
         return Err(bad(format!("the {} schedule is not available for {}", o.schedule.name(), o.sampler.name())));
     }
+    // `preview`: the previews' decoder, as the CLI's --preview (off: see preview_every).
+    match s("preview") {
+        None | Some("full") | Some("off") => {}
+        Some("taesd") => o.preview_decoder = crate::pipeline::VaeDecoder::Taesd,
+        Some(x) => return Err(bad(format!("option 'preview' must be full, taesd or off, got '{x}'"))),
+    }
+    if let Some(h) = n("hires") {
+        o.hires = Some(parse_hires(h)?);
+    }
+    Ok(o)
+}
+
+/// `hires: {scale, steps, denoise, upscaler}` as the CLI's --hires-* (absent keys: its defaults).
+fn parse_hires(h: &Value) -> Result<crate::pipeline::HiresOptions, crate::Error> {
+    use crate::pipeline::{HiresOptions, HiresUpscaler};
+    let bad = |m: String| crate::Error::Unsupported(m);
+    if !h.is_object() {
+        return Err(bad(format!("option 'hires' must be {{scale, steps, denoise, upscaler}}, got {h}")));
+    }
+    let mut o = HiresOptions::default();
+    let num = |k: &str| -> Result<Option<f64>, crate::Error> {
+        h.get(k).filter(|x| !x.is_null()).map(|x| x.as_f64().ok_or_else(|| bad(format!("hires '{k}' must be a number, got {x}")))).transpose()
+    };
+    if let Some(x) = num("scale")? {
+        o.scale = x as f32;
+    }
+    if let Some(x) = num("steps")? {
+        if x < 0.0 || x.fract() != 0.0 {
+            return Err(bad(format!("hires 'steps' must be a non-negative integer, got {x}")));
+        }
+        o.steps = x as usize;
+    }
+    if let Some(x) = num("denoise")? {
+        o.denoise = x as f32;
+    }
+    if let Some(u) = h.get("upscaler").filter(|x| !x.is_null()) {
+        let name = u.as_str().ok_or_else(|| bad(format!("hires 'upscaler' must be a string, got {u}")))?;
+        // No files in the browser: ESRGAN upscalers are for the CLI and the server.
+        o.upscaler = HiresUpscaler::builtin(name).ok_or_else(|| {
+            bad(format!("hires upscaler '{name}': the page offers latent, latent-nearest and lanczos (ESRGAN models need the CLI or a server)"))
+        })?;
+    }
     Ok(o)
 }
 
@@ -363,10 +416,15 @@ impl Model {
     /// Run txt2img, or img2img with `init_rgba`, or inpainting with `init_rgba` and `mask_rgba`
     /// (both width × height × 4 bytes; the mask white where to repaint). `options`: JSON
     /// `{prompt, negativePrompt, seed, steps, guidance, sampler, schedule, width, height,
-    /// clipSkip, previewEvery, strength, maskBlur}`; `on_progress(step, total)` after each
-    /// model evaluation; with `previewEvery: N` (> 0) and `on_preview`, `on_preview(step, rgba)`
-    /// gets the VAE decode of the current latents every N evaluations. Resolves to the image as
-    /// RGBA bytes (width × height × 4).
+    /// clipSkip, previewEvery, preview, strength, maskBlur, hires, loras}` (see README.md);
+    /// `on_progress(step, total)` after each model evaluation; with `previewEvery: N` (> 0) and
+    /// `on_preview`, `on_preview(step, rgba, width, height)` gets the decode (`preview`: full
+    /// VAE or taesd) of the current latents every N evaluations. Resolves to the image as RGBA
+    /// bytes (`output_size` × 4: larger than width × height with `hires`). Changed LoRAs must
+    /// be merged first (`apply_loras`).
+    // The model stays borrowed for the whole generation on purpose: apply_loras, add_embedding
+    // and set_taesd then answer "busy" (try_borrow_mut) instead of changing it mid-run.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn generate(
         &self,
         options: &str,
@@ -377,8 +435,19 @@ impl Model {
     ) -> js_sys::Promise {
         let (ctx, sd) = (self.ctx.clone(), self.sd.clone());
         let options = options.to_string();
+        let uses = extras::lora_uses(&self.loras, &options);
         wasm_bindgen_futures::future_to_promise(async move {
+            let sd = sd.try_borrow().map_err(|_| extras::busy())?;
+            if extras::pending(&sd, &uses.map_err(js_err)?) {
+                return Err(js_err("the LoRAs changed since the last merge: call apply_loras(options, unetBytes) before generate").into());
+            }
             let mut o = parse_options(&options).map_err(js_err)?;
+            // No previews: their decoder is not needed (the pipeline would ask for TAESD anyway).
+            if preview_every(&options).map_err(js_err)? == 0 || on_preview.is_none() {
+                o.preview_decoder = crate::pipeline::VaeDecoder::Full;
+            } else if o.preview_decoder == crate::pipeline::VaeDecoder::Taesd && sd.taesd.is_none() {
+                return Err(js_err("preview 'taesd' needs TAESD weights: load them first (set_taesd), or choose the full VAE").into());
+            }
             o.init_image = init_rgba.map(|b| from_rgba("init image", &b, o.width, o.height)).transpose().map_err(js_err)?;
             o.mask = mask_rgba.map(|b| from_rgba("mask", &b, o.width, o.height)).transpose().map_err(js_err)?;
             let every = preview_every(&options).map_err(js_err)?;
@@ -389,7 +458,9 @@ impl Model {
             };
             let mut show = |step: usize, image: &Image| {
                 if let Some(f) = &on_preview {
-                    let _ = f.call2(&JsValue::NULL, &(step as u32).into(), &rgba(image).into());
+                    // The size too: hires previews are at the base size, then the target's.
+                    let args = [JsValue::from(step as u32), rgba(image).into(), (image.width as u32).into(), (image.height as u32).into()];
+                    let _ = f.apply(&JsValue::NULL, &args.into_iter().collect::<js_sys::Array>());
                 }
             };
             let preview = match (every, &on_preview) {
@@ -406,12 +477,15 @@ impl Model {
     }
 
     /// A1111's `parameters` text for these options (for the PNG the page saves); `img2img` and
-    /// `inpaint` add the denoising strength and mask blur as A1111 writes them.
+    /// `inpaint` add the denoising strength and mask blur as A1111 writes them; the LoRAs'
+    /// hashes follow as the CLI writes them.
     pub fn parameters(&self, options: &str, img2img: Option<bool>, inpaint: Option<bool>) -> Result<String, JsError> {
         let mut o = parse_options(options).map_err(js_err)?;
         let blank = || Image { width: 0, height: 0, rgb: Vec::new() };
         o.init_image = img2img.unwrap_or(false).then(blank);
         o.mask = inpaint.unwrap_or(false).then(blank);
-        Ok(crate::pipeline::a1111_parameters(&o, &self.sd.name))
+        let uses = extras::lora_uses(&self.loras, options).map_err(js_err)?;
+        let sd = self.sd.try_borrow().map_err(|_| extras::busy())?;
+        Ok(crate::pipeline::a1111_parameters(&o, &sd.name) + &crate::lora::a1111_hashes(&uses))
     }
 }

@@ -138,6 +138,15 @@ async fn bad_input_is_a_clear_error() {
     assert!(e.contains("exponential") && e.contains("lcm"), "{e}");
     let o = pigment::web::parse_options(r#"{"sampler":"unipc","schedule":"karras"}"#).unwrap();
     assert_eq!((o.sampler.name(), o.schedule.name()), ("unipc", "karras"));
+    // The page's extras' options: hires as the CLI's --hires-*, preview as --preview.
+    let o = pigment::web::parse_options(r#"{"width":32,"height":48,"preview":"taesd","hires":{"scale":2,"steps":3,"denoise":0.5,"upscaler":"lanczos"}}"#).unwrap();
+    let h = o.hires.as_ref().unwrap();
+    assert_eq!((h.target(o.width, o.height), h.steps, h.denoise, h.upscaler.a1111_name()), ((64, 96), 3, 0.5, "Lanczos"));
+    assert_eq!(o.preview_decoder, pigment::pipeline::VaeDecoder::Taesd);
+    let e = pigment::web::parse_options(r#"{"hires":{"upscaler":"RealESRGAN_x4plus"}}"#).unwrap_err().to_string();
+    assert!(e.contains("RealESRGAN_x4plus") && e.contains("lanczos"), "{e}");
+    let e = pigment::web::parse_options(r#"{"preview":"tiny"}"#).unwrap_err().to_string();
+    assert!(e.contains("full, taesd or off"), "{e}");
 }
 
 /// Model files are held in the JS heap, not in wasm memory (4 GiB at most, shared with all the

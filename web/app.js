@@ -3,12 +3,13 @@ import init, * as wasm from './pkg/pigment.js';
 import { loadModel, clearCache } from './model.js';
 import * as img2img from './img2img.js';
 import * as server from './server.js';
+import * as extras from './extras.js';
 
 const $ = (id) => document.getElementById(id);
 const status = (s) => { $('status').textContent = s; };
 const fail = (e) => { $('error').textContent = String(e?.message ?? e); status('Failed.'); console.error(e); };
 const progress = (v, max) => { $('progress').max = max || 1; $('progress').value = v; };
-let gpu = null, model = null, last = null;
+let gpu = null, model = null, last = null, unet = null; // unet: reads the UNet again (LoRAs)
 
 /** Clear message when the browser cannot run WebGPU at all. */
 async function checkWebGpu() {
@@ -44,6 +45,7 @@ async function load(source) {
   $('generate').disabled = true;
   model?.free();
   model = null;
+  unet = null;
   const t0 = performance.now();
   try {
     const r = await loadModel(wasm, gpu, source, (what, l, t) => {
@@ -51,6 +53,10 @@ async function load(source) {
       progress(l || 0, t || 1);
     });
     model = r.model;
+    unet = r.unet;
+    // the LoRAs, embeddings and TAESD added so far; one that does not fit this model is reported
+    // but does not unload it
+    await extras.attach(model).catch((e) => fail(`extras: ${e.message ?? e}`));
     progress(1, 1);
     status(`Model ${r.name} loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s `
       + `(${r.downloaded} files downloaded, ${r.fromCache} from the browser cache).`);
@@ -67,6 +73,7 @@ function options() {
     width: Number($('width').value), height: Number($('height').value), clipSkip: Number($('clip-skip').value),
     previewEvery: Number($('preview-every').value),
     strength: Number($('strength').value), maskBlur: Number($('mask-blur').value),
+    ...extras.options(),
   };
 }
 
@@ -95,9 +102,10 @@ async function generate() {
       progress(i, n + 1);
       status(`Step ${i} / ${n} (${((performance.now() - t0) / 1000).toFixed(1)} s)` + (i === n ? ', decoding…' : ''));
     };
-    const onPreview = (preview, w = o.width, h = o.height) => {
+    const onPreview = (preview, w, h) => {
       // the VAE decode of the latents so far (one decode per preview)
       draw(preview, w, h);
+      window.pigmentPreview = { rgba: preview, width: w, height: h }; // the last one, for tests
       document.body.dataset.previews = String(Number(document.body.dataset.previews || 0) + 1);
     };
     if (server.enabled()) {
@@ -105,9 +113,16 @@ async function generate() {
       draw(r.rgba, r.width, r.height);
       last = { o, parameters: r.parameters };
     } else {
-      const rgba = await model.generate(JSON.stringify(o), onStep, (i, preview) => onPreview(preview), init, mask);
-      draw(rgba, o.width, o.height);
-      last = { o, parameters: model.parameters(JSON.stringify(o), kind.img2img, kind.inpaint) };
+      if (!model) throw new Error('load a model first (or turn on server mode)');
+      const json = JSON.stringify(o);
+      const warnings = await extras.merge(model, json, unet, status);
+      if (warnings.length) console.warn(warnings.join('\n'));
+      status('Encoding the prompt…');
+      // hires makes a larger image than the form's size
+      const [w, h] = model.output_size(json);
+      const rgba = await model.generate(json, onStep, (i, preview, pw, ph) => onPreview(preview, pw, ph), init, mask);
+      draw(rgba, w, h);
+      last = { o, parameters: model.parameters(json, kind.img2img, kind.inpaint) };
     }
     progress(1, 1);
     status(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s (seed ${o.seed}).`);
@@ -157,6 +172,7 @@ $('send-to-img2img').onclick = () => {
   img2img.setInit(c);
 };
 img2img.setup(fail);
+extras.setup(wasm, () => model, fail);
 server.setup((on) => { $('generate').disabled = !on && !model; });
 $('random-seed').onclick = () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); };
 $('clear-cache').onclick = async () => { await clearCache(); status('Downloaded models removed from the browser cache.'); };

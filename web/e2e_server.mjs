@@ -74,6 +74,23 @@ try {
   check(!r.err && r.mean <= 1 && r.max <= 8, `server img2img (Euler) vs golden: ${r.err ?? `mean ${r.mean.toFixed(3)} max ${r.max}`}`);
   await page.click('#clear-init');
 
+  // The hires fix fields become A1111's enable_hr / hr_* (tests/hires.rs' Lanczos golden).
+  await fillForm(page, 'euler', { steps: 4, strength: 0.75 });
+  await page.fill('#width', '32');
+  await page.fill('#height', '32');
+  await page.check('#hires-on');
+  await page.fill('#hires-scale', '2');
+  await page.fill('#hires-steps', '4');
+  await page.fill('#hires-denoise', '0.5');
+  await page.selectOption('#hires-upscaler', 'lanczos');
+  await page.evaluate(() => { delete document.body.dataset.done; document.getElementById('error').textContent = ''; });
+  await page.click('#generate');
+  await waitFor(page, 'hires generation', () => document.body.dataset.done || document.getElementById('error').textContent);
+  const hiresErr = await page.textContent('#error');
+  const [hm, hx] = hiresErr ? [Infinity, Infinity] : await canvasVsGolden(page, '/tests/fixtures/golden/hires/lanczos.png');
+  check(hm <= 1 && hx <= 8, `server hires fix (Lanczos) vs golden: ${hiresErr || `mean ${hm.toFixed(3)} max ${hx}`}`);
+  await page.uncheck('#hires-on');
+
   await page.fill('#server-key', 'wrong');
   r = await generate(page, 'pndm', '/tests/fixtures/golden/sd15-tiny/txt2img.png');
   check(/401/.test(r.err ?? '') && /API key/.test(r.err), `wrong key: ${r.err ?? 'an image'}`);

@@ -50,7 +50,7 @@ export async function clearCache() {
 }
 
 /** Copy `size` bytes produced by `read(offset, len)` into a new `Bytes` (JS heap), in chunks. */
-async function toWasm(wasm, size, read, onProgress) {
+export async function toWasm(wasm, size, read, onProgress) {
   const bytes = new wasm.Bytes(size);
   for (let off = 0; off < size; off += CHUNK) {
     const part = await read(off, Math.min(CHUNK, size - off));
@@ -60,7 +60,7 @@ async function toWasm(wasm, size, read, onProgress) {
   return bytes;
 }
 
-const blobReader = (blob) => async (off, len) => new Uint8Array(await blob.slice(off, off + len).arrayBuffer());
+export const blobReader = (blob) => async (off, len) => new Uint8Array(await blob.slice(off, off + len).arrayBuffer());
 
 /** Original-layout key prefixes of each component of a single-file checkpoint. */
 // UNet first: the biggest part takes wasm memory while it is still empty; the later parts reuse
@@ -125,11 +125,15 @@ async function subFile(wasm, blob, parsed, prefix, onProgress) {
 }
 
 /** Where a model comes from: `{ url }` (a diffusers folder URL or a `.safetensors` URL, plus an
- *  optional `configUrl` folder for single files) or `{ files }` (picked File objects). */
+ *  optional `configUrl` folder for single files) or `{ files }` (picked File objects). Resolves
+ *  to `{ model, name, downloaded, fromCache, unet }`: `unet(report)` reads the UNet's file again
+ *  (from the Cache API or the picked File) as `{ bytes, name, single }` for `Model.apply_loras`,
+ *  the model itself keeping no copy of it. */
 export async function loadModel(wasm, gpu, source, report) {
   const f16 = true;
   const loader = gpu.loader();
   let downloaded = 0, fromCache = 0;
+  let unet = null; // how to read the UNet again
   const get = async (what, url) => {
     const { blob, cached } = await fetchBlob(url, (l, t) => report(`downloading ${what}`, l, t));
     cached ? fromCache++ : downloaded++;
@@ -145,6 +149,9 @@ export async function loadModel(wasm, gpu, source, report) {
   };
   const single = async (name, blob) => {
     const parsed = await safetensorsHeader(blob);
+    if (parsed.header && Object.keys(parsed.header).some((k) => k.startsWith(SINGLE_PARTS[0][1]))) {
+      unet = async (r) => ({ bytes: await subFile(wasm, blob, parsed, SINGLE_PARTS[0][1], (l, t) => r?.('reading unet', l, t)), name: `${name} (unet)`, single: true });
+    }
     let any = false;
     for (const [part, prefix] of SINGLE_PARTS) {
       const bytes = await subFile(wasm, blob, parsed, prefix, (l, t) => report(`reading ${part}`, l, t));
@@ -169,7 +176,15 @@ export async function loadModel(wasm, gpu, source, report) {
       await setConfigs((f) => fetchOptionalText(`${url}/${f}`));
       const suffix = source.fp16 ? 'fp16.safetensors' : 'safetensors';
       for (const [part, file] of [['unet', 'diffusion_pytorch_model'], ['vae', 'diffusion_pytorch_model'], ['text_encoder', 'model']]) {
-        const blob = await get(part, `${url}/${part}/${file}.${suffix}`);
+        const at = `${url}/${part}/${file}.${suffix}`;
+        const blob = await get(part, at);
+        if (part === 'unet') {
+          // from the Cache API entry again (fetchBlob downloads only when it could not cache)
+          unet = async (r) => {
+            const b = (await fetchBlob(at)).blob;
+            return { bytes: await toWasm(wasm, b.size, blobReader(b), (l, t) => r?.('reading unet', l, t)), name: `${part}/${file}.${suffix}`, single: false };
+          };
+        }
         const bytes = await toWasm(wasm, blob.size, blobReader(blob), (l, t) => report(`reading ${part}`, l, t));
         report(`uploading ${part} to the GPU`);
         loader.add_component(part, `${part}/${file}.${suffix}`, bytes, f16);
@@ -193,6 +208,7 @@ export async function loadModel(wasm, gpu, source, report) {
     for (const f of weights) {
       const dir = rel(f).slice(-2, -1)[0];
       if (['text_encoder', 'unet', 'vae'].includes(dir)) {
+        if (dir === 'unet') unet = async (r) => ({ bytes: await toWasm(wasm, f.size, blobReader(f), (l, t) => r?.('reading unet', l, t)), name: rel(f).join('/'), single: false });
         const bytes = await toWasm(wasm, f.size, blobReader(f), (l, t) => report(`reading ${dir}`, l, t));
         report(`uploading ${dir} to the GPU`);
         loader.add_component(dir, rel(f).join('/'), bytes, f16);
@@ -201,5 +217,5 @@ export async function loadModel(wasm, gpu, source, report) {
       }
     }
   }
-  return { model: loader.finish(name), name, downloaded, fromCache };
+  return { model: loader.finish(name), name, downloaded, fromCache, unet };
 }

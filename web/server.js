@@ -74,6 +74,12 @@ export async function generate(o, init, mask, step, preview) {
     prompt: o.prompt, negative_prompt: o.negativePrompt, seed: o.seed, steps: o.steps, cfg_scale: o.guidance,
     sampler_name: o.sampler, scheduler: o.schedule, width: o.width, height: o.height, clip_skip: o.clipSkip,
   };
+  // The page's LoRA list as A1111 prompt tags: the server finds them by name in its --lora-dir.
+  for (const l of o.loras || []) body.prompt += ` <lora:${l.name}:${l.weight}>`;
+  if (o.hires) {
+    const upscaler = { latent: 'Latent', 'latent-nearest': 'Latent (nearest)', lanczos: 'Lanczos' }[o.hires.upscaler] ?? o.hires.upscaler;
+    Object.assign(body, { enable_hr: true, hr_scale: o.hires.scale, hr_second_pass_steps: o.hires.steps, denoising_strength: o.hires.denoise, hr_upscaler: upscaler });
+  }
   if (init) {
     body.init_images = [await pngOf(init, o.width, o.height)];
     body.denoising_strength = o.strength;

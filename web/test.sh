@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The browser tests, in headless Chromium with WebGPU (SwiftShader): wasm-bindgen-test tests of
-# kernels and of a whole generation (tests/web_*.rs), then the page end to end (web/e2e.mjs), and
+# kernels and of a whole generation (tests/web_*.rs), then the page end to end (web/e2e.mjs), its
+# LoRA / embedding / TAESD / hires extras (web/e2e_extras.mjs), and
 # its server mode against a `pigment serve` (web/e2e_server.mjs).
 # Needs chromium, chromium-driver, wasm-bindgen-cli = Cargo.lock's wasm-bindgen and node (.ci/run
 # installs them).
@@ -17,6 +18,7 @@ cargo test --release --test weights manifests_assemble_single_files
 export PIGMENT_SINGLE_FILE="${CARGO_TARGET_DIR:-$PWD/target}/tmp/fixtures/sd15-tiny.safetensors"
 (cd web && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; })
 node web/e2e.mjs
+node web/e2e_extras.mjs
 # The cargo test above built target/release/pigment, which the server-mode test starts.
 node web/e2e_server.mjs
 echo "web tests: $((SECONDS - start)) s"

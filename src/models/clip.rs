@@ -288,6 +288,12 @@ impl ClipTextModel {
         })
     }
 
+    /// The component the model was loaded from (its base tensors; the browser merges LoRAs from
+    /// it, having no other copy of the text encoder).
+    pub fn component(&self) -> &Component {
+        &self.weights
+    }
+
     /// Rebuild the layers from another component of the same model (e.g. LoRA-merged weights,
     /// [`crate::lora`]), keeping the config, dtype and textual-inversion vectors.
     pub fn reload_weights(&mut self, ctx: &Context, c: &Component) -> Result<()> {

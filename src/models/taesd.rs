@@ -232,6 +232,22 @@ impl TaesdWeights {
         Ok(w)
     }
 
+    /// Files already opened (the browser's bytes): a diffusers `diffusion_pytorch_model.safetensors`
+    /// with its `config.json` (parsed; `None`: defaults with the latent channels from the
+    /// tensors), or the original `taesd_encoder` / `taesd_decoder` halves, one or both.
+    pub fn from_files(files: Vec<SafetensorsFile>, config: Option<&Value>) -> Result<TaesdWeights> {
+        let path = files.iter().map(SafetensorsFile::path).collect::<Vec<_>>().join(" + ");
+        let mut w = TaesdWeights { files: Vec::new(), names: HashMap::new(), config: TaesdConfig::default(), path };
+        for f in files {
+            w.add(f)?;
+        }
+        w.config = match config {
+            Some(v) => TaesdConfig::from_json(v).map_err(|detail| WeightsError::Config { path: w.path.clone(), detail })?,
+            None => w.inferred_config(),
+        };
+        Ok(w)
+    }
+
     /// Adds a file's tensors under their diffusers names.
     fn add(&mut self, file: SafetensorsFile) -> Result<()> {
         let idx = self.files.len();
