@@ -257,6 +257,7 @@ impl ModelLoader {
             weights: extras::no_weights(name),
             loras: Default::default(),
             vae_f32: Default::default(),
+            unet_f32: Default::default(),
             warnings: Default::default(),
             taesd: None,
         };
