@@ -158,6 +158,10 @@ pub enum Command {
         /// Print the generation's memory plan (GPU peak per phase) and exit without running.
         #[arg(long)]
         plan: bool,
+        /// Keep the text encoders on the host and upload each layer as it runs (A1111's
+        /// --medvram for them): less GPU memory (SDXL 1024x1024 f16 under 7 GB), slower prompts.
+        #[arg(long)]
+        medvram: bool,
         /// Previews while sampling, written to OUTPUT-preview.png (overwritten): decoded by
         /// TAESD (needs --taesd), by the full VAE, or off.
         #[arg(long, value_enum, default_value = "off")]
@@ -455,6 +459,7 @@ pub fn main() -> anyhow::Result<()> {
             canny_high,
             max_vram,
             plan,
+            medvram,
             preview,
             preview_every,
             taesd,
@@ -570,6 +575,9 @@ pub fn main() -> anyhow::Result<()> {
             let planner = plan.then(|| real.planner());
             let ctx = planner.as_ref().unwrap_or(&real);
             let mut sd = crate::pipeline::StableDiffusion::load_with_config(ctx, &path, config.as_deref(), !cli.no_f16)?;
+            if *medvram {
+                sd.stream_text_encoders(ctx);
+            }
             for u in &uses {
                 eprintln!("lora: {} ({} pairs; text encoder ×{}, UNet ×{})", u.lora.path(), u.lora.len(), u.te_scale, u.unet_scale);
             }

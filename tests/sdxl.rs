@@ -279,3 +279,32 @@ fn prompt_2_conditions_the_second_encoder() {
     let e = sd.conditioning(ctx(), &o).err().unwrap().to_string();
     assert!(e.contains("prompt_2") && e.contains("SDXL"), "{e}");
 }
+
+/// `--medvram` (`StableDiffusion::stream_text_encoders`): both encoders' layers uploaded as they
+/// run give the same image, bit for bit, with none of them kept on the GPU.
+#[test]
+fn streamed_text_encoders_give_the_same_image() {
+    let want = load(DType::F32).generate(ctx(), &options(), |_, _| {}).unwrap();
+    let mut sd = load(DType::F32);
+    sd.stream_text_encoders(ctx());
+    assert!(sd.clip.layers.is_empty() && sd.sdxl.as_ref().unwrap().clip_2.layers.is_empty());
+    let got = sd.generate(ctx(), &options(), |_, _| {}).unwrap();
+    assert!(got.rgb == want.rgb, "streamed text encoders changed the image");
+}
+
+/// `synthetic:sdxl` (tools/fixtures_fullsize_sdxl.py): SDXL base 1.0's parameter counts and the
+/// configs Pigment reads from it. Only the assets: generating its 3.5 G values is for `--plan`.
+#[test]
+fn synthetic_sdxl_is_sdxl_base_size() {
+    use pigment::models::{clip::ClipConfig, unet::UNetConfig};
+    use pigment::weights::{synthetic::SyntheticModel, ComponentKind as K};
+    let m = SyntheticModel::Sdxl;
+    let count = |k| m.tensors(k).iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>();
+    let counts = [K::TextEncoder, K::TextEncoder2, K::Unet, K::Vae].map(count);
+    assert_eq!(counts, [123_060_480, 694_659_840, 2_567_463_684, 83_653_863]);
+    let unet = UNetConfig::from_json(&m.config("unet")).unwrap();
+    assert_eq!((unet.block_out_channels.clone(), unet.transformer_layers.clone(), unet.cross_attention_dim), (vec![320, 640, 1280], vec![1, 2, 10], 2048));
+    let te2 = ClipConfig::from_json(&m.config("text_encoder_2")).unwrap();
+    assert_eq!((te2.hidden, te2.layers), (1280, 32));
+    assert!(SyntheticModel::from_spec("synthetic:sdxl").unwrap().is_ok());
+}

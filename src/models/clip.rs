@@ -200,7 +200,10 @@ pub struct ClipTextModel {
     /// Textual-inversion vectors `[n, hidden]` for token ids `vocab..vocab + n`, in the order
     /// [`ClipTokenizer::add_embedding`] hands out ids.
     extra_embeddings: Vec<f32>,
+    /// The encoder layers on the GPU (empty when `streamed`).
     pub layers: Vec<ClipEncoderLayer>,
+    /// Layers are uploaded from `weights` as they run ([`ClipTextModel::stream_layers`]).
+    streamed: bool,
     pub final_layer_norm: LayerNorm,
     /// `text_projection.weight` transposed to `[hidden, projection_dim]` (HF
     /// `CLIPTextModelWithProjection`, SDXL's `text_encoder_2`); `None` for `CLIPTextModel`.
@@ -208,6 +211,56 @@ pub struct ClipTextModel {
 }
 
 const TOKEN_EMBEDDING: &str = "text_model.embeddings.token_embedding.weight";
+
+/// Reads a component's tensors into GPU layers (at load, or per run when streamed).
+struct Uploader<'a> {
+    ctx: &'a Context,
+    c: &'a Component,
+    dtype: DType,
+    d: usize,
+}
+
+impl Uploader<'_> {
+    fn tensor(&self, v: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_f32(self.ctx, v, shape, self.dtype)
+    }
+    fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        Ok(self.c.get(name)?.expect_shape(&[n])?.to_f32()?)
+    }
+    fn ln(&self, p: &str) -> Result<LayerNorm> {
+        let d = self.d;
+        Ok(LayerNorm { weight: self.tensor(&self.vec(&format!("{p}.weight"), d)?, &[d])?, bias: self.tensor(&self.vec(&format!("{p}.bias"), d)?, &[d])? })
+    }
+    /// Linear weight [out, in] -> [in, out].
+    fn linear_t(&self, p: &str, out: usize, inp: usize) -> Result<Vec<f32>> {
+        Ok(self.c.get(&format!("{p}.weight"))?.expect_shape(&[out, inp])?.transposed_f32()?)
+    }
+    fn linear(&self, p: &str, out: usize, inp: usize) -> Result<Linear> {
+        Ok(Linear { weight_t: self.tensor(&self.linear_t(p, out, inp)?, &[inp, out])?, bias: self.tensor(&self.vec(&format!("{p}.bias"), out)?, &[out])? })
+    }
+    fn layer(&self, i: usize, inner: usize) -> Result<ClipEncoderLayer> {
+        let d = self.d;
+        let p = format!("text_model.encoder.layers.{i}");
+        // Fused QKV [d, 3d]: row r = input feature r, columns q | k | v.
+        let mut w = vec![0f32; d * 3 * d];
+        let mut b = Vec::with_capacity(3 * d);
+        for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            let t = self.linear_t(&format!("{p}.self_attn.{name}"), d, d)?;
+            for r in 0..d {
+                w[r * 3 * d + j * d..r * 3 * d + (j + 1) * d].copy_from_slice(&t[r * d..(r + 1) * d]);
+            }
+            b.extend(self.vec(&format!("{p}.self_attn.{name}.bias"), d)?);
+        }
+        Ok(ClipEncoderLayer {
+            layer_norm1: self.ln(&format!("{p}.layer_norm1"))?,
+            qkv_proj: Linear { weight_t: self.tensor(&w, &[d, 3 * d])?, bias: self.tensor(&b, &[3 * d])? },
+            out_proj: self.linear(&format!("{p}.self_attn.out_proj"), d, d)?,
+            layer_norm2: self.ln(&format!("{p}.layer_norm2"))?,
+            fc1: self.linear(&format!("{p}.mlp.fc1"), inner, d)?,
+            fc2: self.linear(&format!("{p}.mlp.fc2"), d, inner)?,
+        })
+    }
+}
 
 impl ClipTextModel {
     /// Load with the component's config ([`ClipConfig::for_component`]) in `dtype`
@@ -219,7 +272,7 @@ impl ClipTextModel {
 
     /// Load with an explicit config.
     pub fn load_with(ctx: &Context, c: &Component, config: ClipConfig, dtype: DType) -> Result<ClipTextModel> {
-        let (d, inner) = (config.hidden, config.intermediate);
+        let d = config.hidden;
         if config.heads == 0 || d % config.heads != 0 {
             return Err(Error::Unsupported(format!("CLIP width {d} with {} heads", config.heads)));
         }
@@ -228,49 +281,11 @@ impl ClipTextModel {
             .get("text_model.embeddings.position_embedding.weight")?
             .expect_shape(&[config.max_positions, d])?
             .to_f32()?;
-        let vec = |name: &str, n: usize| -> Result<Vec<f32>> { Ok(c.get(name)?.expect_shape(&[n])?.to_f32()?) };
-        let upload = |v: &[f32], shape: &[usize]| Tensor::from_f32(ctx, v, shape, dtype);
-        let ln = |p: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                weight: upload(&vec(&format!("{p}.weight"), d)?, &[d])?,
-                bias: upload(&vec(&format!("{p}.bias"), d)?, &[d])?,
-            })
-        };
-        // Linear weight [out, in] -> [in, out].
-        let linear_t = |p: &str, out: usize, inp: usize| -> Result<Vec<f32>> {
-            Ok(c.get(&format!("{p}.weight"))?.expect_shape(&[out, inp])?.transposed_f32()?)
-        };
-        let linear = |p: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear {
-                weight_t: upload(&linear_t(p, out, inp)?, &[inp, out])?,
-                bias: upload(&vec(&format!("{p}.bias"), out)?, &[out])?,
-            })
-        };
-        let mut layers = Vec::with_capacity(config.layers);
-        for i in 0..config.layers {
-            let p = format!("text_model.encoder.layers.{i}");
-            // Fused QKV [d, 3d]: row r = input feature r, columns q | k | v.
-            let mut w = vec![0f32; d * 3 * d];
-            let mut b = Vec::with_capacity(3 * d);
-            for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-                let t = linear_t(&format!("{p}.self_attn.{name}"), d, d)?;
-                for r in 0..d {
-                    w[r * 3 * d + j * d..r * 3 * d + (j + 1) * d].copy_from_slice(&t[r * d..(r + 1) * d]);
-                }
-                b.extend(vec(&format!("{p}.self_attn.{name}.bias"), d)?);
-            }
-            layers.push(ClipEncoderLayer {
-                layer_norm1: ln(&format!("{p}.layer_norm1"))?,
-                qkv_proj: Linear { weight_t: upload(&w, &[d, 3 * d])?, bias: upload(&b, &[3 * d])? },
-                out_proj: linear(&format!("{p}.self_attn.out_proj"), d, d)?,
-                layer_norm2: ln(&format!("{p}.layer_norm2"))?,
-                fc1: linear(&format!("{p}.mlp.fc1"), inner, d)?,
-                fc2: linear(&format!("{p}.mlp.fc2"), d, inner)?,
-            });
-        }
-        let final_layer_norm = ln("text_model.final_layer_norm")?;
+        let up = Uploader { ctx, c, dtype, d };
+        let layers = (0..config.layers).map(|i| up.layer(i, config.intermediate)).collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = up.ln("text_model.final_layer_norm")?;
         let text_projection = match c.shape("text_projection.weight") {
-            Some(s) if s.len() == 2 && s[1] == d => Some(upload(&linear_t("text_projection", s[0], d)?, &[d, s[0]])?),
+            Some(s) if s.len() == 2 && s[1] == d => Some(up.tensor(&up.linear_t("text_projection", s[0], d)?, &[d, s[0]])?),
             Some(s) => {
                 return Err(WeightsError::Shape { path: c.path().into(), name: "text_projection.weight".into(), got: s, want: format!("[projection_dim, {d}]") }.into())
             }
@@ -284,8 +299,23 @@ impl ClipTextModel {
             position_embedding,
             extra_embeddings: Vec::new(),
             layers,
+            streamed: false,
             final_layer_norm,
         })
+    }
+
+    /// Keep the encoder layers on the host from now on: each is uploaded when it runs and
+    /// dropped after (A1111's `--medvram` for the text encoders): SDXL's two encoders are 1.6 GB
+    /// of f16 that a generation needs only at its start. Costs the layers' conversion and
+    /// upload on every prompt encode.
+    pub fn stream_layers(&mut self) {
+        self.streamed = true;
+        self.layers.clear();
+    }
+
+    /// Whether the layers are streamed ([`ClipTextModel::stream_layers`]).
+    pub fn is_streamed(&self) -> bool {
+        self.streamed
     }
 
     /// The component the model was loaded from (its base tensors; the browser merges LoRAs from
@@ -299,8 +329,13 @@ impl ClipTextModel {
     pub fn reload_weights(&mut self, ctx: &Context, c: &Component) -> Result<()> {
         let mut new = Self::load_with(ctx, c, self.config.clone(), self.dtype)?;
         new.extra_embeddings = std::mem::take(&mut self.extra_embeddings);
-        // Kept for the CPU embedding lookup only: drop the other merged tensors' memory.
-        new.weights = c.retain_overrides(|n| n == TOKEN_EMBEDDING);
+        if self.streamed {
+            // The layers are read from the component on every run: keep every merged tensor.
+            new.stream_layers();
+        } else {
+            // Kept for the CPU embedding lookup only: drop the other merged tensors' memory.
+            new.weights = c.retain_overrides(|n| n == TOKEN_EMBEDDING);
+        }
         *self = new;
         Ok(())
     }
@@ -364,7 +399,14 @@ impl ClipTextModel {
 
     /// One encoder layer.
     pub fn layer(&self, ctx: &Context, i: usize, x: &Tensor) -> Result<Tensor> {
-        let l = &self.layers[i];
+        let streamed;
+        let l = if self.streamed {
+            let up = Uploader { ctx, c: &self.weights, dtype: self.dtype, d: self.config.hidden };
+            streamed = up.layer(i, self.config.intermediate)?;
+            &streamed
+        } else {
+            &self.layers[i]
+        };
         let cfg = &self.config;
         let h = layer_norm(ctx, x, &l.layer_norm1.weight, &l.layer_norm1.bias, cfg.eps)?;
         let qkv = matmul(ctx, &h, &l.qkv_proj.weight_t, GemmOpts { bias: Some(&l.qkv_proj.bias), ..Default::default() })?;

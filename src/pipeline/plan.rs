@@ -105,8 +105,17 @@ impl StableDiffusion {
         }
         let p = ctx.planner();
         let dtype = self.unet.dtype;
-        let sd = Self::from_weights(&p, self.weights.clone(), self.tokenizer.clone(), self.scheduler_config.clone(), self.name.clone(), dtype)
-            .map_err(|e| Error::Unsupported(format!("planning this model's memory: {e}")))?;
+        let planning = |e: Error| Error::Unsupported(format!("planning this model's memory: {e}"));
+        let mut sd = Self::from_weights(&p, self.weights.clone(), self.tokenizer.clone(), self.scheduler_config.clone(), self.name.clone(), dtype).map_err(planning)?;
+        if let Some(x) = &self.sdxl {
+            let mut parts = super::SdxlParts::load(&p, &self.weights, None, dtype).map_err(planning)?.ok_or_else(|| planning(Error::Unsupported("no text_encoder_2".into())))?;
+            parts.tokenizer_2 = x.tokenizer_2.clone();
+            parts.force_zeros_for_empty_prompt = x.force_zeros_for_empty_prompt;
+            sd.sdxl = Some(parts);
+        }
+        if self.clip.is_streamed() {
+            sd.stream_text_encoders(&p);
+        }
         let weights = p.pool_stats().held;
         p.reset_peak();
         sd.generate_with_previews_async(&p, &o, None, |_, _| {}).await?;

@@ -42,6 +42,10 @@ pub enum SyntheticModel {
     /// SD 2.1-768-v: UNet with heads (5, 10, 20, 20), linear projections, cross-attention 1024;
     /// OpenCLIP ViT-H text encoder (1024 wide, 23 layers); VAE; DDIM with v-prediction.
     Sd21v,
+    /// SDXL base 1.0: UNet (320, 640, 1280) with 1/2/10 transformer layers and text_time added
+    /// conditioning, CLIP ViT-L + OpenCLIP ViT-bigG (with projection), VAE with scaling 0.13025,
+    /// Euler. No diffusers golden (see tools/fixtures_fullsize_sdxl.py): for memory plans.
+    Sdxl,
 }
 
 struct Assets {
@@ -50,6 +54,8 @@ struct Assets {
     unet: &'static str,
     vae: &'static str,
     scheduler: &'static str,
+    /// SDXL's second text encoder (`None` for one-encoder models).
+    text_encoder_2: Option<&'static str>,
 }
 
 macro_rules! assets {
@@ -60,17 +66,22 @@ macro_rules! assets {
             unet: include_str!(concat!("../../assets/synthetic/", $m, "/unet.json")),
             vae: include_str!(concat!("../../assets/synthetic/", $m, "/vae.json")),
             scheduler: include_str!(concat!("../../assets/synthetic/", $m, "/scheduler.json")),
+            text_encoder_2: None,
         }
+    };
+    ($m:literal, two_encoders) => {
+        Assets { text_encoder_2: Some(include_str!(concat!("../../assets/synthetic/", $m, "/text_encoder_2.json"))), ..assets!($m) }
     };
 }
 
 impl SyntheticModel {
-    pub const ALL: [SyntheticModel; 2] = [SyntheticModel::Sd15, SyntheticModel::Sd21v];
+    pub const ALL: [SyntheticModel; 3] = [SyntheticModel::Sd15, SyntheticModel::Sd21v, SyntheticModel::Sdxl];
 
     pub fn name(self) -> &'static str {
         match self {
             SyntheticModel::Sd15 => "sd15",
             SyntheticModel::Sd21v => "sd21v",
+            SyntheticModel::Sdxl => "sdxl",
         }
     }
 
@@ -80,7 +91,7 @@ impl SyntheticModel {
         let name = spec.strip_prefix("synthetic:")?;
         Some(Self::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| WeightsError::Architecture {
             path: spec.to_string(),
-            detail: format!("unknown synthetic model '{name}'; use synthetic:sd15 or synthetic:sd21v"),
+            detail: format!("unknown synthetic model '{name}'; use synthetic:sd15, synthetic:sd21v or synthetic:sdxl"),
         }))
     }
 
@@ -88,6 +99,7 @@ impl SyntheticModel {
         match self {
             SyntheticModel::Sd15 => assets!("sd15"),
             SyntheticModel::Sd21v => assets!("sd21v"),
+            SyntheticModel::Sdxl => assets!("sdxl", two_encoders),
         }
     }
 
@@ -100,6 +112,7 @@ impl SyntheticModel {
         let a = self.assets();
         let text = match part {
             "text_encoder" => a.text_encoder,
+            "text_encoder_2" => a.text_encoder_2.expect("text_encoder_2 asked of a one-encoder synthetic model"),
             "unet" => a.unet,
             "vae" => a.vae,
             _ => a.scheduler,
@@ -125,9 +138,13 @@ impl SyntheticModel {
         Ok(Component::from_folder_file(kind, file, Some(self.config(kind.folder()))))
     }
 
-    /// The whole model (text encoder, UNet, VAE), ~2 GiB of f16 for SD 1.5.
+    /// The whole model (text encoder(s), UNet, VAE), ~2 GiB of f16 for SD 1.5, ~6.5 GiB for SDXL.
     pub fn weights(self) -> Result<Weights> {
-        self.weights_of(&[ComponentKind::TextEncoder, ComponentKind::Unet, ComponentKind::Vae])
+        let mut kinds = vec![ComponentKind::TextEncoder, ComponentKind::Unet, ComponentKind::Vae];
+        if self.assets().text_encoder_2.is_some() {
+            kinds.push(ComponentKind::TextEncoder2);
+        }
+        self.weights_of(&kinds)
     }
 
     /// Only the listed components (the others are absent).
@@ -138,7 +155,8 @@ impl SyntheticModel {
             get(ComponentKind::TextEncoder)?,
             get(ComponentKind::Unet)?,
             get(ComponentKind::Vae)?,
-        ))
+        )
+        .with_text_encoder_2(get(ComponentKind::TextEncoder2)?))
     }
 }
 
