@@ -3,7 +3,7 @@
 //!
 //! Key formats read ([`Lora::from_file`]):
 //! * kohya / A1111: `lora_unet_<module with . as _>` and `lora_te_<module>` (SDXL: `lora_te1_`,
-//!   `lora_te2_`, and LDM UNet module names, see [`sdxl`]), each with
+//!   `lora_te2_`, and LDM UNet module names, see `lora/sdxl.rs`), each with
 //!   `.lora_down.weight`, `.lora_up.weight` and an optional `.alpha` (scale alpha/rank; 1 without
 //!   it). LoCon conv layers: `lora_down` `[r, in, k, k]`, `lora_up` `[out, r, 1, 1]`;
 //! * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>…`
@@ -25,11 +25,6 @@
 //! A1111 does; DoRA merges as LyCORIS's `weight_decompose(W + scale·ΔW, dora_scale, multiplier)`.
 //! Tucker-decomposed convs (`hada_t1`, `lokr_t2`, `lora_mid`) are refused by name.
 //!
-//! On SDXL, `lora_te_` and `text_encoder.` are the first encoder (as diffusers reads them); on SD
-//! 1.x/2.x, SDXL-only keys (`lora_te1_`, `lora_te2_`, `text_encoder_2.`, LDM UNet names) match
-//! nothing, so an SDXL LoRA there is the "matches no layer" error below, and an SD 1.x LoRA on
-//! SDXL fails on the first cross-attention whose width differs.
-//!
 //! Matching rules: a file whose pairs match no layer is an error (naming the file and a few keys:
 //! it is for another model family or naming); a file where only some pairs match is merged with a
 //! warning listing the rest (real files carry keys for layers a model lacks, e.g. SD 2.x's 24th text
@@ -47,6 +42,7 @@
 
 mod lycoris;
 mod sdxl;
+pub use sdxl::merge_sdxl;
 
 use crate::error::Result;
 use crate::gpu::Context;
@@ -543,23 +539,6 @@ pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Re
     merge_sdxl(text_encoder, None, unet, uses)
 }
 
-/// [`merge`] with SDXL's `text_encoder_2` (`None`: a single-encoder model).
-pub fn merge_sdxl(text_encoder: &Component, text_encoder_2: Option<&Component>, unet: &Component, uses: &[LoraUse]) -> Result<Merged> {
-    let plan = plan(text_encoder, text_encoder_2, unet, uses)?;
-    let mut merged = Merged { warnings: plan.warnings.clone(), ..Default::default() };
-    merge_part(text_encoder, &plan.text_encoder, |k, v| {
-        merged.text_encoder.insert(k, v);
-    })?;
-    if let Some(te2) = text_encoder_2 {
-        merge_part(te2, &plan.text_encoder_2, |k, v| {
-            merged.text_encoder_2.insert(k, v);
-        })?;
-    }
-    merge_part(unet, &plan.unet, |k, v| {
-        merged.unet.insert(k, v);
-    })?;
-    Ok(merged)
-}
 
 /// Which LoRAs a [`StableDiffusion`] has merged (kept in the pipeline by [`StableDiffusion::set_loras`]).
 #[derive(Clone, Debug, Default)]

@@ -5,9 +5,35 @@
 //! bigG in transformers' naming, diffusers' `text_encoder_2`). The LDM names are resolved by
 //! computing each diffusers module's LDM path from the UNet's own layout (the inverse of
 //! `weights::single_file::map_unet`), so they work on folders and single files alike.
+//!
+//! On SDXL, `lora_te_` and `text_encoder.` are the first encoder (as diffusers reads them); on SD
+//! 1.x/2.x, SDXL-only keys (`lora_te1_`, `lora_te2_`, `text_encoder_2.`, LDM UNet names) match
+//! nothing, so an SDXL LoRA there is the "matches no layer" error, and an SD 1.x LoRA on SDXL
+//! fails on the first layer whose shape differs (a cross-attention: the context is wider).
 
+use super::{merge_part, plan, LoraUse, Merged};
+use crate::error::Result;
 use crate::weights::Component;
 use std::collections::HashMap;
+
+/// [`super::merge`] with SDXL's `text_encoder_2` (`None`: a single-encoder model).
+pub fn merge_sdxl(text_encoder: &Component, text_encoder_2: Option<&Component>, unet: &Component, uses: &[LoraUse]) -> Result<Merged> {
+    let plan = plan(text_encoder, text_encoder_2, unet, uses)?;
+    let mut merged = Merged { warnings: plan.warnings.clone(), ..Default::default() };
+    let parts = [
+        (Some(text_encoder), &plan.text_encoder, &mut merged.text_encoder),
+        (text_encoder_2, &plan.text_encoder_2, &mut merged.text_encoder_2),
+        (Some(unet), &plan.unet, &mut merged.unet),
+    ];
+    for (c, group, out) in parts {
+        if let Some(c) = c {
+            merge_part(c, group, |k, v| {
+                out.insert(k, v);
+            })?;
+        }
+    }
+    Ok(merged)
+}
 
 /// An SDXL UNet (added text/time conditioning): LDM names and `lora_te1_/lora_te2_` resolve
 /// only on these, as kohya writes them only for SDXL.
