@@ -287,7 +287,7 @@ fn prompt_2_conditions_the_second_encoder() {
 // load_textual_inversion into both encoders.
 
 fn sdxl_lora(name: &str) -> std::sync::Arc<pigment::lora::Lora> {
-    std::sync::Arc::new(pigment::lora::Lora::open(fixtures().join("lora").join(format!("sdxl-tiny-{name}.safetensors"))).unwrap())
+    std::sync::Arc::new(pigment::lora::Lora::open(fixtures().join("sdxl-lora").join(format!("sdxl-tiny-{name}.safetensors"))).unwrap())
 }
 
 fn sdxl_loras() -> Vec<pigment::lora::LoraUse> {
@@ -361,7 +361,7 @@ fn sdxl_lora_generation_matches_diffusers() {
 #[test]
 fn sdxl_textual_inversion_matches_diffusers() {
     let mut sd = load(DType::F32);
-    assert_eq!(sd.load_textual_inversion(&fixtures().join("lora/sdxl-tiny-emb.safetensors"), "sdxlword").unwrap(), 2);
+    assert_eq!(sd.load_textual_inversion(&fixtures().join("sdxl-lora/sdxl-tiny-emb.safetensors"), "sdxlword").unwrap(), 2);
     let o = GenerateOptions { prompt: PROMPT.replace("an astronaut", "an sdxlword"), ..options() };
     png_check(&sd.generate(ctx(), &o, |_, _| {}).unwrap(), "sdxl-tiny/embedding.png", "sdxl embedding");
     sd.set_loras(ctx(), &sdxl_loras()).unwrap();
@@ -407,7 +407,7 @@ fn sdxl_lora_and_embedding_family_mismatches_are_errors() {
     let e = sd.load_textual_inversion(&sd15_emb, "one").err().unwrap().to_string();
     assert!(e.contains("one.safetensors") && e.contains("clip_l") && e.contains("clip_g") && e.contains("emb_params"), "{e}");
     let mut sd15_model = StableDiffusion::load(ctx(), &fixtures().join("sd15-tiny"), false).unwrap();
-    let e = sd15_model.load_textual_inversion(&fixtures().join("lora/sdxl-tiny-emb.safetensors"), "x").err().unwrap().to_string();
+    let e = sd15_model.load_textual_inversion(&fixtures().join("sdxl-lora/sdxl-tiny-emb.safetensors"), "x").err().unwrap().to_string();
     assert!(e.contains("an SDXL embedding") && e.contains("one text encoder"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,18 +7,18 @@ Run from the repository root (CPU, float32, ~30 s; needs `peft` for diffusers' L
     python tools/fixtures_sdxl_lora.py
 
 Writes (overwriting):
-    tests/fixtures/lora/sdxl-tiny-kohya.safetensors   kohya's SDXL format: `lora_te1_*` (CLIP
+    tests/fixtures/sdxl-lora/sdxl-tiny-kohya.safetensors  kohya's SDXL format: `lora_te1_*` (CLIP
         ViT-L), `lora_te2_*` (text_encoder_2, no text_projection) and `lora_unet_*` in LDM (sgm)
         module names (`input_blocks_4_1_transformer_blocks_1_attn1_to_q`, `input_blocks_3_0_op`,
         `label_emb_0_0`, ...) on every third Linear/Conv2d (LoCon) and the first of each kind
         (conv_in/conv_out excluded, as kohya does); rank 2 (attention q/k/v/out and the text
         encoders) or 1 (the rest), `.alpha` 1, gain 0.6
-    tests/fixtures/lora/sdxl-tiny-flat.safetensors    kohya keys with diffusers module paths
+    tests/fixtures/sdxl-lora/sdxl-tiny-flat.safetensors    kohya keys with diffusers module paths
         (`lora_unet_down_blocks_1_attentions_0_...`) on every 12th UNet module, rank 2, alpha 1
-    tests/fixtures/lora/sdxl-tiny-peft.safetensors    diffusers/PEFT keys `unet.*`,
+    tests/fixtures/sdxl-lora/sdxl-tiny-peft.safetensors    diffusers/PEFT keys `unet.*`,
         `text_encoder.*`, `text_encoder_2.*` (`lora_A/lora_B`, no alpha: scale 1) on every 11th
         module of each part, rank 2, gain 0.8
-    tests/fixtures/lora/sdxl-tiny-emb.safetensors     an SDXL textual inversion (A1111's format):
+    tests/fixtures/sdxl-lora/sdxl-tiny-emb.safetensors     an SDXL textual inversion (A1111's format):
         `clip_l` [2, 32] for text_encoder, `clip_g` [2, 32] for text_encoder_2 (f32)
     tests/fixtures/golden/sdxl-tiny/
         lora.safetensors   `fused.<part>.<module>.weight`: the weights after diffusers'
@@ -174,7 +174,9 @@ def ok(c):
 def main():
     torch.set_num_threads(1)
     gdir = os.path.join(REPO, "tests", "fixtures", "golden", "sdxl-tiny")
-    ldir = os.path.join(REPO, "tests", "fixtures", "lora")
+    # Not under lora/: the serve tests list that folder (--lora-dir).
+    ldir = os.path.join(REPO, "tests", "fixtures", "sdxl-lora")
+    os.makedirs(ldir, exist_ok=True)
     base_png = np.asarray(Image.open(os.path.join(gdir, "txt2img.png")).convert("RGB"))
     pipe, _ = fx.build()
     base_img, _ = fx.run(pipe)
