@@ -534,11 +534,11 @@ fn merge_part(comp: &Component, group: &BTreeMap<String, Vec<Item>>, mut sink: i
 }
 
 /// Merge `uses` into copies of the text encoder's and UNet's weights (see the module docs for
-/// what is an error and what a warning). Only touched tensors are returned.
+/// what is an error and what a warning). Only touched tensors are returned. SDXL:
+/// [`merge_sdxl`].
 pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Result<Merged> {
     merge_sdxl(text_encoder, None, unet, uses)
 }
-
 
 /// Which LoRAs a [`StableDiffusion`] has merged (kept in the pipeline by [`StableDiffusion::set_loras`]).
 #[derive(Clone, Debug, Default)]
@@ -559,8 +559,8 @@ impl Applied {
 impl StableDiffusion {
     /// Use exactly these LoRAs from now on (an empty list restores the base model). The text
     /// encoder(s) (SDXL: both, together) and/or UNet are rebuilt from the base weights with the
-    /// LoRAs merged (see the [module docs](crate::lora)); nothing is done when the set is unchanged. Returns warnings
-    /// (keys that matched no layer) for the caller to show.
+    /// LoRAs merged (see the [module docs](crate::lora)); nothing is done when the set is
+    /// unchanged. Returns warnings (keys that matched no layer) for the caller to show.
     pub fn set_loras(&mut self, ctx: &Context, uses: &[LoraUse]) -> Result<Vec<String>> {
         let set: Vec<(String, f32, f32)> = uses.iter().map(|u| (u.lora.path().to_string(), u.te_scale, u.unet_scale)).collect();
         if set == self.loras.set {
