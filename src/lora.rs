@@ -2,10 +2,12 @@
 //! `W += multiplier · alpha/rank · up @ down` for every Linear and Conv layer the file covers.
 //!
 //! Key formats read ([`Lora::from_file`]):
-//! * kohya / A1111: `lora_unet_<module with . as _>` and `lora_te_<module>`, each with
+//! * kohya / A1111: `lora_unet_<module with . as _>` and `lora_te_<module>` (SDXL: `lora_te1_`,
+//!   `lora_te2_`, and LDM UNet module names, see `lora/sdxl.rs`), each with
 //!   `.lora_down.weight`, `.lora_up.weight` and an optional `.alpha` (scale alpha/rank; 1 without
 //!   it). LoCon conv layers: `lora_down` `[r, in, k, k]`, `lora_up` `[out, r, 1, 1]`;
-//! * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>…`;
+//! * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>…`
+//!   (SDXL: `text_encoder_2.<module>…` too);
 //!   scale from the `LoraConfig` diffusers saves in the metadata (`lora_adapter_metadata`:
 //!   `lora_alpha / r`, `alpha_pattern` by literal module name, rsLoRA `alpha / sqrt(r)`), else 1;
 //! * older diffusers: `….lora.down.weight` / `….lora.up.weight`, attention processors
@@ -14,8 +16,8 @@
 //!
 //! kohya names are matched against the model's own diffusers names with `.` replaced by `_`
 //! (unambiguous, unlike turning `_` back into `.`), so they work on diffusers folders and single
-//! files alike. Module paths in the UNet are diffusers' (what kohya's sd-scripts uses for SD 1.x/2.x);
-//! SDXL-style LDM names (`lora_unet_input_blocks_…`) are not supported.
+//! files alike. Module paths in the UNet are diffusers' (what kohya's sd-scripts uses for SD 1.x/2.x)
+//! or, on SDXL only, LDM ones (`lora_unet_input_blocks_…`, what it writes for SDXL).
 //!
 //! LyCORIS ([`lycoris`]), in the same namings: LoHa (`hada_w1_a/b`, `hada_w2_a/b`), LoKr
 //! (`lokr_w1` or `lokr_w1_a/b`, `lokr_w2` or `lokr_w2_a/b`) and DoRA (`dora_scale` beside any of
@@ -39,6 +41,8 @@
 //! diffusers' `fuse_lora` does.
 
 mod lycoris;
+mod sdxl;
+pub use sdxl::merge_sdxl;
 
 use crate::error::Result;
 use crate::DType;
@@ -54,6 +58,8 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Part {
     TextEncoder,
+    /// SDXL's `text_encoder_2`.
+    TextEncoder2,
     Unet,
 }
 
@@ -63,6 +69,8 @@ enum Module {
     Flat(String),
     /// diffusers: the module path itself.
     Dotted(String),
+    /// kohya's SDXL text encoders (`lora_te1_`, `lora_te2_`): as `Flat`, on SDXL only.
+    Sdxl(String),
 }
 
 /// One module's tensors in a file: a down/up pair, or a LyCORIS factorisation.
@@ -150,7 +158,7 @@ impl PeftConfig {
         let Some(v) = file.metadata().get("lora_adapter_metadata").and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()) else {
             return out;
         };
-        for (part, prefix) in [(Part::Unet, "unet"), (Part::TextEncoder, "text_encoder")] {
+        for (part, prefix) in [(Part::Unet, "unet"), (Part::TextEncoder, "text_encoder"), (Part::TextEncoder2, "text_encoder_2")] {
             let get = |k: &str| v.get(format!("{prefix}.{k}"));
             let cfg = PeftConfig {
                 alpha: get("lora_alpha").and_then(serde_json::Value::as_f64).map(|a| a as f32),
@@ -208,6 +216,12 @@ fn classify(stem: &str) -> (Part, Module) {
         (Part::Unet, Module::Flat(r.to_string()))
     } else if let Some(r) = stem.strip_prefix("lora_te_") {
         (Part::TextEncoder, Module::Flat(r.to_string()))
+    } else if let Some(r) = stem.strip_prefix("lora_te1_") {
+        (Part::TextEncoder, Module::Sdxl(r.to_string()))
+    } else if let Some(r) = stem.strip_prefix("lora_te2_") {
+        (Part::TextEncoder2, Module::Sdxl(r.to_string()))
+    } else if let Some(r) = stem.strip_prefix("text_encoder_2.") {
+        (Part::TextEncoder2, dotted(r))
     } else if let Some(r) = stem.strip_prefix("unet.") {
         (Part::Unet, dotted(r))
     } else if let Some(r) = stem.strip_prefix("text_encoder.") {
@@ -327,6 +341,7 @@ impl LoraUse {
 #[derive(Default)]
 pub struct Merged {
     pub text_encoder: HashMap<String, Vec<f32>>,
+    pub text_encoder_2: HashMap<String, Vec<f32>>,
     pub unet: HashMap<String, Vec<f32>>,
     pub warnings: Vec<String>,
 }
@@ -335,20 +350,23 @@ pub struct Merged {
 struct Table<'a> {
     c: &'a Component,
     flat: HashMap<String, String>,
+    /// Part of an SDXL model: [`Module::Sdxl`] names resolve.
+    sdxl: bool,
 }
 
 impl<'a> Table<'a> {
-    fn new(c: &'a Component) -> Table<'a> {
+    fn new(c: &'a Component, sdxl: bool) -> Table<'a> {
         let flat = c
             .names()
             .into_iter()
             .filter_map(|n| Some((n.strip_suffix(".weight")?.replace('.', "_"), n.clone())))
             .collect();
-        Table { c, flat }
+        Table { c, flat, sdxl }
     }
     fn resolve(&self, m: &Module) -> Option<String> {
         match m {
             Module::Flat(f) => self.flat.get(f).cloned(),
+            Module::Sdxl(f) => self.flat.get(f).filter(|_| self.sdxl).cloned(),
             Module::Dotted(d) => Some(format!("{d}.weight")).filter(|n| self.c.contains(n)),
         }
     }
@@ -407,23 +425,35 @@ type Item<'a> = (&'a Lora, &'a Pair, f32, f32);
 /// read, so errors come before anything is rebuilt), grouped by part and target.
 struct Plan<'a> {
     text_encoder: BTreeMap<String, Vec<Item<'a>>>,
+    text_encoder_2: BTreeMap<String, Vec<Item<'a>>>,
     unet: BTreeMap<String, Vec<Item<'a>>>,
     warnings: Vec<String>,
 }
 
-fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> Result<Plan<'a>> {
-    let te_table = Table::new(text_encoder);
-    let unet_table = Table::new(unet);
-    let mut plan = Plan { text_encoder: BTreeMap::new(), unet: BTreeMap::new(), warnings: Vec::new() };
+/// `text_encoder_2`: SDXL's (`None`: its pairs match nothing).
+fn plan<'a>(text_encoder: &Component, text_encoder_2: Option<&Component>, unet: &Component, uses: &'a [LoraUse]) -> Result<Plan<'a>> {
+    let is_sdxl = sdxl::is_sdxl_unet(unet);
+    let te_table = Table::new(text_encoder, is_sdxl);
+    let te2_table = text_encoder_2.map(|c| Table::new(c, is_sdxl));
+    let mut unet_table = Table::new(unet, is_sdxl);
+    if is_sdxl {
+        unet_table.flat.extend(sdxl::ldm_aliases(unet));
+    }
+    let mut plan = Plan { text_encoder: BTreeMap::new(), text_encoder_2: BTreeMap::new(), unet: BTreeMap::new(), warnings: Vec::new() };
     for u in uses {
         let lora: &Lora = &u.lora;
         let path = lora.path();
         let mut matched = 0;
         let mut unmatched: Vec<&str> = lora.unrecognized.iter().map(String::as_str).collect();
         for p in &lora.pairs {
-            let (table, comp, group, mult) = match p.part {
-                Part::TextEncoder => (&te_table, text_encoder, &mut plan.text_encoder, u.te_scale),
-                Part::Unet => (&unet_table, unet, &mut plan.unet, u.unet_scale),
+            let (table, comp, group, mult) = match (p.part, &te2_table, text_encoder_2) {
+                (Part::TextEncoder, ..) => (&te_table, text_encoder, &mut plan.text_encoder, u.te_scale),
+                (Part::TextEncoder2, Some(t), Some(c)) => (t, c, &mut plan.text_encoder_2, u.te_scale),
+                (Part::TextEncoder2, ..) => {
+                    unmatched.push(p.key());
+                    continue;
+                }
+                (Part::Unet, ..) => (&unet_table, unet, &mut plan.unet, u.unet_scale),
             };
             let Some(target) = table.resolve(&p.module) else {
                 unmatched.push(p.key());
@@ -451,12 +481,15 @@ fn plan<'a>(text_encoder: &Component, unet: &Component, uses: &'a [LoraUse]) -> 
         }
         if matched == 0 {
             let sample: Vec<&&str> = unmatched.iter().take(5).collect();
+            let sdxl_keys = lora.pairs.iter().any(|p| p.part == Part::TextEncoder2 || matches!(p.module, Module::Sdxl(_)));
+            let family = match (is_sdxl, sdxl_keys) {
+                (false, true) => "it is an SDXL LoRA (lora_te1_/lora_te2_/text_encoder_2 keys) and this model is not SDXL",
+                (false, false) => "it is for another model family (SDXL?)",
+                (true, _) => "it is for another model family (SD 1.x/2.x?)",
+            };
             return Err(err(
                 path,
-                format!(
-                    "this LoRA matches no layer of the model ({} pairs), e.g. {sample:?}; it is for another model family (SDXL?) or uses a key naming Pigment does not know",
-                    lora.pairs.len()
-                ),
+                format!("this LoRA matches no layer of the model ({} pairs), e.g. {sample:?}; {family} or uses a key naming Pigment does not know", lora.pairs.len()),
             )
             .into());
         }
@@ -502,17 +535,10 @@ fn merge_part(comp: &Component, group: &BTreeMap<String, Vec<Item>>, mut sink: i
 }
 
 /// Merge `uses` into copies of the text encoder's and UNet's weights (see the module docs for
-/// what is an error and what a warning). Only touched tensors are returned.
+/// what is an error and what a warning). Only touched tensors are returned. SDXL:
+/// [`merge_sdxl`].
 pub fn merge(text_encoder: &Component, unet: &Component, uses: &[LoraUse]) -> Result<Merged> {
-    let plan = plan(text_encoder, unet, uses)?;
-    let mut merged = Merged { warnings: plan.warnings.clone(), ..Default::default() };
-    merge_part(text_encoder, &plan.text_encoder, |k, v| {
-        merged.text_encoder.insert(k, v);
-    })?;
-    merge_part(unet, &plan.unet, |k, v| {
-        merged.unet.insert(k, v);
-    })?;
-    Ok(merged)
+    merge_sdxl(text_encoder, None, unet, uses)
 }
 
 /// Which LoRAs a [`StableDiffusion`] has merged (kept in the pipeline by [`StableDiffusion::set_loras`]).
@@ -535,22 +561,24 @@ impl Applied {
 
 impl StableDiffusion {
     /// Use exactly these LoRAs from now on (an empty list restores the base model). The text
-    /// encoder and/or UNet are rebuilt from the base weights with the LoRAs merged (see the
-    /// [module docs](crate::lora)); nothing is done when the set is unchanged. Returns warnings
-    /// (keys that matched no layer) for the caller to show.
+    /// encoder(s) (SDXL: both, together) and/or UNet are rebuilt from the base weights with the
+    /// LoRAs merged (see the [module docs](crate::lora)); nothing is done when the set is
+    /// unchanged. Returns warnings (keys that matched no layer) for the caller to show.
     pub fn set_loras(&mut self, ctx: &Context, uses: &[LoraUse]) -> Result<Vec<String>> {
         let set: Vec<(String, f32, f32)> = uses.iter().map(|u| (u.lora.path().to_string(), u.te_scale, u.unet_scale)).collect();
         if set == self.loras.set {
             return Ok(Vec::new());
         }
         let te = self.weights.text_encoder()?.base();
+        let te2 = self.weights.text_encoder_2().map(Component::base);
         let unet = self.weights.unet()?.base();
-        let plan = plan(&te, &unet, uses)?;
+        let plan = plan(&te, te2.as_ref(), &unet, uses)?;
         // Until both rebuilds succeed, the state is unknown: force a rebuild next time.
         let (te_was, unet_was) = (self.loras.te_merged, self.loras.unet_merged);
         self.loras = Applied { set: Vec::new(), uses: Vec::new(), te_merged: true, unet_merged: true };
         *self.unet_f32.get_mut().unwrap() = None;
-        let (te_now, unet_now) = (!plan.text_encoder.is_empty(), !plan.unet.is_empty());
+        // `te_merged` covers SDXL's two encoders: either one changing rebuilds both (cheap).
+        let (te_now, unet_now) = (!plan.text_encoder.is_empty() || !plan.text_encoder_2.is_empty(), !plan.unet.is_empty());
         // One part at a time, each merged tensor kept in the storage dtype (what the upload would
         // round it to anyway), so at most one f32 copy of a tensor is alive at once.
         if te_now || te_was {
@@ -559,6 +587,13 @@ impl StableDiffusion {
                 o.insert(k, Override::new(v, self.clip.dtype));
             })?;
             self.clip.reload_weights(ctx, &te.with_overrides(o))?;
+            if let (Some(te2), Some(x)) = (&te2, self.sdxl.as_mut()) {
+                let mut o = HashMap::new();
+                merge_part(te2, &plan.text_encoder_2, |k, v| {
+                    o.insert(k, Override::new(v, x.clip_2.dtype));
+                })?;
+                x.clip_2.reload_weights(ctx, &te2.with_overrides(o))?;
+            }
         }
         if unet_now || unet_was {
             let mut o = HashMap::new();
@@ -589,7 +624,8 @@ impl StableDiffusion {
             return UNet2DConditionModel::load_with(ctx, &unet, config, dtype);
         }
         let te = self.weights.text_encoder()?.base();
-        let plan = plan(&te, &unet, &self.loras.uses)?;
+        let te2 = self.weights.text_encoder_2().map(Component::base);
+        let plan = plan(&te, te2.as_ref(), &unet, &self.loras.uses)?;
         let mut o = HashMap::new();
         merge_part(&unet, &plan.unet, |k, v| {
             o.insert(k, Override::new(v, dtype));

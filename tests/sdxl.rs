@@ -308,3 +308,135 @@ fn synthetic_sdxl_is_sdxl_base_size() {
     assert_eq!((te2.hidden, te2.layers), (1280, 32));
     assert!(SyntheticModel::from_spec("synthetic:sdxl").unwrap().is_ok());
 }
+
+// LoRA and textual inversion (tools/fixtures_sdxl_lora.py): kohya's SDXL file (`lora_te1_`,
+// `lora_te2_`, LDM UNet names) × 0.8, kohya keys with diffusers paths × 0.7 and PEFT keys
+// (`unet.`, `text_encoder.`, `text_encoder_2.`) × 0.5, against diffusers' load_lora_weights +
+// set_adapters + fuse_lora; an SDXL embedding (`clip_l`, `clip_g`) against diffusers'
+// load_textual_inversion into both encoders.
+
+fn sdxl_lora(name: &str) -> std::sync::Arc<pigment::lora::Lora> {
+    std::sync::Arc::new(pigment::lora::Lora::open(fixtures().join("sdxl-lora").join(format!("sdxl-tiny-{name}.safetensors"))).unwrap())
+}
+
+fn sdxl_loras() -> Vec<pigment::lora::LoraUse> {
+    use pigment::lora::LoraUse;
+    vec![LoraUse::new(sdxl_lora("kohya"), 0.8), LoraUse::new(sdxl_lora("flat"), 0.7), LoraUse::new(sdxl_lora("peft"), 0.5)]
+}
+
+/// Merged weights against diffusers' fused ones (whole for a few layers, the first values of
+/// every other merged one), from the folder and the single file. Both merge in f32 from the same
+/// f16 factors: rel 1e-6.
+#[test]
+fn sdxl_lora_merged_weights_match_diffusers_fuse_lora() {
+    use pigment::weights::{OpenOptions, Weights};
+    let bytes = std::fs::read(fixtures().join("golden/sdxl-tiny/lora.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta.metadata().as_ref().unwrap()["pigment"]).unwrap();
+    let uses = sdxl_loras();
+    let folder = sdxl_tiny();
+    let sources = [
+        ("folder", Weights::open(&folder).unwrap()),
+        ("single file", Weights::open_with(sdxl_single_file(), &OpenOptions { config_dir: Some(folder.clone()) }).unwrap()),
+    ];
+    for (source, w) in &sources {
+        let m = pigment::lora::merge_sdxl(w.text_encoder().unwrap(), w.text_encoder_2(), w.unet().unwrap(), &uses).unwrap();
+        assert!(m.warnings.is_empty(), "{source}: {:?}", m.warnings);
+        let counts = &meta["counts"];
+        assert_eq!(
+            [m.text_encoder.len(), m.text_encoder_2.len(), m.unet.len()].map(|n| n as u64),
+            [&counts["text_encoder"], &counts["text_encoder_2"], &counts["unet"]].map(|c| c.as_u64().unwrap()),
+            "{source}: tensors merged per part (text_encoder, text_encoder_2, unet)"
+        );
+        let (mut worst, mut checked) = (0f32, 0);
+        for (key, t) in st.tensors() {
+            let rest = key.strip_prefix("fused.").unwrap();
+            let (part, name) = rest.split_once('.').unwrap();
+            let map = match part {
+                "text_encoder" => &m.text_encoder,
+                "text_encoder_2" => &m.text_encoder_2,
+                _ => &m.unet,
+            };
+            let want: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+            let got = map.get(name).unwrap_or_else(|| panic!("{source}: {part} {name} not merged"));
+            let e = rel_err(&got[..want.len()], &want);
+            if want.len() > 24 {
+                eprintln!("{source} {part} {name} (whole): rel err {e:.2e}");
+                assert_eq!(got.len(), want.len());
+            }
+            assert!(e <= 1e-6, "{source} {part} {name}: rel err {e:.2e}");
+            worst = worst.max(e);
+            checked += 1;
+        }
+        eprintln!("{source}: {checked} merged tensors checked, worst rel err {worst:.2e}");
+        assert_eq!(checked, m.text_encoder.len() + m.text_encoder_2.len() + m.unet.len());
+    }
+}
+
+/// Through the pipeline (f32): diffusers' image with the three LoRAs, and the base image back
+/// once they are removed (both text encoders and the UNet rebuilt from the base weights).
+#[test]
+fn sdxl_lora_generation_matches_diffusers() {
+    let mut sd = load(DType::F32);
+    assert!(sd.set_loras(ctx(), &sdxl_loras()).unwrap().is_empty());
+    png_check(&sd.generate(ctx(), &options(), |_, _| {}).unwrap(), "sdxl-tiny/lora.png", "sdxl LoRAs");
+    sd.set_loras(ctx(), &[]).unwrap();
+    png_check(&sd.generate(ctx(), &options(), |_, _| {}).unwrap(), "sdxl-tiny/txt2img.png", "sdxl LoRAs removed");
+}
+
+/// An SDXL embedding: its `clip_l` rows in the first encoder, `clip_g` in the second, the name
+/// in both tokenizers (diffusers' image); they survive a LoRA change.
+#[test]
+fn sdxl_textual_inversion_matches_diffusers() {
+    let mut sd = load(DType::F32);
+    assert_eq!(sd.load_textual_inversion(&fixtures().join("sdxl-lora/sdxl-tiny-emb.safetensors"), "sdxlword").unwrap(), 2);
+    let o = GenerateOptions { prompt: PROMPT.replace("an astronaut", "an sdxlword"), ..options() };
+    png_check(&sd.generate(ctx(), &o, |_, _| {}).unwrap(), "sdxl-tiny/embedding.png", "sdxl embedding");
+    sd.set_loras(ctx(), &sdxl_loras()).unwrap();
+    sd.set_loras(ctx(), &[]).unwrap();
+    png_check(&sd.generate(ctx(), &o, |_, _| {}).unwrap(), "sdxl-tiny/embedding.png", "sdxl embedding after a LoRA change");
+}
+
+/// LoRAs and embeddings of the other family fail, naming the mismatch.
+#[test]
+fn sdxl_lora_and_embedding_family_mismatches_are_errors() {
+    use pigment::lora::{merge, merge_sdxl, Lora, LoraUse};
+    use pigment::weights::Weights;
+    use std::sync::Arc;
+    let xl = Weights::open(sdxl_tiny()).unwrap();
+    let sd15 = Weights::open(fixtures().join("sd15-tiny")).unwrap();
+    let one = |l: Arc<Lora>| vec![LoraUse::new(l, 1.0)];
+    // An SDXL LoRA on SD 1.5: its keys are SDXL-only namings, nothing matches.
+    for name in ["kohya", "peft"] {
+        let e = merge(sd15.text_encoder().unwrap(), sd15.unet().unwrap(), &one(sdxl_lora(name))).err().unwrap().to_string();
+        eprintln!("sdxl {name} on sd15: {e}");
+        assert!(e.contains(&format!("sdxl-tiny-{name}.safetensors")), "{e}");
+        assert!(e.contains("matches no layer") || e.contains("do not fit"), "{e}");
+    }
+    let e = merge(sd15.text_encoder().unwrap(), sd15.unet().unwrap(), &one(sdxl_lora("kohya"))).err().unwrap().to_string();
+    assert!(e.contains("matches no layer") && e.contains("SDXL LoRA") && e.contains("lora_"), "{e}");
+    // An SD 1.5 LoRA on SDXL: its text pairs fit the first encoder (the same CLIP layout), the
+    // first cross-attention of another width fails, naming both tensors.
+    let kohya15 = Arc::new(Lora::open(fixtures().join("lora/sd15-tiny-kohya.safetensors")).unwrap());
+    let e = merge_sdxl(xl.text_encoder().unwrap(), xl.text_encoder_2(), xl.unet().unwrap(), &one(kohya15)).err().unwrap().to_string();
+    eprintln!("sd15 kohya on sdxl: {e}");
+    assert!(e.contains("sd15-tiny-kohya.safetensors") && e.contains("do not fit the model's"), "{e}");
+
+    // Embeddings: a one-encoder file on SDXL, an SDXL file on SD 1.5.
+    let mut sd = load(DType::F32);
+    let dir = std::env::temp_dir().join(format!("pigment-sdxl-ti-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sd15_emb = dir.join("one.safetensors");
+    let header = r#"{"emb_params":{"dtype":"F32","shape":[1,32],"data_offsets":[0,128]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 128]);
+    std::fs::write(&sd15_emb, bytes).unwrap();
+    let e = sd.load_textual_inversion(&sd15_emb, "one").err().unwrap().to_string();
+    assert!(e.contains("one.safetensors") && e.contains("clip_l") && e.contains("clip_g") && e.contains("emb_params"), "{e}");
+    let mut sd15_model = StableDiffusion::load(ctx(), &fixtures().join("sd15-tiny"), false).unwrap();
+    let e = sd15_model.load_textual_inversion(&fixtures().join("sdxl-lora/sdxl-tiny-emb.safetensors"), "x").err().unwrap().to_string();
+    assert!(e.contains("an SDXL embedding") && e.contains("one text encoder"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

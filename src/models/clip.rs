@@ -540,8 +540,10 @@ impl ClipTextModel {
 /// (no GPU needed; [`ClipTextModel::load_textual_inversion`] and the fuzz targets call it):
 /// `(n, [n * hidden] row-major)`.
 pub fn read_textual_inversion(file: &crate::weights::SafetensorsFile, hidden: usize) -> Result<(usize, Vec<f32>)> {
-    let d = hidden;
     let names = file.names();
+    if file.contains("clip_l") && file.contains("clip_g") {
+        return Err(Error::Unsupported(format!("{}: an SDXL embedding (`clip_l` and `clip_g` vectors), but this model has one text encoder", file.path())));
+    }
     let key = if file.contains("emb_params") {
         "emb_params".to_string()
     } else if names.len() == 1 {
@@ -552,7 +554,13 @@ pub fn read_textual_inversion(file: &crate::weights::SafetensorsFile, hidden: us
             file.path()
         )));
     };
-    let view = file.get(&key)?;
+    embedding_vectors(file, &key, hidden)
+}
+
+/// Tensor `key` of an embedding file as `(n, [n * hidden])`: `[hidden]` or `[n, hidden]`, n > 0.
+pub fn embedding_vectors(file: &crate::weights::SafetensorsFile, key: &str, hidden: usize) -> Result<(usize, Vec<f32>)> {
+    let d = hidden;
+    let view = file.get(key)?;
     let shape = view.shape.clone();
     let n = match shape[..] {
         [w] if w == d => 1,

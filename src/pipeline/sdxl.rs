@@ -125,3 +125,45 @@ impl SdxlParts {
         Ok(Conditioning { text, added: Some(AddedCond { text_embeds, time_ids }) })
     }
 }
+
+impl StableDiffusion {
+    /// Load a textual-inversion embedding (`.safetensors`) under `name` into the tokenizer(s) and
+    /// text encoder(s): SD 1.x/2.x as [`ClipTextModel::load_textual_inversion`]; SDXL needs
+    /// A1111's SDXL format, `clip_l` `[n, D1]` rows for the first encoder and `clip_g` `[n, D2]`
+    /// for `text_encoder_2` (diffusers' `load_textual_inversion` twice, once with
+    /// `text_encoder_2`/`tokenizer_2`). Returns the number of vectors.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_textual_inversion(&mut self, path: &Path, name: &str) -> Result<usize> {
+        self.add_textual_inversion(&crate::weights::SafetensorsFile::open(path)?, name)
+    }
+
+    /// [`StableDiffusion::load_textual_inversion`] from a file already opened. Both encoders'
+    /// vectors are checked before either is added, so an error leaves the model as it was.
+    pub fn add_textual_inversion(&mut self, file: &crate::weights::SafetensorsFile, name: &str) -> Result<usize> {
+        use crate::models::clip::{embedding_vectors, read_textual_inversion};
+        let Some(x) = self.sdxl.as_mut() else {
+            let (n, v) = read_textual_inversion(file, self.clip.config.hidden)?;
+            self.clip.add_embedding_vectors(&v)?;
+            self.tokenizer.add_embedding(name, n);
+            return Ok(n);
+        };
+        if !(file.contains("clip_l") && file.contains("clip_g")) {
+            return Err(Error::Unsupported(format!(
+                "{}: an SDXL model needs an SDXL embedding with `clip_l` and `clip_g` vectors (one per text encoder); this file has {:?} (an SD 1.x/2.x embedding?)",
+                file.path(),
+                file.names()
+            )));
+        }
+        let (n1, v1) = embedding_vectors(file, "clip_l", self.clip.config.hidden)?;
+        let (n2, v2) = embedding_vectors(file, "clip_g", x.clip_2.config.hidden)?;
+        if n1 != n2 {
+            return Err(Error::Unsupported(format!("{}: `clip_l` has {n1} vectors and `clip_g` {n2}; an SDXL embedding has as many of each", file.path())));
+        }
+        self.clip.add_embedding_vectors(&v1)?;
+        x.clip_2.add_embedding_vectors(&v2)?;
+        // Both tokenizers hand out the same ids: same vocabulary, embeddings added in step.
+        self.tokenizer.add_embedding(name, n1);
+        x.tokenizer_2.add_embedding(name, n1);
+        Ok(n1)
+    }
+}

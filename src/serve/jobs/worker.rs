@@ -190,7 +190,7 @@ impl Worker {
         let mut sd = StableDiffusion::load(&self.ctx, &entry.path, self.want_f16)?;
         let (mut loaded, mut skipped) = (Vec::new(), Vec::new());
         for (name, path) in catalog::files(self.shared.opts.embeddings_dir.as_deref()) {
-            match sd.clip.load_textual_inversion(&mut sd.tokenizer, &path, &name) {
+            match sd.load_textual_inversion(&path, &name) {
                 Ok(n) => loaded.push((name, n)),
                 Err(e) => skipped.push((name, e.to_string())),
             }
