@@ -69,10 +69,11 @@ export const blobReader = (blob) => async (off, len) => new Uint8Array(await blo
 const SINGLE_PARTS = [['unet', 'model.diffusion_model.'], ['vae', 'first_stage_model.'], ['text_encoder', 'cond_stage_model.'],
   ['text_encoder', 'conditioner.embedders.0.'], ['text_encoder_2', 'conditioner.embedders.1.']];
 const PARTS = ['unet', 'vae', 'text_encoder', 'text_encoder_2']; // the loading order (see above)
-const CONFIGS = [['text_encoder', 'text_encoder/config.json'], ['text_encoder_2', 'text_encoder_2/config.json'],
-  ['unet', 'unet/config.json'], ['vae', 'vae/config.json'], ['scheduler', 'scheduler/scheduler_config.json'],
-  ['tokenizer', 'tokenizer/tokenizer_config.json'], ['tokenizer_2', 'tokenizer_2/tokenizer_config.json'],
-  ['model_index', 'model_index.json']];
+// model_index.json first: the SDXL files are not asked for when it does not list text_encoder_2.
+const CONFIGS = [['model_index', 'model_index.json'], ['text_encoder', 'text_encoder/config.json'],
+  ['text_encoder_2', 'text_encoder_2/config.json'], ['unet', 'unet/config.json'], ['vae', 'vae/config.json'],
+  ['scheduler', 'scheduler/scheduler_config.json'], ['tokenizer', 'tokenizer/tokenizer_config.json'],
+  ['tokenizer_2', 'tokenizer_2/tokenizer_config.json']];
 
 async function safetensorsHeader(blob) {
   if (blob.size < 8) throw new Error('not a safetensors file (shorter than 8 bytes)');
@@ -149,6 +150,7 @@ export async function loadModel(wasm, gpu, source, report) {
   let index = null; // model_index.json: which components a folder has
   const setConfigs = async (text) => {
     for (const [part, file] of CONFIGS) {
+      if (part.endsWith('_2') && index && !index.text_encoder_2) continue;
       const t = await text(file);
       if (t == null) continue;
       loader.set_config(part, t);

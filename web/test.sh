@@ -2,8 +2,7 @@
 # The browser tests, in headless Chromium with WebGPU (SwiftShader): wasm-bindgen-test tests of
 # kernels and of a whole generation (tests/web_*.rs), then the page end to end (web/e2e.mjs), its
 # LoRA / embedding / TAESD / hires extras (web/e2e_extras.mjs), SDXL and SDXL-Turbo
-# (web/e2e_sdxl.mjs), and
-# its server mode against a `pigment serve` (web/e2e_server.mjs).
+# (web/e2e_sdxl.mjs), and its server mode against a `pigment serve` (web/e2e_server.mjs).
 # Needs chromium, chromium-driver, wasm-bindgen-cli = Cargo.lock's wasm-bindgen and node (.ci/run
 # installs them).
 set -euo pipefail
