@@ -7,7 +7,8 @@
 //! * [`Bytes`]: a file's bytes in a JS `Uint8Array`, written in chunks (`new Bytes(len)`,
 //!   `write(offset, chunk)`); tensors are copied into wasm memory one at a time while loading.
 //! * [`ModelLoader`]: hand over the parts in any order: `add_component("unet", bytes)` for a
-//!   diffusers folder's `*/…safetensors` (each with `set_config(part, json)`), or
+//!   diffusers folder's `*/…safetensors` (each with `set_config(part, json)`; SDXL adds
+//!   `text_encoder_2`, `tokenizer_2` and `model_index`), or
 //!   `add_single_file(bytes)` for an original-layout checkpoint (or any subset of its tensors:
 //!   the page splits a single file per component, see below), then `finish()`.
 //! * [`Model`]: `generate(optionsJson, onProgress)` → a Promise of RGBA bytes; LoRAs,
@@ -23,7 +24,7 @@ use crate::gpu::{AdapterChoice, Context};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
-use crate::pipeline::{GenerateOptions, Image, StableDiffusion};
+use crate::pipeline::{GenerateOptions, Image, SdxlParts, StableDiffusion};
 use crate::schedulers::{SamplerKind, SchedulerConfig, SigmaSchedule};
 use crate::tokenizer::{ClipTokenizer, PadToken};
 use crate::weights::{self, Component, ComponentKind, SafetensorsFile, TextEncoderKind, Weights};
@@ -100,10 +101,14 @@ impl Pigment {
             configs: Default::default(),
             scheduler: None,
             pad: None,
+            pad_2: None,
+            force_zeros_for_empty_prompt: None,
             text_kind: None,
             clip: None,
+            clip_2: None,
             unet: None,
             vae: None,
+            vae_inferred: false,
         }
     }
 }
@@ -140,9 +145,10 @@ impl Bytes {
 fn parse_kind(part: &str) -> Result<ComponentKind, JsError> {
     match part {
         "text_encoder" => Ok(ComponentKind::TextEncoder),
+        "text_encoder_2" => Ok(ComponentKind::TextEncoder2),
         "unet" => Ok(ComponentKind::Unet),
         "vae" => Ok(ComponentKind::Vae),
-        _ => Err(JsError::new(&format!("unknown model part '{part}' (text_encoder, unet or vae)"))),
+        _ => Err(JsError::new(&format!("unknown model part '{part}' (text_encoder, text_encoder_2, unet or vae)"))),
     }
 }
 
@@ -153,24 +159,40 @@ pub struct ModelLoader {
     configs: std::collections::HashMap<ComponentKind, Value>,
     scheduler: Option<SchedulerConfig>,
     pad: Option<PadToken>,
+    /// SDXL: `tokenizer_2`'s pad token and `model_index.json`'s `force_zeros_for_empty_prompt`.
+    pad_2: Option<PadToken>,
+    force_zeros_for_empty_prompt: Option<bool>,
     text_kind: Option<TextEncoderKind>,
     clip: Option<ClipTextModel>,
+    clip_2: Option<ClipTextModel>,
     unet: Option<UNet2DConditionModel>,
     vae: Option<AutoencoderKL>,
+    /// The VAE's config was inferred from single-file tensors (see `finish`).
+    vae_inferred: bool,
+}
+
+/// A `tokenizer_config.json`'s pad token ("!" as SD 2.x's and SDXL's tokenizer_2, else EOS).
+fn pad_token(part: &str, json: &str) -> Result<Option<PadToken>, JsError> {
+    let v: Value = serde_json::from_str(json).map_err(|e| js_err(format!("{part}/tokenizer_config.json: {e}")))?;
+    let pad = v.get("pad_token").and_then(|p| p.as_str().or_else(|| p.get("content")?.as_str()));
+    Ok(pad.map(|p| if p == "!" { PadToken::Exclamation } else { PadToken::EndOfText }))
 }
 
 #[wasm_bindgen]
 impl ModelLoader {
-    /// A diffusers `config.json` for `part` (text_encoder, unet, vae), `scheduler` for
-    /// `scheduler/scheduler_config.json`, or `tokenizer` for `tokenizer/tokenizer_config.json`
-    /// (its pad token). Give configs before the part's weights.
+    /// A diffusers `config.json` for `part` (text_encoder, text_encoder_2, unet, vae),
+    /// `scheduler` for `scheduler/scheduler_config.json`, `tokenizer` for
+    /// `tokenizer/tokenizer_config.json` (its pad token; `tokenizer_2` likewise), or
+    /// `model_index` for `model_index.json` (SDXL's `force_zeros_for_empty_prompt`). Give
+    /// configs before the part's weights.
     pub fn set_config(&mut self, part: &str, json: &str) -> Result<(), JsError> {
         match part {
             "scheduler" => self.scheduler = Some(SchedulerConfig::from_json(json).map_err(js_err)?),
-            "tokenizer" => {
-                let v: Value = serde_json::from_str(json).map_err(|e| js_err(format!("tokenizer_config.json: {e}")))?;
-                let pad = v.get("pad_token").and_then(|p| p.as_str().or_else(|| p.get("content")?.as_str()));
-                self.pad = pad.map(|p| if p == "!" { PadToken::Exclamation } else { PadToken::EndOfText });
+            "tokenizer" => self.pad = pad_token(part, json)?,
+            "tokenizer_2" => self.pad_2 = pad_token(part, json)?,
+            "model_index" => {
+                let v: Value = serde_json::from_str(json).map_err(|e| js_err(format!("model_index.json: {e}")))?;
+                self.force_zeros_for_empty_prompt = v.get("force_zeros_for_empty_prompt").and_then(Value::as_bool);
             }
             _ => {
                 let kind = parse_kind(part)?;
@@ -182,7 +204,7 @@ impl ModelLoader {
     }
 
     /// One diffusers-folder weights file (`text_encoder/model.safetensors`,
-    /// `unet/diffusion_pytorch_model.safetensors`, `vae/diffusion_pytorch_model.safetensors`).
+    /// `text_encoder_2/model.safetensors`, `unet/diffusion_pytorch_model.safetensors`, `vae/diffusion_pytorch_model.safetensors`).
     pub fn add_component(&mut self, part: &str, name: &str, bytes: Bytes, f16: bool) -> Result<(), JsError> {
         let kind = parse_kind(part)?;
         let file = SafetensorsFile::from_js(name, bytes.0).map_err(js_err)?;
@@ -197,16 +219,20 @@ impl ModelLoader {
         let file = SafetensorsFile::from_js(name, bytes.0).map_err(js_err)?;
         let w = Weights::from_single_file(file).map_err(js_err)?;
         let mut any = false;
-        for comp in [w.text_encoder(), w.unet(), w.vae()].into_iter().flatten() {
+        let parts = [w.text_encoder().ok(), w.text_encoder_2(), w.unet().ok(), w.vae().ok()];
+        for comp in parts.into_iter().flatten() {
             let mut comp = comp.clone();
             if let Some(c) = self.configs.get(&comp.kind) {
                 comp.config = Some(c.clone());
             }
             self.load(&comp, f16)?;
+            if comp.kind == ComponentKind::Vae {
+                self.vae_inferred = comp.config.is_none();
+            }
             any = true;
         }
         if !any {
-            return Err(js_err(format!("{name}: no Stable Diffusion tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)")));
+            return Err(js_err(format!("{name}: no Stable Diffusion tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*, conditioner.embedders.*)")));
         }
         Ok(())
     }
@@ -224,22 +250,43 @@ impl ModelLoader {
             // it, and the part's bytes are gone once loaded (~70 MB more for SD 1.5 in f16).
             ComponentKind::Vae => self.vae = Some(AutoencoderKL::load(ctx, comp, dtype).map_err(js_err)?),
             ComponentKind::ControlNet => return Err(js_err("ControlNets are not offered on the page")),
-            ComponentKind::TextEncoder2 => return Err(js_err("SDXL (text_encoder_2) is not offered on the page yet")),
+            ComponentKind::TextEncoder2 => {
+                let clip_2 = ClipTextModel::load(ctx, comp, dtype).map_err(js_err)?;
+                if clip_2.text_projection.is_none() {
+                    return Err(js_err(format!("{}: SDXL's text_encoder_2 needs text_projection.weight (CLIPTextModelWithProjection)", comp.path())));
+                }
+                self.clip_2 = Some(clip_2);
+            }
         }
         // Submit the uploads now so the staging copies are released before the next part.
         ctx.flush();
         Ok(())
     }
 
-    /// The model, once text encoder, UNet and VAE are all loaded. `name` shows in metadata.
-    pub fn finish(self, name: &str) -> Result<Model, JsError> {
+    /// The model, once text encoder, UNet and VAE are all loaded (and text_encoder_2 for
+    /// SDXL). `name` shows in metadata.
+    pub fn finish(mut self, name: &str) -> Result<Model, JsError> {
         let missing = |what: &str| js_err(format!("the model has no {what} yet: add its weights first"));
         let open_clip = self.text_kind == Some(TextEncoderKind::OpenClip);
         let pad = self.pad.unwrap_or(if open_clip { PadToken::Exclamation } else { PadToken::EndOfText });
         // In the parts' order, so the first missing one is named.
         let clip = self.clip.ok_or_else(|| missing("text encoder"))?;
         let unet = self.unet.ok_or_else(|| missing("UNet"))?;
-        let vae = self.vae.ok_or_else(|| missing("VAE"))?;
+        let mut vae = self.vae.ok_or_else(|| missing("VAE"))?;
+        if unet.config.text_time.is_some() && self.clip_2.is_none() {
+            return Err(missing("text_encoder_2 (this UNet is SDXL's)"));
+        }
+        // As the native loader without a tokenizer_2 folder: the embedded BPE padded with "!".
+        let sdxl = self.clip_2.take().map(|clip_2| SdxlParts {
+            tokenizer_2: ClipTokenizer::embedded(self.pad_2.unwrap_or(PadToken::Exclamation)),
+            clip_2,
+            force_zeros_for_empty_prompt: self.force_zeros_for_empty_prompt.unwrap_or(true),
+        });
+        // A VAE split from an SDXL single file cannot see the checkpoint's other keys, which is
+        // how inference tells SDXL's latent scale (see VaeConfig::infer).
+        if sdxl.is_some() && self.vae_inferred {
+            vae.config.scaling_factor = 0.13025;
+        }
         let vae_encoder = vae.encoder.is_some().then(|| std::sync::Arc::new(vae.clone()));
         let sd = StableDiffusion {
             // The real CLIP BPE is compiled in; SD folders ship that same vocabulary.
@@ -249,7 +296,7 @@ impl ModelLoader {
             vae,
             vae_encoder: std::sync::Mutex::new(vae_encoder),
             controlnet: None,
-            sdxl: None,
+            sdxl,
             scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
             name: name.to_string(),
             // The parts were uploaded and dropped as they arrived: `apply_loras` is handed the
@@ -414,6 +461,11 @@ fn parse_hires(h: &Value) -> Result<crate::pipeline::HiresOptions, crate::Error>
 
 #[wasm_bindgen]
 impl Model {
+    /// Whether the model is SDXL (two text encoders; false while a generation runs).
+    pub fn is_sdxl(&self) -> bool {
+        self.sd.try_borrow().is_ok_and(|sd| sd.is_sdxl())
+    }
+
     /// Run txt2img, or img2img with `init_rgba`, or inpainting with `init_rgba` and `mask_rgba`
     /// (both width × height × 4 bytes; the mask white where to repaint). `options`: JSON
     /// `{prompt, negativePrompt, seed, steps, guidance, sampler, schedule, width, height,

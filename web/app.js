@@ -58,7 +58,7 @@ async function load(source) {
     // but does not unload it
     await extras.attach(model).catch((e) => fail(`extras: ${e.message ?? e}`));
     progress(1, 1);
-    status(`Model ${r.name} loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s `
+    status(`Model ${r.name}${model.is_sdxl() ? ' (SDXL)' : ''} loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s `
       + `(${r.downloaded} files downloaded, ${r.fromCache} from the browser cache).`);
     document.body.dataset.model = 'loaded';
     $('generate').disabled = false;

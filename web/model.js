@@ -65,7 +65,15 @@ export const blobReader = (blob) => async (off, len) => new Uint8Array(await blo
 /** Original-layout key prefixes of each component of a single-file checkpoint. */
 // UNet first: the biggest part takes wasm memory while it is still empty; the later parts reuse
 // the freed space, so the peak is the UNet alone.
-const SINGLE_PARTS = [['unet', 'model.diffusion_model.'], ['vae', 'first_stage_model.'], ['text_encoder', 'cond_stage_model.']];
+// SDXL's two text encoders are conditioner.embedders.0 (CLIP ViT-L) and .1 (OpenCLIP bigG).
+const SINGLE_PARTS = [['unet', 'model.diffusion_model.'], ['vae', 'first_stage_model.'], ['text_encoder', 'cond_stage_model.'],
+  ['text_encoder', 'conditioner.embedders.0.'], ['text_encoder_2', 'conditioner.embedders.1.']];
+const PARTS = ['unet', 'vae', 'text_encoder', 'text_encoder_2']; // the loading order (see above)
+// model_index.json first: the SDXL files are not asked for when it does not list text_encoder_2.
+const CONFIGS = [['model_index', 'model_index.json'], ['text_encoder', 'text_encoder/config.json'],
+  ['text_encoder_2', 'text_encoder_2/config.json'], ['unet', 'unet/config.json'], ['vae', 'vae/config.json'],
+  ['scheduler', 'scheduler/scheduler_config.json'], ['tokenizer', 'tokenizer/tokenizer_config.json'],
+  ['tokenizer_2', 'tokenizer_2/tokenizer_config.json']];
 
 async function safetensorsHeader(blob) {
   if (blob.size < 8) throw new Error('not a safetensors file (shorter than 8 bytes)');
@@ -139,12 +147,14 @@ export async function loadModel(wasm, gpu, source, report) {
     cached ? fromCache++ : downloaded++;
     return blob;
   };
+  let index = null; // model_index.json: which components a folder has
   const setConfigs = async (text) => {
-    for (const [part, file] of [['text_encoder', 'text_encoder/config.json'], ['unet', 'unet/config.json'],
-      ['vae', 'vae/config.json'], ['scheduler', 'scheduler/scheduler_config.json'],
-      ['tokenizer', 'tokenizer/tokenizer_config.json']]) {
+    for (const [part, file] of CONFIGS) {
+      if (part.endsWith('_2') && index && !index.text_encoder_2) continue;
       const t = await text(file);
-      if (t != null) loader.set_config(part, t);
+      if (t == null) continue;
+      loader.set_config(part, t);
+      if (part === 'model_index') index = JSON.parse(t);
     }
   };
   const single = async (name, blob) => {
@@ -160,7 +170,7 @@ export async function loadModel(wasm, gpu, source, report) {
       loader.add_single_file(`${name} (${part})`, bytes, f16);
       any = true;
     }
-    if (!any) throw new Error(`${name}: no Stable Diffusion tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*)`);
+    if (!any) throw new Error(`${name}: no Stable Diffusion tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*, conditioner.embedders.*)`);
   };
   let name;
   if (source.url) {
@@ -175,7 +185,9 @@ export async function loadModel(wasm, gpu, source, report) {
     } else {
       await setConfigs((f) => fetchOptionalText(`${url}/${f}`));
       const suffix = source.fp16 ? 'fp16.safetensors' : 'safetensors';
-      for (const [part, file] of [['unet', 'diffusion_pytorch_model'], ['vae', 'diffusion_pytorch_model'], ['text_encoder', 'model']]) {
+      // SDXL's text_encoder_2 when model_index.json lists it
+      for (const part of PARTS.filter((p) => p !== 'text_encoder_2' || index?.text_encoder_2)) {
+        const file = part.startsWith('text_encoder') ? 'model' : 'diffusion_pytorch_model';
         const at = `${url}/${part}/${file}.${suffix}`;
         const blob = await get(part, at);
         if (part === 'unet') {
@@ -195,19 +207,19 @@ export async function loadModel(wasm, gpu, source, report) {
     // files; configs go by their folder name, other .safetensors files are single files.
     const files = [...source.files];
     const rel = (f) => (f.webkitRelativePath || f.name).split('/');
-    const byPath = (want) => files.find((f) => rel(f).slice(-2).join('/') === want);
+    const byPath = (want) => files.find((f) => rel(f).slice(-want.split('/').length).join('/') === want);
     if (source.configUrl) {
       const base = source.configUrl.replace(/\/+$/, '');
       await setConfigs((f) => fetchOptionalText(`${base}/${f}`));
     }
     await setConfigs(async (p) => (byPath(p) ? byPath(p).text() : null));
-    const order = (f) => ['unet', 'vae', 'text_encoder'].indexOf(rel(f).slice(-2, -1)[0]);
+    const order = (f) => PARTS.indexOf(rel(f).slice(-2, -1)[0]);
     const weights = files.filter((f) => f.name.endsWith('.safetensors')).sort((a, b) => order(a) - order(b));
     if (!weights.length) throw new Error('no .safetensors file among the picked files');
     name = rel(weights[0])[0].replace(/\.safetensors$/, '');
     for (const f of weights) {
       const dir = rel(f).slice(-2, -1)[0];
-      if (['text_encoder', 'unet', 'vae'].includes(dir)) {
+      if (PARTS.includes(dir)) {
         if (dir === 'unet') unet = async (r) => ({ bytes: await toWasm(wasm, f.size, blobReader(f), (l, t) => r?.('reading unet', l, t)), name: rel(f).join('/'), single: false });
         const bytes = await toWasm(wasm, f.size, blobReader(f), (l, t) => report(`reading ${dir}`, l, t));
         report(`uploading ${dir} to the GPU`);

@@ -12,15 +12,19 @@ const TYPES = {
   '.txt': 'text/plain; charset=utf-8', '.safetensors': 'application/octet-stream',
 };
 
-/** Serve `root`; `hits` counts requests per path (the e2e test checks reloads use the cache). */
-export function serve(root, port = 0) {
+/** Serve `root`; `hits` counts requests per path (the e2e test checks reloads use the cache).
+ *  `mounts`: URL prefix (`/name/`) → another folder served there (fixtures written under
+ *  CARGO_TARGET_DIR, which may lie outside the repository). */
+export function serve(root, port = 0, mounts = {}) {
   const hits = new Map();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
-    const rel = path.normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, '');
-    const file = path.join(root, rel);
+    const prefix = Object.keys(mounts).find((m) => url.pathname.startsWith(m));
+    const base = prefix ? path.resolve(mounts[prefix]) : root;
+    const rel = path.normalize(decodeURIComponent(prefix ? url.pathname.slice(prefix.length - 1) : url.pathname)).replace(/^(\.\.[/\\])+/, '');
+    const file = path.join(base, rel);
     hits.set(url.pathname, (hits.get(url.pathname) || 0) + 1);
-    if (!file.startsWith(root)) { res.writeHead(403).end(); return; }
+    if (!file.startsWith(base)) { res.writeHead(403).end(); return; }
     fs.stat(file, (err, st) => {
       if (err || !st.isFile()) { res.writeHead(404).end('not found'); return; }
       res.writeHead(200, {

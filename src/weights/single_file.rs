@@ -46,7 +46,11 @@ pub fn map_checkpoint(file: &SafetensorsFile) -> Result<Parts> {
     } else {
         (None, None)
     };
-    let unet = if has(UNET) { Some(map_unet(file, &names)?) } else { None };
+    let mut unet = if has(UNET) { Some(map_unet(file, &names)?) } else { None };
+    if let (Some(u), None) = (&mut unet, &text_encoder) {
+        // The UNet alone, split from an SDXL file (the page hands one part at a time).
+        map_label_emb(file, u);
+    }
     let vae = if has(VAE) { Some(map_vae(file, &names)) } else { None };
     if text_encoder.is_none() && unet.is_none() && vae.is_none() {
         let sample: Vec<&str> = names.iter().take(5).copied().collect();
@@ -68,34 +72,45 @@ pub fn map_checkpoint(file: &SafetensorsFile) -> Result<Parts> {
 /// `add_embedding.linear_{1,2}`, and the VAE.
 fn map_sdxl(file: &SafetensorsFile, names: &[&str]) -> Result<Parts> {
     let has = |p: &str| names.iter().any(|n| n.starts_with(p));
-    if !has(SDXL_TEXT_2) {
+    // Either encoder alone is a subset of a whole file (the page splits one per part).
+    if has("conditioner.embedders.0.model.") || !(has(SDXL_TEXT_1) || has(SDXL_TEXT_2)) {
         // The refiner's only encoder is bigG at embedders.0 (and its time ids carry an aesthetic score).
         let detail = if has("conditioner.embedders.0.model.") {
             "an SDXL refiner single file (OpenCLIP at conditioner.embedders.0.model.*): the refiner is not supported yet".to_string()
         } else {
-            format!("an SDXL-style single file (conditioner.embedders.*) without {SDXL_TEXT_2}*: not a model Pigment knows")
+            format!("an SDXL-style single file (conditioner.embedders.*) without {SDXL_TEXT_1}* or {SDXL_TEXT_2}*: not a model Pigment knows")
         };
         return Err(WeightsError::Architecture { path: file.path().to_string(), detail });
     }
     let text_encoder = has(SDXL_TEXT_1).then(|| map_hf_text(names, SDXL_TEXT_1));
-    let mut text_encoder_2 = map_openclip_text(file, names, SDXL_TEXT_2)?;
-    let projection = format!("{SDXL_TEXT_2}text_projection");
-    if file.contains(&projection) {
-        text_encoder_2.insert("text_projection.weight".into(), Mapped::transposed(projection));
-    }
+    let text_encoder_2 = if has(SDXL_TEXT_2) {
+        let mut m = map_openclip_text(file, names, SDXL_TEXT_2)?;
+        let projection = format!("{SDXL_TEXT_2}text_projection");
+        if file.contains(&projection) {
+            m.insert("text_projection.weight".into(), Mapped::transposed(projection));
+        }
+        Some(m)
+    } else {
+        None
+    };
     let mut unet = if has(UNET) { Some(map_unet(file, names)?) } else { None };
     if let Some(u) = &mut unet {
-        for (src, dst) in [("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")] {
-            for wb in ["weight", "bias"] {
-                let n = format!("{UNET}{src}{wb}");
-                if file.contains(&n) {
-                    u.insert(format!("{dst}{wb}"), Mapped::plain(n));
-                }
+        map_label_emb(file, u);
+    }
+    let vae = has(VAE).then(|| map_vae(file, names));
+    Ok(Parts { text_encoder, text_kind: Some(TextEncoderKind::Clip), text_encoder_2, unet, vae })
+}
+
+/// SDXL's `label_emb.0.{0,2}` as diffusers' `add_embedding.linear_{1,2}` (when present).
+fn map_label_emb(file: &SafetensorsFile, u: &mut HashMap<String, Mapped>) {
+    for (src, dst) in [("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")] {
+        for wb in ["weight", "bias"] {
+            let n = format!("{UNET}{src}{wb}");
+            if file.contains(&n) {
+                u.insert(format!("{dst}{wb}"), Mapped::plain(n));
             }
         }
     }
-    let vae = has(VAE).then(|| map_vae(file, names));
-    Ok(Parts { text_encoder, text_kind: Some(TextEncoderKind::Clip), text_encoder_2: Some(text_encoder_2), unet, vae })
 }
 
 fn map_sd1_text(names: &[&str]) -> HashMap<String, Mapped> {
