@@ -203,7 +203,7 @@ fn sd21v_unet_and_txt2img_f16() {
 #[test]
 fn synthetic_specs() {
     assert!(SyntheticModel::from_spec("tests/fixtures/sd15-tiny").is_none());
-    let err = SyntheticModel::from_spec("synthetic:sdxl").unwrap().unwrap_err().to_string();
+    let err = SyntheticModel::from_spec("synthetic:sd9").unwrap().unwrap_err().to_string();
     assert!(err.contains("synthetic:sd15"), "{err}");
     let unet = SyntheticModel::Sd15.tensors(ComponentKind::Unet);
     let params: usize = unet.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
