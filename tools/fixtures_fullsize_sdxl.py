@@ -22,50 +22,31 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fixtures_fullsize import CLIP_IDS, MODELS, UNET_COMMON, VAE_COMMON  # noqa: E402
 from fixtures_sdxl import SCHEDULER  # noqa: E402
 
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIP_IDS = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1, max_position_embeddings=77, vocab_size=49408, layer_norm_eps=1e-5)
-# text_encoder: CLIP ViT-L/14; text_encoder_2: OpenCLIP ViT-bigG/14 with its projection
-TEXT = dict(CLIP_IDS, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768)
+# text_encoder: CLIP ViT-L/14 (SD 1.5's); text_encoder_2: OpenCLIP ViT-bigG/14 with its projection
+TEXT = MODELS["sd15"]["text"]
 TEXT_2 = dict(CLIP_IDS, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu", projection_dim=1280)
 UNET = dict(
+    UNET_COMMON,
     sample_size=128,
-    in_channels=4,
-    out_channels=4,
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     block_out_channels=[320, 640, 1280],
-    layers_per_block=2,
     transformer_layers_per_block=[1, 2, 10],
     attention_head_dim=[5, 10, 20],
     cross_attention_dim=2048,
-    norm_num_groups=32,
     use_linear_projection=True,
     addition_embed_type="text_time",
     addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
-    act_fn="silu",
-    flip_sin_to_cos=True,
-    freq_shift=0,
 )
-VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.13025,
-    force_upcast=True,
-)
+VAE = dict(VAE_COMMON, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
 INDEX = {
     "_class_name": "StableDiffusionXLPipeline",
     "force_zeros_for_empty_prompt": True,

@@ -52,6 +52,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixtures_sdxl as fx  # noqa: E402
 from fixtures_fullsize import save  # noqa: E402
+from fixtures_lora import as_f16, delta  # noqa: E402
 from make_fixtures import CONDITIONING_LIMIT, PROMPT, unet_key_to_ldm  # noqa: E402
 
 REPO = fx.REPO
@@ -142,19 +143,6 @@ def make(pipe, g):
 def kind(name):
     """A layer's role: its name without block/layer numbers (ldm-style for the UNet)."""
     return ".".join(p for p in name.split(".") if not p.isdigit())
-
-
-def as_f16(sd):
-    out = {}
-    for k, v in sd.items():
-        h = v.to(torch.float16)
-        assert torch.equal(h.to(torch.float32), v), k
-        out[k] = h.contiguous()
-    return out
-
-
-def delta(down, up, shape):
-    return (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).reshape(shape)
 
 
 def weight(pipe, which, name):
