@@ -102,6 +102,14 @@ pub enum Command {
         /// an integer-timestep sampler (ddim, pndm, ddpm, dpmpp-2m, dpmpp-2m-sde, unipc, lcm).
         #[arg(long, default_value_t = 0.0, value_name = "S")]
         sag_scale: f32,
+        /// GLIGEN (a GLIGEN checkpoint): a phrase placed in a box, "x0,y0,x1,y1:phrase" with
+        /// fractions of the image; repeatable (up to 30).
+        #[arg(long = "box", value_name = "BOX")]
+        boxes: Vec<crate::pipeline::GroundingBox>,
+        /// GLIGEN: the fraction of the steps the boxes steer (diffusers'
+        /// gligen_scheduled_sampling_beta).
+        #[arg(long, default_value_t = 0.3, value_name = "BETA")]
+        gligen_beta: f32,
         #[arg(long, default_value = "output.png")]
         output: std::path::PathBuf,
         /// Images to make, one after another with seeds seed, seed+1, ... (A1111's batch count);
@@ -446,6 +454,8 @@ pub fn main() -> anyhow::Result<()> {
             karras,
             clip_skip,
             sag_scale,
+            boxes,
+            gligen_beta,
             output,
             batch_count,
             init_image,
@@ -630,6 +640,8 @@ pub fn main() -> anyhow::Result<()> {
                 preview_decoder: to_decoder(*preview == PreviewArg::Taesd),
                 encoder: to_decoder(encodes_taesd),
                 sag_scale: *sag_scale,
+                gligen: (!boxes.is_empty())
+                    .then(|| crate::pipeline::GligenOptions { boxes: boxes.clone(), scheduled_sampling_beta: *gligen_beta }),
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
                 anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());

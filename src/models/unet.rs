@@ -31,6 +31,7 @@ use crate::gpu::{Context, DType, Tensor};
 use crate::ops::attention::{attention_qkv, attention_strided, AttnInput};
 use crate::ops::conv::{conv2d_with, ConvWeight};
 use crate::models::controlnet::ControlNetOutput;
+use crate::models::gligen::{GatedSelfAttention, PositionNet};
 use crate::ops::elementwise::{add, binary_broadcast, silu, Activation, BinaryOp};
 use crate::ops::embedding::timestep_embedding;
 use crate::ops::gemm::{matmul, GemmOpts};
@@ -202,7 +203,7 @@ impl UNetConfig {
             (str_is("act_fn", &["silu", "swish"]), "act_fn"),
             (str_is("resnet_time_scale_shift", &["default"]), "resnet_time_scale_shift"),
             (str_is("time_embedding_type", &["positional"]), "time_embedding_type"),
-            (str_is("attention_type", &["default"]), "attention_type"),
+            (str_is("attention_type", &["default", "gated"]), "attention_type"),
             (null("class_embed_type") && null("num_class_embeds"), "class embeddings"),
             (null("encoder_hid_dim"), "encoder_hid_dim"),
             (null("time_cond_proj_dim"), "time_cond_proj_dim"),
@@ -433,6 +434,8 @@ pub struct BasicTransformerBlock {
     pub ff_proj: Linear,
     /// `ff.net.2`
     pub ff_out: Linear,
+    /// GLIGEN's gated self-attention (`attention_type="gated"` checkpoints).
+    pub fuser: Option<GatedSelfAttention>,
 }
 
 pub struct Transformer2DModel {
@@ -481,6 +484,8 @@ pub struct UNet2DConditionModel {
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: Norm,
     pub conv_out: Conv,
+    /// GLIGEN's `position_net` (with a fuser in every transformer block).
+    pub position_net: Option<PositionNet>,
 }
 
 /// Loading helpers bound to one component, context and dtype (shared with the ControlNet).
@@ -579,6 +584,7 @@ impl Loader<'_> {
                 norm3: self.norm(&format!("{b}.norm3"), ch)?,
                 ff_proj: self.linear(&format!("{b}.ff.net.0.proj"), 2 * inner, ch, true)?,
                 ff_out: self.linear(&format!("{b}.ff.net.2"), ch, inner, true)?,
+                fuser: self.fuser(&b, ch, cfg.cross_attention_dim, heads)?,
             });
         }
         Ok(Transformer2DModel {
@@ -695,6 +701,7 @@ impl UNet2DConditionModel {
 
         let conv_norm_out = ld.norm("conv_norm_out", c0)?;
         let conv_out = ld.conv("conv_out", cfg.out_channels, c0, kout, 1, kout / 2)?;
+        let position_net = ld.position_net(cfg.cross_attention_dim)?;
         Ok(UNet2DConditionModel {
             config,
             dtype,
@@ -707,6 +714,7 @@ impl UNet2DConditionModel {
             up_blocks,
             conv_norm_out,
             conv_out,
+            position_net,
         })
     }
 
@@ -758,13 +766,13 @@ impl UNet2DConditionModel {
         control: Option<&ControlNetOutput>,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
-        self.forward_probed(ctx, sample, timesteps, encoder_hidden_states, added, control, trace, None)
+        self.forward_with(ctx, sample, timesteps, encoder_hidden_states, added, control, trace, UNetExtras::default())
     }
 
-    /// [`Self::forward_full`] that also hands back the mid block's first self-attention inputs
-    /// (Self-Attention Guidance reads its attention map).
+    /// [`Self::forward_full`] with [`UNetExtras`]: GLIGEN's grounding tokens, the probe of the
+    /// mid block's first self-attention (Self-Attention Guidance reads its attention map).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_probed(
+    pub fn forward_with(
         &self,
         ctx: &Context,
         sample: &Tensor,
@@ -773,9 +781,13 @@ impl UNet2DConditionModel {
         added: Option<&AddedCond>,
         control: Option<&ControlNetOutput>,
         mut trace: Option<&mut Trace>,
-        probe: Option<&mut Option<MidAttention>>,
+        extras: UNetExtras,
     ) -> Result<Tensor> {
         let cfg = &self.config;
+        let UNetExtras { probe, gligen: objs } = extras;
+        if objs.is_some() && self.position_net.is_none() {
+            return Err(Error::Unsupported("grounding boxes need a GLIGEN UNet (attention_type \"gated\", with position_net)".into()));
+        }
         let ts = check_inputs(cfg, "unet", sample, timesteps, encoder_hidden_states)?;
         let aug = self.added_embedding(ctx, added, sample.dim(0))?;
         let (_, emb_act) =
@@ -784,8 +796,8 @@ impl UNet2DConditionModel {
         let x = self.conv_in.forward(ctx, sample)?;
         record(&mut trace, "conv_in", &x);
         let mut skips = vec![x.clone()];
-        let x = down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, &mut skips, trace.as_deref_mut())?;
-        let mut x = mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states, probe)?;
+        let x = down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, objs, &mut skips, trace.as_deref_mut())?;
+        let mut x = mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states, objs, probe)?;
         if let Some(c) = control {
             if c.down.len() != skips.len() {
                 return Err(Error::Shape {
@@ -806,7 +818,7 @@ impl UNet2DConditionModel {
                 x = concat_channels(ctx, &x, &skip)?;
                 x = resnet(ctx, cfg, r, &x, &emb_act)?;
                 if let Some(attn) = block.attentions.get(j) {
-                    x = transformer(ctx, cfg, attn, &x, encoder_hidden_states)?;
+                    x = transformer(ctx, cfg, attn, &x, encoder_hidden_states, objs, None)?;
                 }
             }
             if let Some(conv) = &block.upsampler {
@@ -928,6 +940,7 @@ pub(crate) fn down_blocks_forward(
     mut x: Tensor,
     emb_act: &Tensor,
     context: &Tensor,
+    objs: Option<&Tensor>,
     skips: &mut Vec<Tensor>,
     mut trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
@@ -935,7 +948,7 @@ pub(crate) fn down_blocks_forward(
         for (j, r) in block.resnets.iter().enumerate() {
             x = resnet(ctx, cfg, r, &x, emb_act)?;
             if let Some(attn) = block.attentions.get(j) {
-                x = transformer(ctx, cfg, attn, &x, context)?;
+                x = transformer(ctx, cfg, attn, &x, context, objs, None)?;
             }
             skips.push(x.clone());
         }
@@ -957,19 +970,29 @@ pub(crate) fn mid_block_forward(
     x: Tensor,
     emb_act: &Tensor,
     context: &Tensor,
+    objs: Option<&Tensor>,
     mut probe: Option<&mut Option<MidAttention>>,
 ) -> Result<Tensor> {
     let mut x = resnet(ctx, cfg, &mid.resnets[0], &x, emb_act)?;
     for (attn, r) in mid.attentions.iter().zip(&mid.resnets[1..]) {
         let map = (x.dim(2), x.dim(3));
         let mut qkv = None;
-        x = transformer_probed(ctx, cfg, attn, &x, context, probe.is_some().then_some(&mut qkv))?;
+        x = transformer(ctx, cfg, attn, &x, context, objs, probe.is_some().then_some(&mut qkv))?;
         if let (Some(p), Some(qkv)) = (probe.take(), qkv) {
             *p = Some(MidAttention { qkv, heads: attn.transformer_blocks[0].attn1.heads, map });
         }
         x = resnet(ctx, cfg, r, &x, emb_act)?;
     }
     Ok(x)
+}
+
+/// Optional inputs of [`UNet2DConditionModel::forward_with`].
+#[derive(Default)]
+pub struct UNetExtras<'a> {
+    /// Receives the mid block's first self-attention inputs.
+    pub probe: Option<&'a mut Option<MidAttention>>,
+    /// GLIGEN's grounding tokens `[B, 30, C]` ([`PositionNet::objs`]); `None`: fusers off.
+    pub gligen: Option<&'a Tensor>,
 }
 
 /// The mid block's first self-attention inputs: fused `q|k|v` `[B, H·W, 3C]` over the `map`
@@ -998,28 +1021,43 @@ fn resnet(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_ac
 }
 
 /// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.
-fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-    transformer_probed(ctx, cfg, t, x, context, None)
-}
-
-/// [`transformer`]; `probe` receives the first block's self-attention q|k|v.
-fn transformer_probed(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor, mut probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+/// `objs`: GLIGEN's grounding tokens (for the blocks' fusers); `probe` receives the first
+/// block's self-attention q|k|v.
+fn transformer(
+    ctx: &Context,
+    cfg: &UNetConfig,
+    t: &Transformer2DModel,
+    x: &Tensor,
+    context: &Tensor,
+    objs: Option<&Tensor>,
+    mut probe: Option<&mut Option<Tensor>>,
+) -> Result<Tensor> {
     let (b, c, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let h = group_norm(ctx, x, cfg.norm_num_groups, &t.norm.weight, &t.norm.bias, ATTN_GROUP_NORM_EPS, false)?;
     // [B, C, HW] -> token-major [B, HW, C], then proj_in.
     let h = transpose_last2(ctx, &h.reshape(&[b, c, hh * ww])?)?;
     let mut h = matmul(ctx, &h, &t.proj_in.weight_t, GemmOpts { bias: t.proj_in.bias.as_ref(), ..Default::default() })?;
     for blk in &t.transformer_blocks {
-        h = transformer_block(ctx, blk, &h, context, probe.take())?;
+        h = transformer_block(ctx, blk, &h, context, objs, probe.take())?;
     }
     // Back to NCHW; proj_out as a 1x1 conv with the block input as residual.
     let h = transpose_last2(ctx, &h)?.reshape(&[b, c, hh, ww])?;
     t.proj_out.forward_residual(ctx, &h, x)
 }
 
-fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+fn transformer_block(
+    ctx: &Context,
+    blk: &BasicTransformerBlock,
+    x: &Tensor,
+    context: &Tensor,
+    objs: Option<&Tensor>,
+    probe: Option<&mut Option<Tensor>>,
+) -> Result<Tensor> {
     // Norm outputs and the GEGLU's 8C-wide input are dropped once used.
     let mut x = attend(ctx, &blk.attn1, &layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?, None, x, probe)?;
+    if let (Some(fuser), Some(objs)) = (&blk.fuser, objs) {
+        x = fuser.forward(ctx, &x, objs)?;
+    }
     x = attend(ctx, &blk.attn2, &layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?, Some(context), &x, None)?;
     let p = &blk.ff_proj;
     let h = {
@@ -1032,7 +1070,7 @@ fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, con
 
 /// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`. `probe`
 /// receives a self-attention's fused q|k|v.
-fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+pub(crate) fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
     let c = x.dim(2);
     let head_dim = c / a.heads;
     let scale = (head_dim as f32).powf(-0.5);
