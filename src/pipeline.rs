@@ -20,8 +20,10 @@ use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
 pub mod controlnet;
+pub mod dit;
 mod guard;
 pub mod hires;
+pub mod imagenet;
 mod img2img;
 pub mod inpaint;
 mod limits;
