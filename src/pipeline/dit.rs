@@ -18,8 +18,10 @@ use crate::models::dit::DiTTransformer2DModel;
 use crate::models::vae::AutoencoderKL;
 use crate::rng::TorchRng;
 use crate::schedulers::{self, SamplerKind, SchedulerConfig, SigmaSchedule};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::weights::{self, Component, ComponentKind, SafetensorsFile};
 use crate::{DType, Error, Result, Tensor};
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 /// What one DiT image needs.
@@ -61,6 +63,7 @@ pub fn is_dit_folder(dir: &Path) -> bool {
     class.as_deref() == Some("DiTPipeline") || (dir.join("transformer").is_dir() && !dir.join("unet").is_dir() && class.is_some())
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The sampler for a diffusers scheduler class name (None: not one Pigment maps).
 fn sampler_of_class(class: &str) -> Option<SamplerKind> {
     Some(match class {
