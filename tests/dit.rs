@@ -6,7 +6,7 @@
 //!
 //! * one transformer call (timesteps 981 / 500, labels 207 / the null class 1000);
 //! * DiTPipeline 64x64, class 207, 4 steps, guidance 4, seed 42 with DDIM and DPM++ 2M;
-//! * the ImageNet label lookup (id, name, synonym, unknown).
+//! * the ImageNet label lookup (id, name, synonym, unknown), and `pigment generate` by label name.
 //!
 //! Tolerances as the SD tests': max |got - want| / max |want| <= 1e-4 in f32, 1e-2 in f16; PNGs
 //! within mean 1 / max 8 levels in both (lavapipe: f32 0 / 0, f16 0.07 / 1).
@@ -166,4 +166,19 @@ fn imagenet_labels() {
     let e = l.resolve("golden retreiver").unwrap_err().to_string();
     assert!(e.contains("closest") && e.contains("'golden retriever' (207)"), "{e}");
     assert!(l.resolve("1000").unwrap_err().to_string().contains("0..999"));
+}
+
+#[test]
+fn cli_generates_by_label_name() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dit-cli.png");
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_pigment")).args(args).output().unwrap();
+    let model = dit_tiny();
+    let m = model.to_str().unwrap();
+    let r = run(&["--no-f16", "generate", "--model", m, "golden retriever", "--steps", "4", "--seed", "42", "--output", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (_, _, got) = read_png(&out);
+    let (_, _, want) = read_png(&fixtures().join("golden/dit-tiny/ddim.png"));
+    assert_eq!(image_diff(&got, &want), (0.0, 0), "CLI (f32, DDIM from the folder, cfg 4) vs diffusers");
+    let r = run(&["generate", "--model", m, "--class-label", "207", "--width", "128"]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("64x64 images only"));
 }

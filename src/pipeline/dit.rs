@@ -53,14 +53,13 @@ pub struct DitPipeline {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-/// Whether `dir` is a DiT folder (`model_index.json` says DiTPipeline, or it has a
-/// `transformer/` and no `unet/`).
+/// Whether `dir` is a DiT folder (its `model_index.json` says `DiTPipeline`; other transformer
+/// pipelines, PixArt, SD 3, ..., are not DiT's class-conditional model).
 pub fn is_dit_folder(dir: &Path) -> bool {
-    let class = std::fs::read_to_string(dir.join("model_index.json"))
+    std::fs::read_to_string(dir.join("model_index.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_string));
-    class.as_deref() == Some("DiTPipeline") || (dir.join("transformer").is_dir() && !dir.join("unet").is_dir() && class.is_some())
+        .is_some_and(|v| v.get("_class_name").and_then(|c| c.as_str()) == Some("DiTPipeline"))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
