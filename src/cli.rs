@@ -7,6 +7,7 @@ pub use crate::imageio::canny_map;
 use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dit;
 mod upscale;
 
 #[derive(Parser)]
@@ -80,14 +81,18 @@ pub enum Command {
         target_size: Option<(usize, usize)>,
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// Classifier-free guidance scale; <= 1 runs no unconditional batch (as diffusers; Turbo
-        /// models use 0).
-        #[arg(long, default_value_t = 7.5)]
-        cfg: f32,
+        /// Classifier-free guidance scale (default 7.5; DiT 4.0); <= 1 runs no unconditional
+        /// batch (as diffusers; Turbo models use 0).
+        #[arg(long)]
+        cfg: Option<f32>,
         /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc, lcm
-        /// (LCM-distilled models only), ddpm.
-        #[arg(long, default_value = "euler-a")]
-        sampler: String,
+        /// (LCM-distilled models only), ddpm. Default euler-a; DiT: its scheduler's.
+        #[arg(long)]
+        sampler: Option<String>,
+        /// DiT (class-conditional ImageNet): the class, an id (207) or a name ("golden
+        /// retriever"); default: the prompt read as a name.
+        #[arg(long, value_name = "ID|NAME")]
+        class_label: Option<String>,
         /// Sigma schedule (A1111's "Schedule type"): normal, karras or exponential; karras and
         /// exponential work with lms, euler, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc.
         #[arg(long, default_value = "normal")]
@@ -450,6 +455,7 @@ pub fn main() -> anyhow::Result<()> {
             steps,
             cfg,
             sampler,
+            class_label,
             scheduler,
             karras,
             clip_skip,
@@ -485,6 +491,35 @@ pub fn main() -> anyhow::Result<()> {
             hires_denoise,
             hires_upscaler,
         } => {
+            if let Some(dir) = model.as_deref().map(std::path::Path::new).filter(|p| crate::pipeline::dit::is_dit_folder(p)) {
+                let given = [
+                    (!negative_prompt.is_empty(), "--negative-prompt"),
+                    (init_image.is_some() || mask.is_some(), "--init-image/--mask"),
+                    (!loras.is_empty() || lora_dir.is_some(), "--lora/--lora-dir"),
+                    (controlnet.is_some(), "--controlnet"),
+                    (hires_scale.is_some(), "--hires-scale"),
+                    (prompt_2.is_some() || negative_prompt_2.is_some(), "--prompt-2"),
+                    (taesd.is_some(), "--taesd"),
+                ];
+                let args = dit::Args {
+                    prompt: prompt.as_deref().or(positional_prompt.as_deref()),
+                    class_label: class_label.as_deref(),
+                    width: *width,
+                    height: *height,
+                    steps: *steps,
+                    cfg: *cfg,
+                    sampler: sampler.as_deref(),
+                    schedule: crate::schedulers::SigmaSchedule::parse(scheduler)?,
+                    seed: seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)),
+                    batch_count: *batch_count,
+                    output,
+                    unused: given.iter().filter(|g| g.0).map(|g| g.1).collect(),
+                };
+                return dit::run(&open(&cli)?, dir, args, !cli.no_f16, numbered);
+            }
+            if class_label.is_some() {
+                anyhow::bail!("--class-label is for class-conditional DiT models (a diffusers DiTPipeline folder as --model)");
+            }
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
                 (Some(_), Some(_)) => anyhow::bail!("give the prompt once: positionally or with --prompt"),
@@ -525,7 +560,7 @@ pub fn main() -> anyhow::Result<()> {
                 }
             }
             let strength = strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
-            let sampler = crate::schedulers::SamplerKind::parse(sampler)?;
+            let sampler = crate::schedulers::SamplerKind::parse(sampler.as_deref().unwrap_or("euler-a"))?;
             let mut schedule = crate::schedulers::SigmaSchedule::parse(scheduler)?;
             if *karras {
                 if schedule != crate::schedulers::SigmaSchedule::Normal && schedule != crate::schedulers::SigmaSchedule::Karras {
@@ -622,7 +657,7 @@ pub fn main() -> anyhow::Result<()> {
                 width: *width,
                 height: *height,
                 steps: *steps,
-                guidance: *cfg,
+                guidance: cfg.unwrap_or(7.5),
                 sampler,
                 schedule,
                 clip_skip: (*clip_skip).max(1),

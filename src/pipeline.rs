@@ -21,8 +21,10 @@ use std::path::Path;
 
 pub mod controlnet;
 pub mod gligen;
+pub mod dit;
 mod guard;
 pub mod hires;
+pub mod imagenet;
 mod img2img;
 pub mod inpaint;
 mod limits;

@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod controlnet;
+pub mod dit;
 pub mod esrgan;
 pub mod gligen;
 pub mod taesd;
