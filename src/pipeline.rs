@@ -30,6 +30,7 @@ pub mod plan;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
 pub mod upscale;
+pub mod sd_upscale;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 pub use hires::{HiresOptions, HiresUpscaler};
