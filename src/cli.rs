@@ -733,7 +733,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Upscale { input, model, scale, tile, out, x4 } => {
             let ctx = open(&cli)?;
             if crate::pipeline::sd_upscale::is_x4_upscaler(std::path::Path::new(model)) {
-                sd_upscale::run(&ctx, input, model.as_ref(), x4, *scale, out.as_deref(), !cli.no_f16)?;
+                sd_upscale::run(&ctx, input, model.as_ref(), x4, *scale, *tile, out.as_deref(), !cli.no_f16)?;
             } else {
                 upscale::run(&ctx, input, model, *scale, *tile, out.as_deref())?;
             }

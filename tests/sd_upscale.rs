@@ -6,7 +6,8 @@
 //!
 //! * one UNet call with class label 20 (and label 0: the class embedding must matter);
 //! * 16x16 -> 64x64 upscales: DDIM (the model's scheduler, v-prediction) at noise level 20 and
-//!   Euler at noise level 100, 3 steps, cfg 9, seed 42, against diffusers' PNGs and latents.
+//!   Euler at noise level 100, 3 steps, cfg 9, seed 42, against diffusers' PNGs and latents;
+//! * latent tiling (Pigment's own) against the untiled run.
 //!
 //! Tolerances as tests/sdxl.rs: UNet max |got - want| / max |want| <= 1e-4 in f32, 1e-2 in
 //! f16 (summation order; f16 storage), the final latents too; PNGs within mean 1 / max 8 levels
@@ -123,7 +124,7 @@ fn unet_with_class_labels_matches_diffusers() {
 }
 
 fn options(sampler: SamplerKind, noise_level: usize) -> SdUpscaleOptions {
-    SdUpscaleOptions { prompt: PROMPT.into(), negative_prompt: NEGATIVE.into(), noise_level, steps: 3, guidance: 9.0, seed: 42, sampler }
+    SdUpscaleOptions { prompt: PROMPT.into(), negative_prompt: NEGATIVE.into(), noise_level, steps: 3, guidance: 9.0, seed: 42, sampler, tile: None }
 }
 
 #[test]
@@ -156,4 +157,33 @@ fn bad_input_is_refused_with_the_fix() {
     let img = pigment::pipeline::Image { width: 16, height: 16, rgb: vec![128; 16 * 16 * 3] };
     let e = up.upscale(ctx(), &img, &options(SamplerKind::Ddim, 351), |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("max_noise_level 350"), "{e}");
+}
+
+/// Latent tiling (no diffusers counterpart): the tiled UNet sees only its tile's context
+/// (global attention and the convolutions' reach are cut), so it cannot match the untiled run;
+/// the bound is relative instead. 8x8 tiles of the 16x16 latent (origins 0, 4, 8 per axis, 9
+/// tiles; each sees a quarter of the image) and 12x12 tiles (4 tiles) must stay within half of
+/// what another seed moves the image (measured: tile 8 mean 12.5 / max 108, tile 12 mean 6.9 /
+/// max 71, seed 43 vs 42 mean 39.2 / max 208 levels), and the larger tiles must be closer: the
+/// difference is lost context, and a tile the size of the image is exactly the untiled run.
+#[test]
+fn tiled_upscale_stays_close_to_untiled() {
+    let low = read_image(&fixtures().join("golden/x4-tiny/low_res.png"));
+    let up = load(DType::F32);
+    let tiles = up.plan_tiles(ctx(), 2, 16, 16, Some(8)).unwrap();
+    let origins: Vec<(usize, usize)> = tiles.iter().map(|t| (t.x, t.y)).collect();
+    assert_eq!(tiles.len(), 9);
+    assert!(tiles.iter().all(|t| (t.w, t.h, t.overlap) == (8, 8, 2)), "{tiles:?}");
+    assert!(origins.contains(&(4, 8)) && origins.contains(&(8, 8)), "{origins:?}");
+    assert_eq!(up.plan_tiles(ctx(), 2, 16, 16, Some(16)).unwrap().len(), 1);
+    assert_eq!(up.plan_tiles(ctx(), 2, 16, 16, None).unwrap().len(), 1);
+    let o = options(SamplerKind::Ddim, 20);
+    let run = |o: SdUpscaleOptions| up.upscale(ctx(), &low, &o, |_, _| {}).unwrap();
+    let whole = run(o.clone());
+    let (t8, t12, seed) = (run(SdUpscaleOptions { tile: Some(8), ..o.clone() }), run(SdUpscaleOptions { tile: Some(12), ..o.clone() }), run(SdUpscaleOptions { seed: 43, ..o }));
+    let [d8, d12, ds] = [&t8, &t12, &seed].map(|i| image_diff(&i.rgb, &whole.rgb));
+    eprintln!("vs untiled: tile 8 mean {:.3} max {}; tile 12 mean {:.3} max {}; seed 43 mean {:.3} max {}", d8.0, d8.1, d12.0, d12.1, ds.0, ds.1);
+    assert!(d8.0 > 0.0, "tiling changed nothing: were the tiles run?");
+    assert!(d8.0 <= ds.0 / 2.0 && d12.0 <= ds.0 / 2.0, "tiled runs are as far from the untiled one as another seed");
+    assert!(d12.0 < d8.0, "larger tiles are not closer to the untiled run");
 }

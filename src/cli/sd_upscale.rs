@@ -30,7 +30,7 @@ pub struct X4Args {
     pub sampler: String,
 }
 
-pub fn run(ctx: &Context, input: &Path, model: &Path, a: &X4Args, scale: Option<f32>, out: Option<&Path>, want_f16: bool) -> anyhow::Result<()> {
+pub fn run(ctx: &Context, input: &Path, model: &Path, a: &X4Args, scale: Option<f32>, tile: usize, out: Option<&Path>, want_f16: bool) -> anyhow::Result<()> {
     if scale.is_some_and(|s| s != 4.0) {
         anyhow::bail!("the x4 upscaler upscales by 4 only: drop --scale (or resize the result)");
     }
@@ -46,10 +46,14 @@ pub fn run(ctx: &Context, input: &Path, model: &Path, a: &X4Args, scale: Option<
         guidance: a.cfg,
         seed: a.seed,
         sampler: SamplerKind::parse(&a.sampler)?,
+        tile: (tile > 0).then_some(tile),
     };
     let start = std::time::Instant::now();
     let result = up.upscale(ctx, &img, &o, |i, n| eprint!("\rstep {i}/{n}"))?;
     eprintln!();
+    for w in up.sd.take_warnings() {
+        eprintln!("note: {w}");
+    }
     let out: PathBuf = out.map(Path::to_path_buf).unwrap_or_else(|| {
         let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
         input.with_file_name(format!("{stem}-x4.png"))

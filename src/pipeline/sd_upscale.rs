@@ -36,6 +36,10 @@ pub struct SdUpscaleOptions {
     pub seed: u64,
     /// The sampler (the model's own scheduler is DDIM).
     pub sampler: SamplerKind,
+    /// Latent tile side (= input pixels; `None`: the whole image). The UNet then runs per
+    /// overlapping tile and the predictions are blended before each scheduler step; a tile the
+    /// device cannot hold is shrunk. diffusers has no tiling: only an untiled run matches it.
+    pub tile: Option<usize>,
 }
 
 impl Default for SdUpscaleOptions {
@@ -48,6 +52,7 @@ impl Default for SdUpscaleOptions {
             guidance: 9.0,
             seed: 0,
             sampler: SamplerKind::Ddim,
+            tile: None,
         }
     }
 }
@@ -152,8 +157,7 @@ impl SdUpscaler {
         }
         let guided = uses_cfg(o.guidance);
         let batch_n = if guided { 2 } else { 1 };
-        // check_unet_fits counts latents as pixels / 8.
-        super::limits::check_unet_fits(ctx, unet, batch_n, 8 * w, 8 * h)?;
+        let tiles = self.plan_tiles(ctx, batch_n, w, h, o.tile)?;
 
         phase(ctx, "text encoder");
         let go = GenerateOptions { prompt: o.prompt.clone(), negative_prompt: o.negative_prompt.clone(), ..Default::default() };
@@ -181,27 +185,139 @@ impl SdUpscaler {
         phase(ctx, "unet");
         let total = sched.timesteps().len();
         let labels = [o.noise_level];
+        let whole = tiles.len() == 1;
         for i in 0..total {
             let t = sched.timesteps()[i];
             // [scaled latents | noised image] per batch entry (NCHW: channel concat of batch 1).
-            let mut one = sched.scale_model_input(&x, i);
-            one.extend_from_slice(&low);
-            let mut batch = one.clone();
-            if guided {
-                batch.extend_from_slice(&one);
+            let mut full = sched.scale_model_input(&x, i);
+            full.extend_from_slice(&low);
+            let (mut acc, mut wsum) = (vec![0f32; n], vec![0f32; w * h]);
+            for tile in &tiles {
+                let one = if whole { std::mem::take(&mut full) } else { tile.cut(&full, lc + 3, w) };
+                let mut batch = one.clone();
+                if guided {
+                    batch.extend_from_slice(&one);
+                }
+                let sample = Tensor::from_f32(ctx, &batch, &[batch_n, lc + 3, tile.h, tile.w], text.dtype())?;
+                let out = unet.forward_labeled(ctx, &sample, &[t], &text, None, Some(&labels), None, None)?.to_f32(ctx).await?;
+                let tn = lc * tile.h * tile.w;
+                let pred = if guided { schedulers::cfg_combine(&out[..tn], &out[tn..], o.guidance) } else { out };
+                if whole {
+                    acc = pred;
+                    wsum.fill(1.0);
+                } else {
+                    tile.accumulate(&pred, lc, w, h, &mut acc, &mut wsum);
+                }
             }
-            let sample = Tensor::from_f32(ctx, &batch, &[batch_n, lc + 3, h, w], text.dtype())?;
-            let out = unet.forward_labeled(ctx, &sample, &[t], &text, None, Some(&labels), None, None)?.to_f32(ctx).await?;
-            let pred = if guided { schedulers::cfg_combine(&out[..n], &out[n..], o.guidance) } else { out };
+            let hw = w * h;
+            let pred: Vec<f32> = acc.iter().enumerate().map(|(k, &v)| v / wsum[k % hw]).collect();
             x = sched.step(&pred, i, &x, &mut rng);
             if x.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Unsupported(format!(
-                    "the latents turned non-finite at step {} (an f16 overflow? run with --no-f16)",
-                    i + 1
-                )));
+                let hint = if unet.dtype == DType::F16 { " (an f16 overflow: run with --no-f16)" } else { "" };
+                return Err(Error::Unsupported(format!("the latents turned non-finite at step {}{hint}", i + 1)));
             }
             progress(i + 1, total);
         }
         Ok(x)
+    }
+}
+
+/// One latent tile: origin, size and the blend ramp's width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub x: usize,
+    pub y: usize,
+    pub w: usize,
+    pub h: usize,
+    pub overlap: usize,
+}
+
+impl Tile {
+    /// `[C, h, w]` of this tile from a `[C, H, width]` map.
+    fn cut(&self, full: &[f32], channels: usize, width: usize) -> Vec<f32> {
+        let height = full.len() / (channels * width);
+        let mut out = Vec::with_capacity(channels * self.h * self.w);
+        for c in 0..channels {
+            for r in self.y..self.y + self.h {
+                let row = (c * height + r) * width;
+                out.extend_from_slice(&full[row + self.x..row + self.x + self.w]);
+            }
+        }
+        out
+    }
+
+    /// Weight of a tile position along one axis: a linear ramp over `overlap` from each edge
+    /// that lies inside the image (1 at the image's border), never 0.
+    fn ramp(&self, p: usize, len: usize, start: usize, size: usize) -> f32 {
+        let o = self.overlap as f32 + 1.0;
+        let mut v = 1f32;
+        if start > 0 {
+            v = v.min((p + 1) as f32 / o);
+        }
+        if start + len < size {
+            v = v.min((len - p) as f32 / o);
+        }
+        v
+    }
+
+    fn accumulate(&self, pred: &[f32], channels: usize, width: usize, height: usize, acc: &mut [f32], wsum: &mut [f32]) {
+        for r in 0..self.h {
+            let wy = self.ramp(r, self.h, self.y, height);
+            for q in 0..self.w {
+                let wt = wy * self.ramp(q, self.w, self.x, width);
+                let k = (self.y + r) * width + self.x + q;
+                wsum[k] += wt;
+                for c in 0..channels {
+                    acc[c * width * height + k] += wt * pred[(c * self.h + r) * self.w + q];
+                }
+            }
+        }
+    }
+}
+
+/// Tile origins along one axis: one tile when it fits, else evenly spread tiles overlapping by
+/// at least `overlap`, the last ending at the border.
+fn starts(size: usize, tile: usize, overlap: usize) -> Vec<usize> {
+    if size <= tile {
+        return vec![0];
+    }
+    let n = (size - overlap).div_ceil(tile - overlap);
+    (0..n).map(|i| i * (size - tile) / (n - 1)).collect()
+}
+
+impl SdUpscaler {
+    /// The latent tiles for a `w`x`h` input: the whole image, or tiles of `tile` (a multiple of
+    /// the UNet's down-sampling factor, overlapping by a quarter) when asked for or when the
+    /// whole latent's activations would not fit a device buffer (then the largest that fits).
+    pub fn plan_tiles(&self, ctx: &Context, batch: usize, w: usize, h: usize, tile: Option<usize>) -> Result<Vec<Tile>> {
+        let unet = &self.sd.unet;
+        let m = unet.config.downscale();
+        // check_unet_fits counts latents as pixels / 8.
+        let fits = |t: usize| super::limits::check_unet_fits(ctx, unet, batch, 8 * t.min(w), 8 * t.min(h));
+        let mut t = tile.unwrap_or(w.max(h)).max(m);
+        if t < w.max(h) {
+            t = (t / m * m).max(m);
+        }
+        while fits(t).is_err() && t > m {
+            t = ((t - 1) / m * m).max(m);
+        }
+        fits(t)?;
+        // Shrunk below what was asked for (the whole image when nothing was): say so.
+        if t < w.max(h) && t < tile.unwrap_or(usize::MAX) {
+            let msg = format!("x4 upscaler: the UNet runs in {t}x{t} latent tiles (the largest this device holds; the result differs a little from an untiled run)");
+            self.sd.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+        }
+        if t >= w && t >= h {
+            return Ok(vec![Tile { x: 0, y: 0, w, h, overlap: 0 }]);
+        }
+        let overlap = (t / 4).max(1).min(t - 1);
+        let (tw, th) = (t.min(w), t.min(h));
+        let mut tiles = Vec::new();
+        for &y in &starts(h, th, overlap) {
+            for &x in &starts(w, tw, overlap) {
+                tiles.push(Tile { x, y, w: tw, h: th, overlap });
+            }
+        }
+        Ok(tiles)
     }
 }
