@@ -8,6 +8,7 @@ use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dit;
+mod sd_upscale;
 mod upscale;
 
 #[derive(Parser)]
@@ -212,13 +213,15 @@ pub enum Command {
         #[arg(long, default_value = "latent")]
         hires_upscaler: String,
     },
-    /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits.
+    /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits, or
+    /// with the Stable Diffusion x4 upscaler (a diffusers folder; prompt-guided, 4x).
     Upscale {
         /// The image (PNG, JPEG or WebP).
         input: std::path::PathBuf,
         /// An RRDBNet .safetensors (RealESRGAN_x4plus, x4plus_anime_6B, x2plus, old ESRGAN x4
         /// names), or synthetic:x4plus | synthetic:x4plus-anime-6b | synthetic:x2plus
-        /// (the architecture with generated weights: for timing, no download).
+        /// (the architecture with generated weights: for timing, no download); or a
+        /// stable-diffusion-x4-upscaler diffusers folder.
         #[arg(long)]
         model: String,
         /// Output size / input size (default: the model's); another factor runs the model
@@ -230,8 +233,12 @@ pub enum Command {
         #[arg(long, default_value_t = crate::pipeline::upscale::DEFAULT_TILE)]
         tile: usize,
         /// Output PNG (default: IN-xS.png beside the input).
-        #[arg(long)]
+        #[arg(long, short = 'o')]
         out: Option<std::path::PathBuf>,
+        /// The Stable Diffusion x4 upscaler (--model a diffusers folder with low_res_scheduler/):
+        /// prompt, noise level, sampling and seed; see `pipeline::sd_upscale`.
+        #[command(flatten)]
+        x4: sd_upscale::X4Args,
     },
     /// An HTTP server with AUTOMATIC1111's API (/sdapi/v1/...), OpenAI's
     /// /v1/images/generations and Pigment's job API: one GPU worker behind a FIFO queue.
@@ -776,9 +783,13 @@ pub fn main() -> anyhow::Result<()> {
             };
             crate::serve::run(opts, choice)?;
         }
-        Command::Upscale { input, model, scale, tile, out } => {
+        Command::Upscale { input, model, scale, tile, out, x4 } => {
             let ctx = open(&cli)?;
-            upscale::run(&ctx, input, model, *scale, *tile, out.as_deref())?;
+            if crate::pipeline::sd_upscale::is_x4_upscaler(std::path::Path::new(model)) {
+                sd_upscale::run(&ctx, input, model.as_ref(), x4, *scale, *tile, out.as_deref(), !cli.no_f16)?;
+            } else {
+                upscale::run(&ctx, input, model, *scale, *tile, out.as_deref())?;
+            }
             print_profile(&ctx)?;
         }
         Command::Adapters => {

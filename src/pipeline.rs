@@ -35,6 +35,7 @@ mod sag;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
 pub mod upscale;
+pub mod sd_upscale;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 pub use hires::{HiresOptions, HiresUpscaler};
@@ -518,7 +519,7 @@ impl StableDiffusion {
             };
             let mut probe = None;
             let out = unet
-                .forward_with(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None, UNetExtras { probe: sag.is_some().then_some(&mut probe), gligen: gligen.objs(i) })?
+                .forward_with(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None, UNetExtras { probe: sag.is_some().then_some(&mut probe), gligen: gligen.objs(i), class_labels: None })?
                 .to_f32(ctx)
                 .await?;
             let mut pred = if guided { schedulers::cfg_combine(&out[..n], &out[n..], o.guidance) } else { out.clone() };
