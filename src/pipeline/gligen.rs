@@ -113,7 +113,8 @@ impl Grounding {
 
 impl StableDiffusion {
     /// GLIGEN's grounding tokens for `o`, `[B, 30, C]` row-major (B = 2 with CFG: uncond, cond),
-    /// as the UNet's fusers receive them; `None` without boxes.
+    /// as the UNet's fusers receive them; `None` without boxes. Native only (it blocks).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn grounding_tokens(&self, ctx: &Context, o: &GenerateOptions) -> Result<Option<Vec<f32>>> {
         pollster::block_on(async {
             let g = Grounding::prepare(self, ctx, o, &self.unet, super::uses_cfg(o.guidance), 1, self.unet.dtype).await?;
