@@ -7,6 +7,7 @@ pub use crate::imageio::canny_map;
 use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod edit;
 mod upscale;
 
 #[derive(Parser)]
@@ -195,6 +196,9 @@ pub enum Command {
         #[arg(long, default_value = "latent")]
         hires_upscaler: String,
     },
+    /// Edit an image by an instruction with an InstructPix2Pix model, e.g.
+    /// `pigment edit IN.png "make it snowy" --model timbrooks/instruct-pix2pix`.
+    Edit(edit::EditArgs),
     /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits.
     Upscale {
         /// The image (PNG, JPEG or WebP).
@@ -624,6 +628,7 @@ pub fn main() -> anyhow::Result<()> {
                 decoder: to_decoder(*vae_decoder == DecoderArg::Taesd),
                 preview_decoder: to_decoder(*preview == PreviewArg::Taesd),
                 encoder: to_decoder(encodes_taesd),
+                instruct: None,
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
                 anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());
@@ -723,6 +728,7 @@ pub fn main() -> anyhow::Result<()> {
             };
             crate::serve::run(opts, choice)?;
         }
+        Command::Edit(args) => edit::run(&cli, args)?,
         Command::Upscale { input, model, scale, tile, out } => {
             let ctx = open(&cli)?;
             upscale::run(&ctx, input, model, *scale, *tile, out.as_deref())?;

@@ -26,6 +26,7 @@ mod img2img;
 pub mod inpaint;
 mod limits;
 pub use limits::check_device_size;
+pub mod pix2pix;
 pub mod plan;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
@@ -33,6 +34,7 @@ pub mod upscale;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 pub use hires::{HiresOptions, HiresUpscaler};
+pub use pix2pix::InstructOptions;
 
 /// Everything a generation needs besides the model.
 #[derive(Clone, Debug)]
@@ -81,6 +83,8 @@ pub struct GenerateOptions {
     /// upscalers); [`Autoencoder::Taesd`] is a fast draft encode (diffusers' img2img with
     /// `vae=AutoencoderTiny`: no posterior sample, so no generator draw).
     pub encoder: Autoencoder,
+    /// InstructPix2Pix: edit this image by the prompt (needs an 8-channel UNet; [`pix2pix`]).
+    pub instruct: Option<InstructOptions>,
 }
 
 /// Which autoencoder turns latents into pixels or pixels into latents.
@@ -123,6 +127,7 @@ impl Default for GenerateOptions {
             decoder: VaeDecoder::Full,
             preview_decoder: VaeDecoder::Full,
             encoder: Autoencoder::Full,
+            instruct: None,
         }
     }
 }
@@ -437,7 +442,10 @@ impl StableDiffusion {
         if o.steps == 0 {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
-        img2img::check(self, o)?;
+        match &o.instruct {
+            Some(ip) => pix2pix::check(self, o, ip)?,
+            None => img2img::check(self, o)?,
+        }
         for (d, what) in [(o.decoder, "final decode"), (o.preview_decoder, "previews")] {
             if d == VaeDecoder::Taesd && self.taesd.is_none() {
                 return Err(Error::Unsupported(format!("TAESD {what} need TAESD weights (--taesd PATH; library: StableDiffusion::set_taesd)")));
@@ -455,9 +463,17 @@ impl StableDiffusion {
         phase(ctx, "text encoder");
         // diffusers' `do_classifier_free_guidance`: guidance > 1, else one batch of cond alone
         let guided = uses_cfg(o.guidance);
-        let batch_n = if guided { 2 } else { 1 };
+        let batch_n = match o.instruct {
+            Some(_) => pix2pix::batch_n(guided),
+            None => if guided { 2 } else { 1 },
+        };
         limits::check_unet_fits(ctx, unet, batch_n, o.width, o.height)?;
-        let cond = self.encode(ctx, o, guided).await?;
+        let mut cond = self.encode(ctx, o, guided).await?;
+        let mut instruct = None;
+        if let Some(ip) = &o.instruct {
+            cond = pix2pix::text(ctx, cond, guided).await?;
+            instruct = Some(pix2pix::ImageCond::prepare(self, ctx, o, ip, guided).await?);
+        }
         let text32;
         let text = if cond.text.dtype() == unet.dtype {
             &cond.text
@@ -492,10 +508,11 @@ impl StableDiffusion {
             if let Some(p) = &inpaint {
                 p.extend_input(&mut xin);
             }
-            let mut batch = xin.clone();
-            if guided {
-                batch.extend_from_slice(&xin);
-            }
+            let batch = match &instruct {
+                Some(ic) => ic.batch(&xin),
+                None if guided => [&xin[..], &xin[..]].concat(),
+                None => xin,
+            };
             let shape = [batch_n, unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
             let res = match &control {
@@ -503,7 +520,11 @@ impl StableDiffusion {
                 None => None,
             };
             let out = unet.forward_full(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None)?.to_f32(ctx).await?;
-            let guided = if guided { schedulers::cfg_combine(&out[..n], &out[n..], o.guidance) } else { out };
+            let guided = match &instruct {
+                Some(ic) => ic.combine(out, n, o.guidance),
+                None if guided => schedulers::cfg_combine(&out[..n], &out[n..], o.guidance),
+                None => out,
+            };
             x = sched.step(&guided, i, &x, &mut rng);
             if let Some(p) = &inpaint {
                 p.blend(&mut x, sched.as_ref(), i)?;
