@@ -20,6 +20,7 @@ use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
 pub mod controlnet;
+pub mod diffedit;
 mod guard;
 pub mod hires;
 mod img2img;
