@@ -8,7 +8,7 @@
 //! Images: mean abs difference <= 1 level, max <= 8 (as tests/pipeline.rs and tests/sdxl.rs: f32
 //! on both sides differs only by summation order). What the bound catches (the script's
 //! figures): image guidance 1.0 instead of 1.5 moves the image 3.6 levels mean, the image
-//! latents scaled by 0.18215 11.1, g and ig swapped 29.3, another sampler 8.8.
+//! latents scaled by 0.18215 11.1, g and ig swapped 29.3, another sampler 8.8, no guidance 11.6.
 //! Image latents: max error <= 1e-4 of max |want| (the VAE encoder in f32 against torch's).
 
 mod common;
@@ -61,7 +61,6 @@ fn options(run: &str) -> GenerateOptions {
     let (sampler, guidance, image_guidance) = match run {
         "euler_a" => (SamplerKind::EulerAncestral, 7.5, 1.5),
         "dpmpp_2m" => (SamplerKind::DpmPlusPlus2M, 7.5, 1.5),
-        "euler_a_ig1" => (SamplerKind::EulerAncestral, 7.5, 1.0),
         "euler_a_cfg1" => (SamplerKind::EulerAncestral, 1.0, 1.5),
         _ => unreachable!(),
     };
@@ -97,7 +96,7 @@ fn png_check(image: &Image, run: &str, what: &str) {
 fn edit_matches_diffusers_png() {
     for dtype in dtypes() {
         let sd = load(dtype);
-        for run in ["euler_a", "dpmpp_2m", "euler_a_ig1", "euler_a_cfg1"] {
+        for run in ["euler_a", "dpmpp_2m", "euler_a_cfg1"] {
             let mut evals = 0;
             let image = sd.generate(ctx(), &options(run), |i, _| evals = i).unwrap();
             assert_eq!(evals, Golden::load("pix2pix", &format!("{run}.safetensors")).f32("t").0.len(), "{run}: model evaluations");
