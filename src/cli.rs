@@ -99,6 +99,10 @@ pub enum Command {
         /// CLIP skip as A1111 counts it (1 = last layer, 2 = penultimate).
         #[arg(long, default_value_t = 1)]
         clip_skip: usize,
+        /// Self-Attention Guidance scale (0 = off; 0.75 is diffusers' default). SD 1.x/2.x with
+        /// an integer-timestep sampler (ddim, pndm, ddpm, dpmpp-2m, dpmpp-2m-sde, unipc, lcm).
+        #[arg(long, default_value_t = 0.0, value_name = "S")]
+        sag_scale: f32,
         #[arg(long, default_value = "output.png")]
         output: std::path::PathBuf,
         /// Images to make, one after another with seeds seed, seed+1, ... (A1111's batch count);
@@ -445,6 +449,7 @@ pub fn main() -> anyhow::Result<()> {
             scheduler,
             karras,
             clip_skip,
+            sag_scale,
             output,
             batch_count,
             init_image,
@@ -628,6 +633,7 @@ pub fn main() -> anyhow::Result<()> {
                 decoder: to_decoder(*vae_decoder == DecoderArg::Taesd),
                 preview_decoder: to_decoder(*preview == PreviewArg::Taesd),
                 encoder: to_decoder(encodes_taesd),
+                sag_scale: *sag_scale,
                 instruct: None,
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {

@@ -29,6 +29,7 @@ mod limits;
 pub use limits::check_device_size;
 pub mod pix2pix;
 pub mod plan;
+mod sag;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
 pub mod upscale;
@@ -84,6 +85,9 @@ pub struct GenerateOptions {
     /// upscalers); [`Autoencoder::Taesd`] is a fast draft encode (diffusers' img2img with
     /// `vae=AutoencoderTiny`: no posterior sample, so no generator draw).
     pub encoder: Autoencoder,
+    /// Self-Attention Guidance scale (diffusers' `sag_scale`; 0 = off, 0.75 is the reference's
+    /// default); SD 1.x/2.x with an integer-timestep sampler.
+    pub sag_scale: f32,
     /// InstructPix2Pix: edit this image by the prompt (needs an 8-channel UNet; [`pix2pix`]).
     pub instruct: Option<InstructOptions>,
 }
@@ -128,6 +132,7 @@ impl Default for GenerateOptions {
             decoder: VaeDecoder::Full,
             preview_decoder: VaeDecoder::Full,
             encoder: Autoencoder::Full,
+            sag_scale: 0.0,
             instruct: None,
         }
     }
@@ -482,6 +487,7 @@ impl StableDiffusion {
             text32 = Tensor::from_f32(ctx, &cond.text.to_f32(ctx).await?, cond.text.shape(), unet.dtype)?;
             &text32
         };
+        let sag = sag::Sag::new(self, ctx, o, unet, text).await?;
         let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
         let latent_shape = [1, self.vae.config.latent_channels, h, w];
@@ -520,13 +526,20 @@ impl StableDiffusion {
                 Some(c) => c.residuals(ctx, &sample, t, text, i - begin, total - begin)?,
                 None => None,
             };
-            let out = unet.forward_full(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None)?.to_f32(ctx).await?;
-            let guided = match &instruct {
-                Some(ic) => ic.combine(out, n, o.guidance),
+            let mut probe = None;
+            let out = unet
+                .forward_probed(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None, sag.is_some().then_some(&mut probe))?
+                .to_f32(ctx)
+                .await?;
+            let mut pred = match &instruct {
+                Some(ic) => ic.combine(out.clone(), n, o.guidance),
                 None if guided => schedulers::cfg_combine(&out[..n], &out[n..], o.guidance),
-                None => out,
+                None => out.clone(),
             };
-            x = sched.step(&guided, i, &x, &mut rng);
+            if let (Some(s), Some(p)) = (&sag, &probe) {
+                s.guide(ctx, unet, sched.as_ref(), p, &x, &out[..n], &mut pred, i, t, latent_shape).await?;
+            }
+            x = sched.step(&pred, i, &x, &mut rng);
             if let Some(p) = &inpaint {
                 p.blend(&mut x, sched.as_ref(), i)?;
             }
@@ -672,6 +685,10 @@ pub fn a1111_parameters(o: &GenerateOptions, model: &str) -> String {
     ));
     if o.clip_skip > 1 {
         s.push_str(&format!(", Clip skip: {}", o.clip_skip));
+    }
+    if o.sag_scale > 0.0 {
+        // the names of A1111's SAG extension (sd_webui_SAG)
+        s.push_str(&format!(", SAG Guidance Enabled: True, SAG Guidance Scale: {}", o.sag_scale));
     }
     if let Some(h) = &o.hires {
         s.push_str(&hires::a1111_parameters(h));

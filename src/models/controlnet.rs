@@ -305,7 +305,7 @@ impl ControlNetModel {
         let x = self.conv_in.forward_residual(ctx, sample, hint)?;
         let mut skips = vec![x.clone()];
         let x = unet::down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, &mut skips, None)?;
-        let x = unet::mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states)?;
+        let x = unet::mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states, None)?;
         if skips.len() != self.controlnet_down_blocks.len() {
             return Err(Error::Shape { op: "controlnet", detail: format!("{} skips for {} zero convs", skips.len(), self.controlnet_down_blocks.len()) });
         }

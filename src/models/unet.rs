@@ -756,7 +756,24 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         added: Option<&AddedCond>,
         control: Option<&ControlNetOutput>,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        self.forward_probed(ctx, sample, timesteps, encoder_hidden_states, added, control, trace, None)
+    }
+
+    /// [`Self::forward_full`] that also hands back the mid block's first self-attention inputs
+    /// (Self-Attention Guidance reads its attention map).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_probed(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
+        control: Option<&ControlNetOutput>,
         mut trace: Option<&mut Trace>,
+        probe: Option<&mut Option<MidAttention>>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let ts = check_inputs(cfg, "unet", sample, timesteps, encoder_hidden_states)?;
@@ -768,7 +785,7 @@ impl UNet2DConditionModel {
         record(&mut trace, "conv_in", &x);
         let mut skips = vec![x.clone()];
         let x = down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, &mut skips, trace.as_deref_mut())?;
-        let mut x = mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states)?;
+        let mut x = mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states, probe)?;
         if let Some(c) = control {
             if c.down.len() != skips.len() {
                 return Err(Error::Shape {
@@ -931,14 +948,36 @@ pub(crate) fn down_blocks_forward(
     Ok(x)
 }
 
-/// UNetMidBlock2DCrossAttn: resnet, then (attention, resnet) pairs.
-pub(crate) fn mid_block_forward(ctx: &Context, cfg: &UNetConfig, mid: &MidBlock, x: Tensor, emb_act: &Tensor, context: &Tensor) -> Result<Tensor> {
+/// UNetMidBlock2DCrossAttn: resnet, then (attention, resnet) pairs. `probe` receives the first
+/// attention's first self-attention q|k|v.
+pub(crate) fn mid_block_forward(
+    ctx: &Context,
+    cfg: &UNetConfig,
+    mid: &MidBlock,
+    x: Tensor,
+    emb_act: &Tensor,
+    context: &Tensor,
+    mut probe: Option<&mut Option<MidAttention>>,
+) -> Result<Tensor> {
     let mut x = resnet(ctx, cfg, &mid.resnets[0], &x, emb_act)?;
     for (attn, r) in mid.attentions.iter().zip(&mid.resnets[1..]) {
-        x = transformer(ctx, cfg, attn, &x, context)?;
+        let map = (x.dim(2), x.dim(3));
+        let mut qkv = None;
+        x = transformer_probed(ctx, cfg, attn, &x, context, probe.is_some().then_some(&mut qkv))?;
+        if let (Some(p), Some(qkv)) = (probe.take(), qkv) {
+            *p = Some(MidAttention { qkv, heads: attn.transformer_blocks[0].attn1.heads, map });
+        }
         x = resnet(ctx, cfg, r, &x, emb_act)?;
     }
     Ok(x)
+}
+
+/// The mid block's first self-attention inputs: fused `q|k|v` `[B, H·W, 3C]` over the `map`
+/// `(H, W)` grid, `heads` heads.
+pub struct MidAttention {
+    pub qkv: Tensor,
+    pub heads: usize,
+    pub map: (usize, usize),
 }
 
 /// ResnetBlock2D: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))`.
@@ -960,23 +999,28 @@ fn resnet(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_ac
 
 /// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.
 fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    transformer_probed(ctx, cfg, t, x, context, None)
+}
+
+/// [`transformer`]; `probe` receives the first block's self-attention q|k|v.
+fn transformer_probed(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor, mut probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
     let (b, c, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let h = group_norm(ctx, x, cfg.norm_num_groups, &t.norm.weight, &t.norm.bias, ATTN_GROUP_NORM_EPS, false)?;
     // [B, C, HW] -> token-major [B, HW, C], then proj_in.
     let h = transpose_last2(ctx, &h.reshape(&[b, c, hh * ww])?)?;
     let mut h = matmul(ctx, &h, &t.proj_in.weight_t, GemmOpts { bias: t.proj_in.bias.as_ref(), ..Default::default() })?;
     for blk in &t.transformer_blocks {
-        h = transformer_block(ctx, blk, &h, context)?;
+        h = transformer_block(ctx, blk, &h, context, probe.take())?;
     }
     // Back to NCHW; proj_out as a 1x1 conv with the block input as residual.
     let h = transpose_last2(ctx, &h)?.reshape(&[b, c, hh, ww])?;
     t.proj_out.forward_residual(ctx, &h, x)
 }
 
-fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
     // Norm outputs and the GEGLU's 8C-wide input are dropped once used.
-    let mut x = attend(ctx, &blk.attn1, &layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?, None, x)?;
-    x = attend(ctx, &blk.attn2, &layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?, Some(context), &x)?;
+    let mut x = attend(ctx, &blk.attn1, &layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?, None, x, probe)?;
+    x = attend(ctx, &blk.attn2, &layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?, Some(context), &x, None)?;
     let p = &blk.ff_proj;
     let h = {
         let n = layer_norm(ctx, &x, &blk.norm3.weight, &blk.norm3.bias, LAYER_NORM_EPS)?;
@@ -986,8 +1030,9 @@ fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, con
     matmul(ctx, &h, &o.weight_t, GemmOpts { bias: o.bias.as_ref(), residual: Some(&x), ..Default::default() })
 }
 
-/// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`.
-fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+/// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`. `probe`
+/// receives a self-attention's fused q|k|v.
+fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
     let c = x.dim(2);
     let head_dim = c / a.heads;
     let scale = (head_dim as f32).powf(-0.5);
@@ -999,6 +1044,9 @@ fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, re
         }
         _ => {
             let qkv = matmul(ctx, x, &a.q_weight_t, GemmOpts::default())?;
+            if let Some(p) = probe {
+                *p = Some(qkv.clone());
+            }
             attention_qkv(ctx, &qkv, a.heads, scale, false)?
         }
     };
