@@ -7,7 +7,9 @@ pub use crate::imageio::canny_map;
 use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dit;
 mod edit;
+mod sd_upscale;
 mod upscale;
 
 #[derive(Parser)]
@@ -81,14 +83,18 @@ pub enum Command {
         target_size: Option<(usize, usize)>,
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// Classifier-free guidance scale; <= 1 runs no unconditional batch (as diffusers; Turbo
-        /// models use 0).
-        #[arg(long, default_value_t = 7.5)]
-        cfg: f32,
+        /// Classifier-free guidance scale (default 7.5; DiT 4.0); <= 1 runs no unconditional
+        /// batch (as diffusers; Turbo models use 0).
+        #[arg(long)]
+        cfg: Option<f32>,
         /// ddim, pndm, lms, euler, euler-a, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc, lcm
-        /// (LCM-distilled models only), ddpm.
-        #[arg(long, default_value = "euler-a")]
-        sampler: String,
+        /// (LCM-distilled models only), ddpm. Default euler-a; DiT: its scheduler's.
+        #[arg(long)]
+        sampler: Option<String>,
+        /// DiT (class-conditional ImageNet): the class, an id (207) or a name ("golden
+        /// retriever"); default: the prompt read as a name.
+        #[arg(long, value_name = "ID|NAME")]
+        class_label: Option<String>,
         /// Sigma schedule (A1111's "Schedule type"): normal, karras or exponential; karras and
         /// exponential work with lms, euler, heun, dpmpp-2m, dpmpp-2m-sde, dpmpp-sde, unipc.
         #[arg(long, default_value = "normal")]
@@ -103,6 +109,14 @@ pub enum Command {
         /// an integer-timestep sampler (ddim, pndm, ddpm, dpmpp-2m, dpmpp-2m-sde, unipc, lcm).
         #[arg(long, default_value_t = 0.0, value_name = "S")]
         sag_scale: f32,
+        /// GLIGEN (a GLIGEN checkpoint): a phrase placed in a box, "x0,y0,x1,y1:phrase" with
+        /// fractions of the image; repeatable (up to 30).
+        #[arg(long = "box", value_name = "BOX")]
+        boxes: Vec<crate::pipeline::GroundingBox>,
+        /// GLIGEN: the fraction of the steps the boxes steer (diffusers'
+        /// gligen_scheduled_sampling_beta).
+        #[arg(long, default_value_t = 0.3, value_name = "BETA")]
+        gligen_beta: f32,
         #[arg(long, default_value = "output.png")]
         output: std::path::PathBuf,
         /// Images to make, one after another with seeds seed, seed+1, ... (A1111's batch count);
@@ -203,13 +217,15 @@ pub enum Command {
     /// Edit an image by an instruction with an InstructPix2Pix model, e.g.
     /// `pigment edit IN.png "make it snowy" --model timbrooks/instruct-pix2pix`.
     Edit(edit::EditArgs),
-    /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits.
+    /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits, or
+    /// with the Stable Diffusion x4 upscaler (a diffusers folder; prompt-guided, 4x).
     Upscale {
         /// The image (PNG, JPEG or WebP).
         input: std::path::PathBuf,
         /// An RRDBNet .safetensors (RealESRGAN_x4plus, x4plus_anime_6B, x2plus, old ESRGAN x4
         /// names), or synthetic:x4plus | synthetic:x4plus-anime-6b | synthetic:x2plus
-        /// (the architecture with generated weights: for timing, no download).
+        /// (the architecture with generated weights: for timing, no download); or a
+        /// stable-diffusion-x4-upscaler diffusers folder.
         #[arg(long)]
         model: String,
         /// Output size / input size (default: the model's); another factor runs the model
@@ -221,8 +237,12 @@ pub enum Command {
         #[arg(long, default_value_t = crate::pipeline::upscale::DEFAULT_TILE)]
         tile: usize,
         /// Output PNG (default: IN-xS.png beside the input).
-        #[arg(long)]
+        #[arg(long, short = 'o')]
         out: Option<std::path::PathBuf>,
+        /// The Stable Diffusion x4 upscaler (--model a diffusers folder with low_res_scheduler/):
+        /// prompt, noise level, sampling and seed; see `pipeline::sd_upscale`.
+        #[command(flatten)]
+        x4: sd_upscale::X4Args,
     },
     /// An HTTP server with AUTOMATIC1111's API (/sdapi/v1/...), OpenAI's
     /// /v1/images/generations and Pigment's job API: one GPU worker behind a FIFO queue.
@@ -446,10 +466,13 @@ pub fn main() -> anyhow::Result<()> {
             steps,
             cfg,
             sampler,
+            class_label,
             scheduler,
             karras,
             clip_skip,
             sag_scale,
+            boxes,
+            gligen_beta,
             output,
             batch_count,
             init_image,
@@ -479,6 +502,35 @@ pub fn main() -> anyhow::Result<()> {
             hires_denoise,
             hires_upscaler,
         } => {
+            if let Some(dir) = model.as_deref().map(std::path::Path::new).filter(|p| crate::pipeline::dit::is_dit_folder(p)) {
+                let given = [
+                    (!negative_prompt.is_empty(), "--negative-prompt"),
+                    (init_image.is_some() || mask.is_some(), "--init-image/--mask"),
+                    (!loras.is_empty() || lora_dir.is_some(), "--lora/--lora-dir"),
+                    (controlnet.is_some(), "--controlnet"),
+                    (hires_scale.is_some(), "--hires-scale"),
+                    (prompt_2.is_some() || negative_prompt_2.is_some(), "--prompt-2"),
+                    (taesd.is_some(), "--taesd"),
+                ];
+                let args = dit::Args {
+                    prompt: prompt.as_deref().or(positional_prompt.as_deref()),
+                    class_label: class_label.as_deref(),
+                    width: *width,
+                    height: *height,
+                    steps: *steps,
+                    cfg: *cfg,
+                    sampler: sampler.as_deref(),
+                    schedule: crate::schedulers::SigmaSchedule::parse(scheduler)?,
+                    seed: seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0)),
+                    batch_count: *batch_count,
+                    output,
+                    unused: given.iter().filter(|g| g.0).map(|g| g.1).collect(),
+                };
+                return dit::run(&open(&cli)?, dir, args, !cli.no_f16, numbered);
+            }
+            if class_label.is_some() {
+                anyhow::bail!("--class-label is for class-conditional DiT models (a diffusers DiTPipeline folder as --model)");
+            }
             let prompt = match (prompt, positional_prompt) {
                 (Some(p), None) | (None, Some(p)) => p.clone(),
                 (Some(_), Some(_)) => anyhow::bail!("give the prompt once: positionally or with --prompt"),
@@ -519,7 +571,7 @@ pub fn main() -> anyhow::Result<()> {
                 }
             }
             let strength = strength.unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
-            let sampler = crate::schedulers::SamplerKind::parse(sampler)?;
+            let sampler = crate::schedulers::SamplerKind::parse(sampler.as_deref().unwrap_or("euler-a"))?;
             let mut schedule = crate::schedulers::SigmaSchedule::parse(scheduler)?;
             if *karras {
                 if schedule != crate::schedulers::SigmaSchedule::Normal && schedule != crate::schedulers::SigmaSchedule::Karras {
@@ -616,7 +668,7 @@ pub fn main() -> anyhow::Result<()> {
                 width: *width,
                 height: *height,
                 steps: *steps,
-                guidance: *cfg,
+                guidance: cfg.unwrap_or(7.5),
                 sampler,
                 schedule,
                 clip_skip: (*clip_skip).max(1),
@@ -634,6 +686,8 @@ pub fn main() -> anyhow::Result<()> {
                 preview_decoder: to_decoder(*preview == PreviewArg::Taesd),
                 encoder: to_decoder(encodes_taesd),
                 sag_scale: *sag_scale,
+                gligen: (!boxes.is_empty())
+                    .then(|| crate::pipeline::GligenOptions { boxes: boxes.clone(), scheduled_sampling_beta: *gligen_beta }),
                 instruct: None,
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
@@ -735,9 +789,13 @@ pub fn main() -> anyhow::Result<()> {
             crate::serve::run(opts, choice)?;
         }
         Command::Edit(args) => edit::run(&cli, args)?,
-        Command::Upscale { input, model, scale, tile, out } => {
+        Command::Upscale { input, model, scale, tile, out, x4 } => {
             let ctx = open(&cli)?;
-            upscale::run(&ctx, input, model, *scale, *tile, out.as_deref())?;
+            if crate::pipeline::sd_upscale::is_x4_upscaler(std::path::Path::new(model)) {
+                sd_upscale::run(&ctx, input, model.as_ref(), x4, *scale, *tile, out.as_deref(), !cli.no_f16)?;
+            } else {
+                upscale::run(&ctx, input, model, *scale, *tile, out.as_deref())?;
+            }
             print_profile(&ctx)?;
         }
         Command::Adapters => {

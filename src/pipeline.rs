@@ -9,7 +9,7 @@
 use crate::gpu::Context;
 use crate::models::clip::ClipTextModel;
 use crate::models::taesd::Taesd;
-use crate::models::unet::{AddedCond, UNet2DConditionModel};
+use crate::models::unet::{AddedCond, UNet2DConditionModel, UNetExtras};
 use crate::models::vae::AutoencoderKL;
 use crate::prompt;
 use crate::rng::TorchRng;
@@ -21,11 +21,15 @@ use std::path::Path;
 
 pub mod controlnet;
 pub mod diffedit;
+pub mod gligen;
+pub mod dit;
 mod guard;
 pub mod hires;
+pub mod imagenet;
 mod img2img;
 pub mod inpaint;
 mod limits;
+pub use gligen::{GligenOptions, GroundingBox};
 pub use limits::check_device_size;
 pub mod pix2pix;
 pub mod plan;
@@ -33,6 +37,7 @@ mod sag;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
 pub mod upscale;
+pub mod sd_upscale;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 pub use hires::{HiresOptions, HiresUpscaler};
@@ -88,6 +93,8 @@ pub struct GenerateOptions {
     /// Self-Attention Guidance scale (diffusers' `sag_scale`; 0 = off, 0.75 is the reference's
     /// default); SD 1.x/2.x with an integer-timestep sampler.
     pub sag_scale: f32,
+    /// GLIGEN: phrases placed in boxes (needs a GLIGEN checkpoint).
+    pub gligen: Option<GligenOptions>,
     /// InstructPix2Pix: edit this image by the prompt (needs an 8-channel UNet; [`pix2pix`]).
     pub instruct: Option<InstructOptions>,
 }
@@ -133,6 +140,7 @@ impl Default for GenerateOptions {
             preview_decoder: VaeDecoder::Full,
             encoder: Autoencoder::Full,
             sag_scale: 0.0,
+            gligen: None,
             instruct: None,
         }
     }
@@ -503,6 +511,7 @@ impl StableDiffusion {
         let total = sched.timesteps().len();
         let dtype = text.dtype();
         let control = controlnet::prepare(ctx, self, o, batch_n)?;
+        let gligen = gligen::Grounding::prepare(self, ctx, o, unet, guided, total, dtype).await?;
         if control.is_some() && unet.dtype != cond.text.dtype() {
             return Err(Error::Unsupported("the f16 UNet overflowed with a ControlNet, which has no f32 re-run: run with --no-f16".into()));
         }
@@ -528,7 +537,7 @@ impl StableDiffusion {
             };
             let mut probe = None;
             let out = unet
-                .forward_probed(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None, sag.is_some().then_some(&mut probe))?
+                .forward_with(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None, UNetExtras { probe: sag.is_some().then_some(&mut probe), gligen: gligen.objs(i), class_labels: None })?
                 .to_f32(ctx)
                 .await?;
             let mut pred = match &instruct {

@@ -69,8 +69,9 @@ HEAD_TOKENS = 16
 EMBED_SCALE = 1.0
 # Per-tensor gains (name suffix -> gain on the weight's scale), the same table as Rust's GAINS.
 # TAESD's AutoencoderTinyBlock convs (tools/fixtures_taesd.py): sqrt(6), He-uniform for ReLU; no SD
-# tensor name ends so. Same decimal literal as src/weights/synthetic.rs.
-GAINS = {".conv.0.weight": 2.4494897, ".conv.2.weight": 2.4494897, ".conv.4.weight": 2.4494897}
+# tensor name ends so. Same decimal literal as src/weights/synthetic.rs. GLIGEN's scalar gates
+# (fuser.alpha_attn/alpha_dense, zero-initialised in diffusers: a fuser would do nothing) get 3.
+GAINS = {".conv.0.weight": 2.4494897, ".conv.2.weight": 2.4494897, ".conv.4.weight": 2.4494897, ".alpha_attn": 3.0, ".alpha_dense": 3.0}
 
 MASK = (1 << 64) - 1
 

@@ -884,9 +884,9 @@ def vae_golden(pipe, seed):
     out = {"decode_in": z}
     acts = {}
     hooks = []
-    for n in ["post_quant_conv", "decoder.conv_in", "decoder.mid_block"] + [
-        f"decoder.up_blocks.{i}" for i in range(4)
-    ] + ["decoder.conv_norm_out", "encoder.conv_in"] + [f"encoder.down_blocks.{i}" for i in range(4)] + [
+    # The intermediates tests/vae.rs checks (the deeper up/down blocks' big maps are left out:
+    # the tracked-tree budget; the final outputs cover them).
+    for n in ["post_quant_conv", "decoder.conv_in", "decoder.mid_block", "decoder.up_blocks.0", "decoder.conv_norm_out", "encoder.conv_in", "encoder.down_blocks.0",
         "encoder.mid_block",
         "encoder.conv_out",
         "quant_conv",

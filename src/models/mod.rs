@@ -2,7 +2,9 @@
 
 pub mod clip;
 pub mod controlnet;
+pub mod dit;
 pub mod esrgan;
+pub mod gligen;
 pub mod taesd;
 pub mod unet;
 pub mod vae;

@@ -31,6 +31,7 @@ use crate::gpu::{Context, DType, Tensor};
 use crate::ops::attention::{attention_qkv, attention_strided, AttnInput};
 use crate::ops::conv::{conv2d_with, ConvWeight};
 use crate::models::controlnet::ControlNetOutput;
+use crate::models::gligen::{GatedSelfAttention, PositionNet};
 use crate::ops::elementwise::{add, binary_broadcast, silu, Activation, BinaryOp};
 use crate::ops::embedding::timestep_embedding;
 use crate::ops::gemm::{matmul, GemmOpts};
@@ -101,6 +102,12 @@ pub struct UNetConfig {
     /// SDXL's `addition_embed_type: "text_time"`: `(addition_time_embed_dim,
     /// projection_class_embeddings_input_dim)`; `None` for SD 1.x/2.x.
     pub text_time: Option<(usize, usize)>,
+    /// `only_cross_attention`, per down block (up blocks reversed; the mid block never): attn1
+    /// attends to the text as attn2 does (the x4 upscaler's (T, T, T, F)).
+    pub only_cross_attention: Vec<bool>,
+    /// `num_class_embeds` (`class_embedding`, an `nn.Embedding` added to the time embedding;
+    /// the x4 upscaler's noise level is the label).
+    pub num_class_embeds: Option<usize>,
 }
 
 /// SDXL's `added_cond_kwargs`, per batch entry (host f32): the pooled text embedding
@@ -202,15 +209,14 @@ impl UNetConfig {
             (str_is("act_fn", &["silu", "swish"]), "act_fn"),
             (str_is("resnet_time_scale_shift", &["default"]), "resnet_time_scale_shift"),
             (str_is("time_embedding_type", &["positional"]), "time_embedding_type"),
-            (str_is("attention_type", &["default"]), "attention_type"),
-            (null("class_embed_type") && null("num_class_embeds"), "class embeddings"),
+            (str_is("attention_type", &["default", "gated"]), "attention_type"),
+            (null("class_embed_type") && !boolean("class_embeddings_concat", false), "class_embed_type / class_embeddings_concat"),
             (null("encoder_hid_dim"), "encoder_hid_dim"),
             (null("time_cond_proj_dim"), "time_cond_proj_dim"),
             (null("time_embedding_act_fn") && null("timestep_post_act"), "extra time-embedding activations"),
             (null("cross_attention_norm"), "cross_attention_norm"),
             (!boolean("center_input_sample", false), "center_input_sample"),
             (!boolean("dual_cross_attention", false), "dual_cross_attention"),
-            (v.get("only_cross_attention").is_none_or(|x| x.is_null() || x == &Value::Bool(false)), "only_cross_attention"),
             (float("mid_block_scale_factor", 1.0) == 1.0, "mid_block_scale_factor"),
             (float("resnet_out_scale_factor", 1.0) == 1.0, "resnet_out_scale_factor"),
             (!boolean("resnet_skip_time_act", false), "resnet_skip_time_act"),
@@ -224,6 +230,17 @@ impl UNetConfig {
             .or(per_block("attention_head_dim", n)?)
             .unwrap_or(vec![8; n]);
         let transformer_layers = per_block("transformer_layers_per_block", n)?.unwrap_or(vec![1; n]);
+        let only_cross_attention = match v.get("only_cross_attention") {
+            None | Some(Value::Null) => vec![false; n],
+            Some(Value::Bool(b)) => vec![*b; n],
+            Some(Value::Array(a)) if a.len() == n => a.iter().map(Value::as_bool).collect::<Option<_>>().ok_or("bad 'only_cross_attention'")?,
+            Some(other) => return Err(format!("'only_cross_attention' = {other} is neither a bool nor {n} bools")),
+        };
+        // (UNetMidBlock2DCrossAttn ignores `mid_block_only_cross_attention`.)
+        let num_class_embeds = match v.get("num_class_embeds") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(num("num_class_embeds", None)?),
+        };
         let cross_attention_dim = match v.get("cross_attention_dim") {
             Some(Value::Number(x)) => x.as_u64().ok_or("bad 'cross_attention_dim'")? as usize,
             _ => return Err("'cross_attention_dim' must be one number".into()),
@@ -238,6 +255,8 @@ impl UNetConfig {
         let c0 = block_out_channels[0];
         Ok(UNetConfig {
             text_time,
+            only_cross_attention,
+            num_class_embeds,
             in_channels: num("in_channels", Some(4))?,
             out_channels: num("out_channels", Some(4))?,
             layers_per_block: num("layers_per_block", Some(2))?,
@@ -339,6 +358,8 @@ impl UNetConfig {
         let conv_out = if c.contains("conv_out.weight") { shape("conv_out.weight")? } else { conv_in.clone() };
         Ok(UNetConfig {
             text_time,
+            only_cross_attention: vec![false; n],
+            num_class_embeds: c.shape("class_embedding.weight").map(|s| s[0]),
             in_channels: conv_in[1],
             out_channels: conv_out[0],
             layers_per_block,
@@ -433,6 +454,8 @@ pub struct BasicTransformerBlock {
     pub ff_proj: Linear,
     /// `ff.net.2`
     pub ff_out: Linear,
+    /// GLIGEN's gated self-attention (`attention_type="gated"` checkpoints).
+    pub fuser: Option<GatedSelfAttention>,
 }
 
 pub struct Transformer2DModel {
@@ -475,12 +498,16 @@ pub struct UNet2DConditionModel {
     pub time_embedding_linear_2: Linear,
     /// SDXL's `add_embedding.linear_1/2` (`config.text_time`).
     pub add_embedding: Option<(Linear, Linear)>,
+    /// `class_embedding.weight` `[num_class_embeds, T]` on the host (rows gathered per call).
+    pub class_embedding: Option<Vec<f32>>,
     pub conv_in: Conv,
     pub down_blocks: Vec<DownBlock>,
     pub mid_block: MidBlock,
     pub up_blocks: Vec<UpBlock>,
     pub conv_norm_out: Norm,
     pub conv_out: Conv,
+    /// GLIGEN's `position_net` (with a fuser in every transformer block).
+    pub position_net: Option<PositionNet>,
 }
 
 /// Loading helpers bound to one component, context and dtype (shared with the ControlNet).
@@ -564,6 +591,10 @@ impl Loader<'_> {
         Ok(Attention { heads, q_weight_t, kv_weight_t, to_out: self.linear(&format!("{p}.to_out.0"), ch, ch, true)? })
     }
     pub(crate) fn transformer(&self, p: &str, ch: usize, heads: usize, depth: usize, cfg: &UNetConfig) -> Result<Transformer2DModel> {
+        self.transformer_with(p, ch, heads, depth, cfg, false)
+    }
+    /// `only_cross`: attn1 takes its keys and values from the text (`only_cross_attention`).
+    pub(crate) fn transformer_with(&self, p: &str, ch: usize, heads: usize, depth: usize, cfg: &UNetConfig, only_cross: bool) -> Result<Transformer2DModel> {
         if heads == 0 || !ch.is_multiple_of(heads) {
             return Err(Error::Unsupported(format!("{p}: {ch} channels in {heads} heads")));
         }
@@ -573,12 +604,13 @@ impl Loader<'_> {
             let b = format!("{p}.transformer_blocks.{i}");
             transformer_blocks.push(BasicTransformerBlock {
                 norm1: self.norm(&format!("{b}.norm1"), ch)?,
-                attn1: self.attention(&format!("{b}.attn1"), ch, None, heads)?,
+                attn1: self.attention(&format!("{b}.attn1"), ch, only_cross.then_some(cfg.cross_attention_dim), heads)?,
                 norm2: self.norm(&format!("{b}.norm2"), ch)?,
                 attn2: self.attention(&format!("{b}.attn2"), ch, Some(cfg.cross_attention_dim), heads)?,
                 norm3: self.norm(&format!("{b}.norm3"), ch)?,
                 ff_proj: self.linear(&format!("{b}.ff.net.0.proj"), 2 * inner, ch, true)?,
                 ff_out: self.linear(&format!("{b}.ff.net.2"), ch, inner, true)?,
+                fuser: self.fuser(&b, ch, cfg.cross_attention_dim, heads)?,
             });
         }
         Ok(Transformer2DModel {
@@ -605,7 +637,8 @@ pub(crate) fn load_down_blocks(ld: &Loader, cfg: &UNetConfig) -> Result<Vec<Down
             let p = format!("down_blocks.{i}");
             resnets.push(ld.resnet(&format!("{p}.resnets.{j}"), if j == 0 { in_ch } else { out_ch }, out_ch, temb)?);
             if ty == DownBlockType::CrossAttnDownBlock2D {
-                attentions.push(ld.transformer(&format!("{p}.attentions.{j}"), out_ch, cfg.heads[i], cfg.transformer_layers[i], cfg)?);
+                let only_cross = cfg.only_cross_attention.get(i).copied().unwrap_or(false);
+                attentions.push(ld.transformer_with(&format!("{p}.attentions.{j}"), out_ch, cfg.heads[i], cfg.transformer_layers[i], cfg, only_cross)?);
             }
         }
         let downsampler =
@@ -664,6 +697,10 @@ impl UNet2DConditionModel {
             }
             None => None,
         };
+        let class_embedding = match cfg.num_class_embeds {
+            Some(k) => Some(c.get("class_embedding.weight")?.expect_shape(&[k, temb])?.to_f32()?),
+            None => None,
+        };
         let conv_in = ld.conv("conv_in", c0, cfg.in_channels, kin, 1, kin / 2)?;
 
         let down_blocks = load_down_blocks(&ld, cfg)?;
@@ -685,7 +722,8 @@ impl UNet2DConditionModel {
                 let res_in = if j == 0 { prev_out } else { out_ch };
                 resnets.push(ld.resnet(&format!("{p}.resnets.{j}"), res_in + skip, out_ch, temb)?);
                 if ty == UpBlockType::CrossAttnUpBlock2D {
-                    attentions.push(ld.transformer(&format!("{p}.attentions.{j}"), out_ch, cfg.up_heads(i), cfg.up_transformer_layers(i), cfg)?);
+                    let only_cross = cfg.only_cross_attention.get(n - 1 - i).copied().unwrap_or(false);
+                    attentions.push(ld.transformer_with(&format!("{p}.attentions.{j}"), out_ch, cfg.up_heads(i), cfg.up_transformer_layers(i), cfg, only_cross)?);
                 }
             }
             let upsampler =
@@ -695,18 +733,21 @@ impl UNet2DConditionModel {
 
         let conv_norm_out = ld.norm("conv_norm_out", c0)?;
         let conv_out = ld.conv("conv_out", cfg.out_channels, c0, kout, 1, kout / 2)?;
+        let position_net = ld.position_net(cfg.cross_attention_dim)?;
         Ok(UNet2DConditionModel {
             config,
             dtype,
             time_embedding_linear_1,
             time_embedding_linear_2,
             add_embedding,
+            class_embedding,
             conv_in,
             down_blocks,
             mid_block,
             up_blocks,
             conv_norm_out,
             conv_out,
+            position_net,
         })
     }
 
@@ -758,13 +799,14 @@ impl UNet2DConditionModel {
         control: Option<&ControlNetOutput>,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
-        self.forward_probed(ctx, sample, timesteps, encoder_hidden_states, added, control, trace, None)
+        self.forward_with(ctx, sample, timesteps, encoder_hidden_states, added, control, trace, UNetExtras::default())
     }
 
-    /// [`Self::forward_full`] that also hands back the mid block's first self-attention inputs
+    /// [`Self::forward_full`] with [`UNetExtras`]: class labels (the x4 upscaler's noise level),
+    /// GLIGEN's grounding tokens, the probe of the mid block's first self-attention
     /// (Self-Attention Guidance reads its attention map).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_probed(
+    pub fn forward_with(
         &self,
         ctx: &Context,
         sample: &Tensor,
@@ -773,19 +815,24 @@ impl UNet2DConditionModel {
         added: Option<&AddedCond>,
         control: Option<&ControlNetOutput>,
         mut trace: Option<&mut Trace>,
-        probe: Option<&mut Option<MidAttention>>,
+        extras: UNetExtras,
     ) -> Result<Tensor> {
         let cfg = &self.config;
+        let UNetExtras { probe, gligen: objs, class_labels } = extras;
+        if objs.is_some() && self.position_net.is_none() {
+            return Err(Error::Unsupported("grounding boxes need a GLIGEN UNet (attention_type \"gated\", with position_net)".into()));
+        }
         let ts = check_inputs(cfg, "unet", sample, timesteps, encoder_hidden_states)?;
         let aug = self.added_embedding(ctx, added, sample.dim(0))?;
+        let aug = self.class_embedding(ctx, aug, class_labels, sample.dim(0))?;
         let (_, emb_act) =
             time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, aug.as_ref(), trace.as_deref_mut())?;
 
         let x = self.conv_in.forward(ctx, sample)?;
         record(&mut trace, "conv_in", &x);
         let mut skips = vec![x.clone()];
-        let x = down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, &mut skips, trace.as_deref_mut())?;
-        let mut x = mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states, probe)?;
+        let x = down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, objs, &mut skips, trace.as_deref_mut())?;
+        let mut x = mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states, objs, probe)?;
         if let Some(c) = control {
             if c.down.len() != skips.len() {
                 return Err(Error::Shape {
@@ -806,7 +853,7 @@ impl UNet2DConditionModel {
                 x = concat_channels(ctx, &x, &skip)?;
                 x = resnet(ctx, cfg, r, &x, &emb_act)?;
                 if let Some(attn) = block.attentions.get(j) {
-                    x = transformer(ctx, cfg, attn, &x, encoder_hidden_states)?;
+                    x = transformer(ctx, cfg, attn, &x, encoder_hidden_states, objs, None)?;
                 }
             }
             if let Some(conv) = &block.upsampler {
@@ -870,6 +917,37 @@ impl UNet2DConditionModel {
     }
 }
 
+impl UNet2DConditionModel {
+    /// `aug + class_embedding(class_labels)`, `[B, T]`: diffusers adds both to the time embedding.
+    fn class_embedding(&self, ctx: &Context, aug: Option<Tensor>, labels: Option<&[usize]>, batch: usize) -> Result<Option<Tensor>> {
+        let op = "unet class labels";
+        let (table, labels) = match (&self.class_embedding, labels) {
+            (None, None) => return Ok(aug),
+            (None, Some(_)) => return Err(Error::Shape { op, detail: "class labels given to a UNet without class embeddings (num_class_embeds)".into() }),
+            (Some(_), None) => return Err(Error::Shape { op, detail: "this UNet has class embeddings (num_class_embeds): give class labels (the x4 upscaler's noise level)".into() }),
+            (Some(t), Some(l)) => (t, l),
+        };
+        let t = self.config.time_embed_dim;
+        let k = table.len() / t;
+        if labels.len() != 1 && labels.len() != batch {
+            return Err(Error::Shape { op, detail: format!("{} class labels for batch {batch}", labels.len()) });
+        }
+        let mut x = Vec::with_capacity(batch * t);
+        for b in 0..batch {
+            let l = labels[if labels.len() == 1 { 0 } else { b }];
+            if l >= k {
+                return Err(Error::Shape { op, detail: format!("class label {l} is out of range: the UNet has {k} class embeddings") });
+            }
+            x.extend_from_slice(&table[l * t..(l + 1) * t]);
+        }
+        let emb = Tensor::from_f32(ctx, &x, &[batch, t], self.dtype)?;
+        Ok(Some(match aug {
+            Some(a) => add(ctx, &a, &emb)?,
+            None => emb,
+        }))
+    }
+}
+
 fn record(trace: &mut Option<&mut Trace>, name: &str, t: &Tensor) {
     if let Some(tr) = trace.as_deref_mut() {
         tr.push((name.to_string(), t.clone()));
@@ -928,6 +1006,7 @@ pub(crate) fn down_blocks_forward(
     mut x: Tensor,
     emb_act: &Tensor,
     context: &Tensor,
+    objs: Option<&Tensor>,
     skips: &mut Vec<Tensor>,
     mut trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
@@ -935,7 +1014,7 @@ pub(crate) fn down_blocks_forward(
         for (j, r) in block.resnets.iter().enumerate() {
             x = resnet(ctx, cfg, r, &x, emb_act)?;
             if let Some(attn) = block.attentions.get(j) {
-                x = transformer(ctx, cfg, attn, &x, context)?;
+                x = transformer(ctx, cfg, attn, &x, context, objs, None)?;
             }
             skips.push(x.clone());
         }
@@ -957,19 +1036,32 @@ pub(crate) fn mid_block_forward(
     x: Tensor,
     emb_act: &Tensor,
     context: &Tensor,
+    objs: Option<&Tensor>,
     mut probe: Option<&mut Option<MidAttention>>,
 ) -> Result<Tensor> {
     let mut x = resnet(ctx, cfg, &mid.resnets[0], &x, emb_act)?;
     for (attn, r) in mid.attentions.iter().zip(&mid.resnets[1..]) {
         let map = (x.dim(2), x.dim(3));
         let mut qkv = None;
-        x = transformer_probed(ctx, cfg, attn, &x, context, probe.is_some().then_some(&mut qkv))?;
+        x = transformer(ctx, cfg, attn, &x, context, objs, probe.is_some().then_some(&mut qkv))?;
         if let (Some(p), Some(qkv)) = (probe.take(), qkv) {
             *p = Some(MidAttention { qkv, heads: attn.transformer_blocks[0].attn1.heads, map });
         }
         x = resnet(ctx, cfg, r, &x, emb_act)?;
     }
     Ok(x)
+}
+
+/// Optional inputs of [`UNet2DConditionModel::forward_with`].
+#[derive(Default)]
+pub struct UNetExtras<'a> {
+    /// Receives the mid block's first self-attention inputs.
+    pub probe: Option<&'a mut Option<MidAttention>>,
+    /// GLIGEN's grounding tokens `[B, 30, C]` ([`PositionNet::objs`]); `None`: fusers off.
+    pub gligen: Option<&'a Tensor>,
+    /// One class label per batch entry (or one for all), which a UNet with `num_class_embeds`
+    /// needs (the x4 upscaler's noise level) and others refuse.
+    pub class_labels: Option<&'a [usize]>,
 }
 
 /// The mid block's first self-attention inputs: fused `q|k|v` `[B, H·W, 3C]` over the `map`
@@ -998,28 +1090,45 @@ fn resnet(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_ac
 }
 
 /// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.
-fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-    transformer_probed(ctx, cfg, t, x, context, None)
-}
-
-/// [`transformer`]; `probe` receives the first block's self-attention q|k|v.
-fn transformer_probed(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor, mut probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+/// `objs`: GLIGEN's grounding tokens (for the blocks' fusers); `probe` receives the first
+/// block's self-attention q|k|v.
+fn transformer(
+    ctx: &Context,
+    cfg: &UNetConfig,
+    t: &Transformer2DModel,
+    x: &Tensor,
+    context: &Tensor,
+    objs: Option<&Tensor>,
+    mut probe: Option<&mut Option<Tensor>>,
+) -> Result<Tensor> {
     let (b, c, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let h = group_norm(ctx, x, cfg.norm_num_groups, &t.norm.weight, &t.norm.bias, ATTN_GROUP_NORM_EPS, false)?;
     // [B, C, HW] -> token-major [B, HW, C], then proj_in.
     let h = transpose_last2(ctx, &h.reshape(&[b, c, hh * ww])?)?;
     let mut h = matmul(ctx, &h, &t.proj_in.weight_t, GemmOpts { bias: t.proj_in.bias.as_ref(), ..Default::default() })?;
     for blk in &t.transformer_blocks {
-        h = transformer_block(ctx, blk, &h, context, probe.take())?;
+        h = transformer_block(ctx, blk, &h, context, objs, probe.take())?;
     }
     // Back to NCHW; proj_out as a 1x1 conv with the block input as residual.
     let h = transpose_last2(ctx, &h)?.reshape(&[b, c, hh, ww])?;
     t.proj_out.forward_residual(ctx, &h, x)
 }
 
-fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+fn transformer_block(
+    ctx: &Context,
+    blk: &BasicTransformerBlock,
+    x: &Tensor,
+    context: &Tensor,
+    objs: Option<&Tensor>,
+    probe: Option<&mut Option<Tensor>>,
+) -> Result<Tensor> {
     // Norm outputs and the GEGLU's 8C-wide input are dropped once used.
-    let mut x = attend(ctx, &blk.attn1, &layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?, None, x, probe)?;
+    // attn1 is self-attention (no kv weights: `attend` ignores the context) unless loaded with
+    // `only_cross_attention`.
+    let mut x = attend(ctx, &blk.attn1, &layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?, Some(context), x, probe)?;
+    if let (Some(fuser), Some(objs)) = (&blk.fuser, objs) {
+        x = fuser.forward(ctx, &x, objs)?;
+    }
     x = attend(ctx, &blk.attn2, &layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?, Some(context), &x, None)?;
     let p = &blk.ff_proj;
     let h = {
@@ -1032,7 +1141,7 @@ fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, con
 
 /// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`. `probe`
 /// receives a self-attention's fused q|k|v.
-fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+pub(crate) fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
     let c = x.dim(2);
     let head_dim = c / a.heads;
     let scale = (head_dim as f32).powf(-0.5);

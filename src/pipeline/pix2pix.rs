@@ -62,6 +62,7 @@ pub(crate) fn check(sd: &StableDiffusion, o: &GenerateOptions, ip: &InstructOpti
         (o.control.is_some(), "a ControlNet"),
         (o.hires.is_some(), "the hires fix"),
         (o.sag_scale != 0.0, "Self-Attention Guidance (--sag-scale)"),
+        (o.gligen.is_some(), "GLIGEN boxes"),
         (o.encoder == Autoencoder::Taesd, "the TAESD encoder (its latents are scaled, InstructPix2Pix's are not)"),
     ];
     if let Some((_, what)) = other.iter().find(|(on, _)| *on) {

@@ -29,8 +29,15 @@ use std::io::Read;
 /// Name suffix → gain on a Linear/Conv weight's scale (the same table as the fixture tool's).
 /// TAESD's blocks (`AutoencoderTinyBlock.conv.{0,2,4}`, no SD name ends so) get √6, the
 /// He-uniform bound for ReLU: with gain 1 its 20 ReLU layers shrink the signal to a near-flat
-/// output (decode std 0.04), a weak golden.
-pub const GAINS: &[(&str, f32)] = &[(".conv.0.weight", 2.449_489_7), (".conv.2.weight", 2.449_489_7), (".conv.4.weight", 2.449_489_7)];
+/// output (decode std 0.04), a weak golden. GLIGEN's scalar gates (`fuser.alpha_attn/dense`,
+/// zero-initialised in diffusers, so a fuser would do nothing) get 3: tanh(3u) spans ±0.995.
+pub const GAINS: &[(&str, f32)] = &[
+    (".conv.0.weight", 2.449_489_7),
+    (".conv.2.weight", 2.449_489_7),
+    (".conv.4.weight", 2.449_489_7),
+    (".alpha_attn", 3.0),
+    (".alpha_dense", 3.0),
+];
 /// Scale of the CLIP token and position embeddings.
 pub const EMBED_SCALE: f32 = 1.0;
 
@@ -177,7 +184,7 @@ pub fn uniform(h: u64, i: u64) -> f32 {
 
 /// `(base, scale)` of a tensor from its name and shape (and its weight's shape, for a bias).
 pub fn role(name: &str, shape: &[usize], weight_shape: Option<&[usize]>) -> (f32, f32) {
-    let inv_sqrt_fan_in = |s: &[usize]| 1.0 / (s[1..].iter().product::<usize>() as f32).sqrt();
+    let inv_sqrt_fan_in = |s: &[usize]| 1.0 / (s.iter().skip(1).product::<usize>() as f32).sqrt();
     if shape.len() == 1 && name.ends_with(".weight") {
         return (1.0, 0.1);
     }
@@ -217,7 +224,8 @@ pub fn tensor_list(gz: &[u8], component: &str) -> std::result::Result<Vec<(Strin
         let f: Vec<&str> = l.split('\t').collect();
         let [c, n, s] = f[..] else { return Err(format!("tensor list line '{l}' is not component<TAB>name<TAB>dims")) };
         if c == component {
-            let dims = s.split(',').map(|d| d.parse().map_err(|_| format!("tensor list: bad dimension in '{l}'"))).collect::<std::result::Result<_, _>>()?;
+            // an empty list is a scalar (GLIGEN's gates)
+            let dims = s.split(',').filter(|d| !d.is_empty()).map(|d| d.parse().map_err(|_| format!("tensor list: bad dimension in '{l}'"))).collect::<std::result::Result<_, _>>()?;
             out.push((n.to_string(), dims));
         }
     }
