@@ -8,6 +8,7 @@ use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dit;
+mod edit;
 mod sd_upscale;
 mod upscale;
 
@@ -213,6 +214,9 @@ pub enum Command {
         #[arg(long, default_value = "latent")]
         hires_upscaler: String,
     },
+    /// Edit an image by an instruction with an InstructPix2Pix model, e.g.
+    /// `pigment edit IN.png "make it snowy" --model timbrooks/instruct-pix2pix`.
+    Edit(edit::EditArgs),
     /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits, or
     /// with the Stable Diffusion x4 upscaler (a diffusers folder; prompt-guided, 4x).
     Upscale {
@@ -684,6 +688,7 @@ pub fn main() -> anyhow::Result<()> {
                 sag_scale: *sag_scale,
                 gligen: (!boxes.is_empty())
                     .then(|| crate::pipeline::GligenOptions { boxes: boxes.clone(), scheduled_sampling_beta: *gligen_beta }),
+                instruct: None,
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
                 anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());
@@ -783,6 +788,7 @@ pub fn main() -> anyhow::Result<()> {
             };
             crate::serve::run(opts, choice)?;
         }
+        Command::Edit(args) => edit::run(&cli, args)?,
         Command::Upscale { input, model, scale, tile, out, x4 } => {
             let ctx = open(&cli)?;
             if crate::pipeline::sd_upscale::is_x4_upscaler(std::path::Path::new(model)) {

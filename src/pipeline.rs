@@ -20,6 +20,7 @@ use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
 pub mod controlnet;
+pub mod diffedit;
 pub mod gligen;
 pub mod dit;
 mod guard;
@@ -30,6 +31,7 @@ pub mod inpaint;
 mod limits;
 pub use gligen::{GligenOptions, GroundingBox};
 pub use limits::check_device_size;
+pub mod pix2pix;
 pub mod plan;
 mod sag;
 pub mod sdxl;
@@ -39,6 +41,7 @@ pub mod sd_upscale;
 pub use plan::MemoryPlan;
 pub use controlnet::ControlOptions;
 pub use hires::{HiresOptions, HiresUpscaler};
+pub use pix2pix::InstructOptions;
 
 /// Everything a generation needs besides the model.
 #[derive(Clone, Debug)]
@@ -92,6 +95,8 @@ pub struct GenerateOptions {
     pub sag_scale: f32,
     /// GLIGEN: phrases placed in boxes (needs a GLIGEN checkpoint).
     pub gligen: Option<GligenOptions>,
+    /// InstructPix2Pix: edit this image by the prompt (needs an 8-channel UNet; [`pix2pix`]).
+    pub instruct: Option<InstructOptions>,
 }
 
 /// Which autoencoder turns latents into pixels or pixels into latents.
@@ -136,6 +141,7 @@ impl Default for GenerateOptions {
             encoder: Autoencoder::Full,
             sag_scale: 0.0,
             gligen: None,
+            instruct: None,
         }
     }
 }
@@ -450,7 +456,10 @@ impl StableDiffusion {
         if o.steps == 0 {
             return Err(Error::Unsupported("steps must be at least 1".into()));
         }
-        img2img::check(self, o)?;
+        match &o.instruct {
+            Some(ip) => pix2pix::check(self, o, ip)?,
+            None => img2img::check(self, o)?,
+        }
         for (d, what) in [(o.decoder, "final decode"), (o.preview_decoder, "previews")] {
             if d == VaeDecoder::Taesd && self.taesd.is_none() {
                 return Err(Error::Unsupported(format!("TAESD {what} need TAESD weights (--taesd PATH; library: StableDiffusion::set_taesd)")));
@@ -468,9 +477,17 @@ impl StableDiffusion {
         phase(ctx, "text encoder");
         // diffusers' `do_classifier_free_guidance`: guidance > 1, else one batch of cond alone
         let guided = uses_cfg(o.guidance);
-        let batch_n = if guided { 2 } else { 1 };
+        let batch_n = match o.instruct {
+            Some(_) => pix2pix::batch_n(guided),
+            None => if guided { 2 } else { 1 },
+        };
         limits::check_unet_fits(ctx, unet, batch_n, o.width, o.height)?;
-        let cond = self.encode(ctx, o, guided).await?;
+        let mut cond = self.encode(ctx, o, guided).await?;
+        let mut instruct = None;
+        if let Some(ip) = &o.instruct {
+            cond = pix2pix::text(ctx, cond, guided).await?;
+            instruct = Some(pix2pix::ImageCond::prepare(self, ctx, o, ip, guided).await?);
+        }
         let text32;
         let text = if cond.text.dtype() == unet.dtype {
             &cond.text
@@ -507,10 +524,11 @@ impl StableDiffusion {
             if let Some(p) = &inpaint {
                 p.extend_input(&mut xin);
             }
-            let mut batch = xin.clone();
-            if guided {
-                batch.extend_from_slice(&xin);
-            }
+            let batch = match &instruct {
+                Some(ic) => ic.batch(&xin),
+                None if guided => [&xin[..], &xin[..]].concat(),
+                None => xin,
+            };
             let shape = [batch_n, unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
             let res = match &control {
@@ -522,7 +540,11 @@ impl StableDiffusion {
                 .forward_with(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None, UNetExtras { probe: sag.is_some().then_some(&mut probe), gligen: gligen.objs(i), class_labels: None })?
                 .to_f32(ctx)
                 .await?;
-            let mut pred = if guided { schedulers::cfg_combine(&out[..n], &out[n..], o.guidance) } else { out.clone() };
+            let mut pred = match &instruct {
+                Some(ic) => ic.combine(out.clone(), n, o.guidance),
+                None if guided => schedulers::cfg_combine(&out[..n], &out[n..], o.guidance),
+                None => out.clone(),
+            };
             if let (Some(s), Some(p)) = (&sag, &probe) {
                 s.guide(ctx, unet, sched.as_ref(), p, &x, &out[..n], &mut pred, i, t, latent_shape).await?;
             }

@@ -28,6 +28,9 @@ pub(crate) fn check(sd: &StableDiffusion, o: &GenerateOptions) -> Result<()> {
     let lc = sd.vae.config.latent_channels;
     let unet_in = sd.unet.in_channels();
     let inpaint_unet = unet_in == 2 * lc + 1;
+    if super::pix2pix::is_pix2pix_unet(sd) {
+        return Err(super::pix2pix::needs_image(sd));
+    }
     if unet_in != lc && !inpaint_unet {
         return Err(Error::Unsupported(format!(
             "UNet with {unet_in} input channels (expected {lc}, or {} for an inpainting UNet)",
