@@ -3,6 +3,7 @@
 pub mod clip;
 pub mod controlnet;
 pub mod esrgan;
+pub mod hypernetwork;
 pub mod taesd;
 pub mod unet;
 pub mod vae;

@@ -423,6 +423,20 @@ pub struct Attention {
     pub to_out: Linear,
 }
 
+/// What every cross-attention's `to_k` and `to_v` read: the text itself, or (hypernetworks,
+/// [`crate::models::hypernetwork`]) a transformed context for each.
+#[derive(Clone, Copy)]
+pub struct CrossContext<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+}
+
+impl<'a> From<&'a Tensor> for CrossContext<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        CrossContext { k: t, v: t }
+    }
+}
+
 pub struct BasicTransformerBlock {
     pub norm1: Norm,
     pub attn1: Attention,
@@ -756,10 +770,29 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         added: Option<&AddedCond>,
         control: Option<&ControlNetOutput>,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        self.forward_cross(ctx, sample, timesteps, encoder_hidden_states.into(), added, control, trace)
+    }
+
+    /// [`Self::forward_full`] with separate k and v contexts for the cross-attentions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_cross(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        cross: CrossContext,
+        added: Option<&AddedCond>,
+        control: Option<&ControlNetOutput>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let ts = check_inputs(cfg, "unet", sample, timesteps, encoder_hidden_states)?;
+        let encoder_hidden_states = cross;
+        let ts = check_inputs(cfg, "unet", sample, timesteps, cross.k)?;
+        if cross.v.shape() != cross.k.shape() {
+            return Err(Error::Shape { op: "unet", detail: format!("v context {:?} and k context {:?} differ", cross.v.shape(), cross.k.shape()) });
+        }
         let aug = self.added_embedding(ctx, added, sample.dim(0))?;
         let (_, emb_act) =
             time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, aug.as_ref(), trace.as_deref_mut())?;
@@ -910,7 +943,7 @@ pub(crate) fn down_blocks_forward(
     blocks: &[DownBlock],
     mut x: Tensor,
     emb_act: &Tensor,
-    context: &Tensor,
+    context: CrossContext,
     skips: &mut Vec<Tensor>,
     mut trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
@@ -932,7 +965,7 @@ pub(crate) fn down_blocks_forward(
 }
 
 /// UNetMidBlock2DCrossAttn: resnet, then (attention, resnet) pairs.
-pub(crate) fn mid_block_forward(ctx: &Context, cfg: &UNetConfig, mid: &MidBlock, x: Tensor, emb_act: &Tensor, context: &Tensor) -> Result<Tensor> {
+pub(crate) fn mid_block_forward(ctx: &Context, cfg: &UNetConfig, mid: &MidBlock, x: Tensor, emb_act: &Tensor, context: CrossContext) -> Result<Tensor> {
     let mut x = resnet(ctx, cfg, &mid.resnets[0], &x, emb_act)?;
     for (attn, r) in mid.attentions.iter().zip(&mid.resnets[1..]) {
         x = transformer(ctx, cfg, attn, &x, context)?;
@@ -959,7 +992,7 @@ fn resnet(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_ac
 }
 
 /// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.
-fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tensor, context: CrossContext) -> Result<Tensor> {
     let (b, c, hh, ww) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let h = group_norm(ctx, x, cfg.norm_num_groups, &t.norm.weight, &t.norm.bias, ATTN_GROUP_NORM_EPS, false)?;
     // [B, C, HW] -> token-major [B, HW, C], then proj_in.
@@ -973,7 +1006,7 @@ fn transformer(ctx: &Context, cfg: &UNetConfig, t: &Transformer2DModel, x: &Tens
     t.proj_out.forward_residual(ctx, &h, x)
 }
 
-fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, context: CrossContext) -> Result<Tensor> {
     // Norm outputs and the GEGLU's 8C-wide input are dropped once used.
     let mut x = attend(ctx, &blk.attn1, &layer_norm(ctx, x, &blk.norm1.weight, &blk.norm1.bias, LAYER_NORM_EPS)?, None, x)?;
     x = attend(ctx, &blk.attn2, &layer_norm(ctx, &x, &blk.norm2.weight, &blk.norm2.bias, LAYER_NORM_EPS)?, Some(context), &x)?;
@@ -987,15 +1020,21 @@ fn transformer_block(ctx: &Context, blk: &BasicTransformerBlock, x: &Tensor, con
 }
 
 /// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`.
-fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<CrossContext>, residual: &Tensor) -> Result<Tensor> {
     let c = x.dim(2);
     let head_dim = c / a.heads;
     let scale = (head_dim as f32).powf(-0.5);
     let out = match (&a.kv_weight_t, context) {
         (Some(kv_w), Some(context)) => {
             let q = matmul(ctx, x, &a.q_weight_t, GemmOpts::default())?;
-            let kv = matmul(ctx, context, kv_w, GemmOpts::default())?;
-            attention_strided(ctx, AttnInput::whole(&q), AttnInput::cols(&kv, 0), AttnInput::cols(&kv, c), a.heads, head_dim, scale, false)?
+            let kv = matmul(ctx, context.k, kv_w, GemmOpts::default())?;
+            if std::ptr::eq(context.k, context.v) {
+                attention_strided(ctx, AttnInput::whole(&q), AttnInput::cols(&kv, 0), AttnInput::cols(&kv, c), a.heads, head_dim, scale, false)?
+            } else {
+                // Hypernetworks: v's own context through the same fused weight (its k half unused).
+                let kv2 = matmul(ctx, context.v, kv_w, GemmOpts::default())?;
+                attention_strided(ctx, AttnInput::whole(&q), AttnInput::cols(&kv, 0), AttnInput::cols(&kv2, c), a.heads, head_dim, scale, false)?
+            }
         }
         _ => {
             let qkv = matmul(ctx, x, &a.q_weight_t, GemmOpts::default())?;
