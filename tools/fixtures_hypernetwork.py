@@ -16,9 +16,9 @@ Writes (overwriting):
         A1111), layer norm, dropout [0, 0.3, 0] (index gaps), multiplier 0.8 in the goldens
     tests/fixtures/hypernetwork/hn-b.safetensors  width 32, [1, 1], tanh with activate_output,
         multiplier 0.5, applied after hn-a
-    tests/fixtures/golden/sd15-tiny/hypernet_unet.safetensors  sample [2,4,8,8], context
-        [2,16,32], timestep; UNet outputs `out_a` (hn-a) and `out_ab` (hn-a then hn-b)
-    tests/fixtures/golden/sd15-tiny/hypernet.png  the pipeline (Euler, seed 42, 4 steps, cfg 7.5,
+    tests/fixtures/golden/sd15-tiny/hypernet_unet.safetensors  sample [1,4,8,8], context
+        [1,8,32], timestep; UNet outputs `out_a` (hn-a) and `out_ab` (hn-a then hn-b)
+    tests/fixtures/golden/sd15-tiny/hypernet.png  the pipeline at 32x32 (Euler, seed 42, 4 steps, cfg 7.5,
         the usual prompt) with hn-a ×0.8 then hn-b ×0.5
 """
 
@@ -32,10 +32,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from convert_hypernetwork import convert, write_safetensors  # noqa: E402
-from make_fixtures import GUIDANCE, HEIGHT, NEGATIVE, PROMPT, REPO, SEED, STEPS, WIDTH, save, save_png  # noqa: E402
+from make_fixtures import GUIDANCE, NEGATIVE, PROMPT, REPO, SEED, STEPS, save, save_png  # noqa: E402
 
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline  # noqa: E402
 
+SIZE = 32  # the image golden (32x32: a smaller PNG for the tree budget)
 ACTS = {"linear": None, "relu": torch.nn.ReLU, "swish": torch.nn.Hardswish, "tanh": torch.nn.Tanh}
 
 
@@ -129,8 +130,8 @@ def main():
     print("hn-a keys:", sorted(k for k in nets["hn-a"][0].state_dict()))
 
     # The processor with no nets is diffusers' own attention (sanity for the processor).
-    sample = torch.randn(2, 4, 8, 8, generator=g)
-    context = torch.randn(2, 16, dim, generator=g)
+    sample = torch.randn(1, 4, 8, 8, generator=g)
+    context = torch.randn(1, 8, dim, generator=g)
     t = 500.0
     plain = unet(sample, t, context).sample
     set_nets(unet, [])
@@ -145,7 +146,7 @@ def main():
     save({"sample": sample, "context": context, "timestep": torch.tensor([t]), "out_a": out_a, "out_ab": out_ab},
          os.path.join(gdir, "hypernet_unet.safetensors"), {"multipliers": [0.8, 0.5]})
 
-    img = pipe(PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+    img = pipe(PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_inference_steps=STEPS,
                guidance_scale=GUIDANCE, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images[0]
     save_png(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8), os.path.join(gdir, "hypernet.png"))
 
