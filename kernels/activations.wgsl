@@ -2,7 +2,8 @@
 // (activation.wgsl, gemm.wgsl, softmax.wgsl's GEGLU). Activation ids: 0 identity, 1 SiLU,
 // 2 GELU (erf), 3 GELU (tanh approximation), 4 quick GELU (x * sigmoid(1.702x)),
 // 5 ReLU, 6 tanh (TAESD's ReLUs and its latent clamp tanh(x/3)*3), 7 LeakyReLU with negative
-// slope 0.2 (ESRGAN's RRDBNet).
+// slope 0.2 (ESRGAN's RRDBNet); for hypernetworks' MLPs (torch defaults): 8 sigmoid, 9 ELU
+// (alpha 1), 10 hardswish (A1111's "swish"), 11 LeakyReLU with negative slope 0.01.
 
 // erf by Abramowitz–Stegun 7.1.26 is only 1.5e-7 absolute: good enough for f32 GELU, and WGSL
 // has no erf builtin.
@@ -31,6 +32,14 @@ fn apply_act(v: f32, act: u32) -> f32 {
         return tanh(clamp(v, -15.0, 15.0));
     } else if (act == 7u) {
         return select(0.2 * v, v, v >= 0.0);
+    } else if (act == 8u) {
+        return 1.0 / (1.0 + exp(-v));
+    } else if (act == 9u) {
+        return select(exp(min(v, 0.0)) - 1.0, v, v > 0.0);
+    } else if (act == 10u) {
+        return v * clamp(v + 3.0, 0.0, 6.0) / 6.0;
+    } else if (act == 11u) {
+        return select(0.01 * v, v, v >= 0.0);
     }
     return v;
 }

@@ -145,6 +145,10 @@ pub enum Command {
         /// Folder of LoRAs for A1111 prompt tags `<lora:NAME:SCALE>` (NAME = file stem).
         #[arg(long, value_name = "DIR")]
         lora_dir: Option<std::path::PathBuf>,
+        /// Folder of hypernetworks (`.safetensors`, tools/convert_hypernetwork.py) for A1111
+        /// prompt tags `<hypernet:NAME:MULTIPLIER>` (NAME = file stem).
+        #[arg(long, value_name = "DIR")]
+        hypernetwork_dir: Option<std::path::PathBuf>,
         /// A ControlNet: a diffusers folder (config.json + diffusion_pytorch_model.safetensors),
         /// an A1111 .safetensors (`control_model.*`) or a hub id, for the same base model family.
         #[arg(long)]
@@ -481,6 +485,7 @@ pub fn main() -> anyhow::Result<()> {
             mask_blur,
             loras,
             lora_dir,
+            hypernetwork_dir,
             controlnet,
             control_image,
             control_scale,
@@ -630,6 +635,7 @@ pub fn main() -> anyhow::Result<()> {
             }
             // LoRA files and prompt tags first: a missing one fails before the model loads.
             let uses = crate::lora::uses_for_cli(loras, lora_dir.as_deref(), &prompt)?;
+            let hypernets = crate::pipeline::hypernetwork::uses_for_prompt(&prompt, hypernetwork_dir.as_deref())?;
             let real = open(&cli)?;
             eprintln!("adapter: {}", real.describe());
             // `--plan` loads and runs on a planning context only: no GPU memory, no kernels.
@@ -645,6 +651,10 @@ pub fn main() -> anyhow::Result<()> {
             for w in sd.set_loras(&ctx, &uses)? {
                 eprintln!("warning: {w}");
             }
+            for (h, m) in &hypernets {
+                eprintln!("hypernetwork: {} ×{m}", h.name);
+            }
+            sd.set_hypernetworks(hypernets)?;
             if let Some(cn) = controlnet {
                 sd.load_controlnet(&ctx, &resolve_controlnet(cn, variant.as_deref())?)?;
             }

@@ -9,9 +9,8 @@
 use crate::gpu::Context;
 use crate::models::clip::ClipTextModel;
 use crate::models::taesd::Taesd;
-use crate::models::unet::{AddedCond, UNet2DConditionModel, UNetExtras};
+use crate::models::unet::{AddedCond, CrossContext, UNet2DConditionModel, UNetExtras};
 use crate::models::vae::AutoencoderKL;
-use crate::prompt;
 use crate::rng::TorchRng;
 use crate::schedulers::{self, SamplerKind, SchedulerConfig, SigmaSchedule};
 use crate::tokenizer::{ClipTokenizer, PadToken};
@@ -19,12 +18,14 @@ use crate::weights::{self, OpenOptions, TextEncoderKind, Weights};
 use crate::{DType, Error, Result, Tensor};
 use std::path::Path;
 
+pub mod compose;
 pub mod controlnet;
 pub mod diffedit;
 pub mod gligen;
 pub mod dit;
 mod guard;
 pub mod hires;
+pub mod hypernetwork;
 pub mod imagenet;
 mod img2img;
 pub mod inpaint;
@@ -201,6 +202,8 @@ pub struct StableDiffusion {
     pub(crate) warnings: std::sync::Mutex<Vec<String>>,
     /// TAESD, for [`VaeDecoder::Taesd`] previews and final decodes ([`StableDiffusion::set_taesd`]).
     pub taesd: Option<std::sync::Arc<Taesd>>,
+    /// Hypernetworks and multipliers ([`StableDiffusion::set_hypernetworks`]).
+    pub hypernetworks: Vec<(std::sync::Arc<crate::models::hypernetwork::Hypernetwork>, f32)>,
 }
 
 impl StableDiffusion {
@@ -276,6 +279,7 @@ impl StableDiffusion {
             unet_f32: Default::default(),
             warnings: Default::default(),
             taesd: None,
+            hypernetworks: Vec::new(),
         })
     }
 
@@ -311,38 +315,33 @@ impl StableDiffusion {
         self.sdxl.is_some()
     }
 
-    /// Text conditioning for [uncond, cond] as one [2, 77·chunks, D] tensor, or [cond] alone
-    /// ([1, ..]) without classifier-free guidance; SDXL's added conditioning with it.
-    async fn encode(&self, ctx: &Context, o: &GenerateOptions, guided: bool) -> Result<Conditioning> {
+    /// Text conditioning for [uncond, cond…] as one [B, 77·chunks, D] tensor (one cond per
+    /// distinct `AND` sub-prompt, [`compose`]), or [cond] alone ([1, ..]) without
+    /// classifier-free guidance; SDXL's added conditioning with it.
+    async fn encode(&self, ctx: &Context, o: &GenerateOptions, c: &compose::Composed, guided: bool) -> Result<Conditioning> {
         if let Some(x) = &self.sdxl {
-            return x.encode(ctx, self, o, guided).await;
+            return x.encode(ctx, self, o, c, guided).await;
         }
         if o.prompt_2.is_some() || o.negative_prompt_2.is_some() {
             return Err(Error::Unsupported(format!("prompt_2 / negative_prompt_2 are for SDXL's second text encoder; {} has one (put it all in the prompt)", self.name)));
         }
-        let mut cond = prompt::tokenize_bounded(&self.tokenizer, "prompt", &o.prompt).map_err(Error::Unsupported)?;
-        let c = if guided {
-            let mut uncond = prompt::tokenize_bounded(&self.tokenizer, "negative prompt", &o.negative_prompt).map_err(Error::Unsupported)?;
-            prompt::match_chunk_counts(&self.tokenizer, &mut uncond, &mut cond);
-            let u = self.clip.encode_chunks_async(ctx, &uncond, o.clip_skip).await?;
-            let c = self.clip.encode_chunks_async(ctx, &cond, o.clip_skip).await?;
-            let (mut data, cdata) = (u.to_f32(ctx).await?, c.to_f32(ctx).await?);
-            data.extend(cdata);
-            let mut shape = c.shape().to_vec();
-            shape[0] = 2;
-            Tensor::from_f32(ctx, &data, &shape, c.dtype())?
-        } else {
-            self.clip.encode_chunks_async(ctx, &cond, o.clip_skip).await?
-        };
-        Ok(Conditioning { text: c, added: None })
+        compose::encode_single(self, ctx, o, c, guided).await
+    }
+
+    /// [`Self::encode`] of `o.prompt` as it parses (the pipelines without `AND` handling of their
+    /// own).
+    pub(crate) async fn encode_prompt(&self, ctx: &Context, o: &GenerateOptions, guided: bool) -> Result<Conditioning> {
+        self.encode(ctx, o, &compose::Composed::parse(&o.prompt)?, guided).await
     }
 
     /// What the UNet is conditioned on for `o` (blocking, native): the text `[B, L, D]`
-    /// (B = 2, [negative, prompt], when `o.guidance` > 1, else 1) and, for SDXL, the added
+    /// (B = 2, [negative, prompt], when `o.guidance` > 1, else 1; a prompt with `AND` has one
+    /// cond entry per distinct sub-prompt after the negative) and, for SDXL, the added
     /// conditioning (pooled `text_embeds` and time ids) for the same batch.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn conditioning(&self, ctx: &Context, o: &GenerateOptions) -> Result<(Tensor, Option<AddedCond>)> {
-        let c = pollster::block_on(self.encode(ctx, o, uses_cfg(o.guidance)))?;
+        let composed = compose::Composed::parse(&o.prompt)?;
+        let c = pollster::block_on(self.encode(ctx, o, &composed, composed.guided(o.guidance)))?;
         Ok((c.text, c.added))
     }
 
@@ -475,14 +474,20 @@ impl StableDiffusion {
             }
         }
         phase(ctx, "text encoder");
-        // diffusers' `do_classifier_free_guidance`: guidance > 1, else one batch of cond alone
-        let guided = uses_cfg(o.guidance);
+        // diffusers' `do_classifier_free_guidance`: guidance > 1, else one batch of cond alone;
+        // `AND` sub-prompts add one cond entry each and always run the uncond one (A1111)
+        let composed = compose::Composed::parse(&o.prompt)?;
+        let guided = composed.guided(o.guidance);
         let batch_n = match o.instruct {
+            Some(_) if !composed.is_plain() => return Err(Error::Unsupported("AND (Composable Diffusion) cannot be combined with an InstructPix2Pix edit".into())),
             Some(_) => pix2pix::batch_n(guided),
-            None => if guided { 2 } else { 1 },
+            None => composed.batch(guided),
         };
+        if !composed.is_plain() && (o.gligen.is_some() || o.sag_scale != 0.0) {
+            return Err(Error::Unsupported("AND (Composable Diffusion) cannot be combined with GLIGEN boxes or --sag-scale".into()));
+        }
         limits::check_unet_fits(ctx, unet, batch_n, o.width, o.height)?;
-        let mut cond = self.encode(ctx, o, guided).await?;
+        let mut cond = self.encode(ctx, o, &composed, guided).await?;
         let mut instruct = None;
         if let Some(ip) = &o.instruct {
             cond = pix2pix::text(ctx, cond, guided).await?;
@@ -496,6 +501,14 @@ impl StableDiffusion {
             &text32
         };
         let sag = sag::Sag::new(self, ctx, o, unet, text).await?;
+        let hyper = self.hyper_contexts(ctx, text)?;
+        if hyper.is_some() && sag.is_some() {
+            return Err(Error::Unsupported("--sag-scale cannot be combined with hypernetworks (SAG's degraded UNet call has no hypernetwork reference)".into()));
+        }
+        let cross = match &hyper {
+            Some((k, v)) => CrossContext { k, v },
+            None => text.into(),
+        };
         let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let (h, w) = (o.height / 8, o.width / 8);
         let latent_shape = [1, self.vae.config.latent_channels, h, w];
@@ -526,8 +539,7 @@ impl StableDiffusion {
             }
             let batch = match &instruct {
                 Some(ic) => ic.batch(&xin),
-                None if guided => [&xin[..], &xin[..]].concat(),
-                None => xin,
+                None => xin.repeat(batch_n),
             };
             let shape = [batch_n, unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
@@ -536,13 +548,11 @@ impl StableDiffusion {
                 None => None,
             };
             let mut probe = None;
-            let out = unet
-                .forward_with(ctx, &sample, &[t], text, cond.added.as_ref(), res.as_ref(), None, UNetExtras { probe: sag.is_some().then_some(&mut probe), gligen: gligen.objs(i), class_labels: None })?
-                .to_f32(ctx)
-                .await?;
+            let extras = UNetExtras { probe: sag.is_some().then_some(&mut probe), gligen: gligen.objs(i), class_labels: None };
+            let out = unet.forward_with(ctx, &sample, &[t], cross, cond.added.as_ref(), res.as_ref(), None, extras)?.to_f32(ctx).await?;
             let mut pred = match &instruct {
                 Some(ic) => ic.combine(out.clone(), n, o.guidance),
-                None if guided => schedulers::cfg_combine(&out[..n], &out[n..], o.guidance),
+                None if guided => composed.combine(&out, n, o.guidance),
                 None => out.clone(),
             };
             if let (Some(s), Some(p)) = (&sag, &probe) {

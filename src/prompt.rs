@@ -252,10 +252,18 @@ pub struct LoraTag {
 
 /// A1111's `extra_networks.parse_prompt`: removes every `<kind:args>` tag (regex
 /// `<(\w+):([^>]+)>`) and returns the text without them plus the `lora` (and `lyco`) tags.
-/// Other kinds (hypernet, ...) are dropped.
+/// Other kinds are dropped ([`extra_networks`] has them all; `hypernet`: the pipeline's
+/// hypernetwork module).
 pub fn extract_extra_networks(prompt: &str) -> (String, Vec<LoraTag>) {
+    let (out, tags) = extra_networks(prompt);
+    let loras = tags.iter().filter(|(k, _)| k == "lora" || k == "lyco").map(|(_, a)| parse_lora_args(a)).collect();
+    (out, loras)
+}
+
+/// The text without its `<kind:args>` tags, and every tag's `(kind, args)` in prompt order.
+pub fn extra_networks(prompt: &str) -> (String, Vec<(String, String)>) {
     let mut out = String::with_capacity(prompt.len());
-    let mut loras = Vec::new();
+    let mut tags = Vec::new();
     let mut last = 0;
     let mut search = 0;
     while let Some(off) = prompt[search..].find('<') {
@@ -266,11 +274,7 @@ pub fn extract_extra_networks(prompt: &str) -> (String, Vec<LoraTag>) {
             let args_start = kind_len + 1;
             if let Some(gt) = after[args_start..].find('>') {
                 if gt > 0 {
-                    let kind = &after[..kind_len];
-                    let args = &after[args_start..args_start + gt];
-                    if kind == "lora" || kind == "lyco" {
-                        loras.push(parse_lora_args(args));
-                    }
+                    tags.push((after[..kind_len].to_string(), after[args_start..args_start + gt].to_string()));
                     out.push_str(&prompt[last..lt]);
                     last = lt + 1 + args_start + gt + 1;
                     search = last;
@@ -281,7 +285,7 @@ pub fn extract_extra_networks(prompt: &str) -> (String, Vec<LoraTag>) {
         search = lt + 1;
     }
     out.push_str(&prompt[last..]);
-    (out, loras)
+    (out, tags)
 }
 
 fn parse_lora_args(args: &str) -> LoraTag {

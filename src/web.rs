@@ -307,6 +307,7 @@ impl ModelLoader {
             unet_f32: Default::default(),
             warnings: Default::default(),
             taesd: None,
+            hypernetworks: Vec::new(),
         };
         Ok(Model { ctx: self.ctx, sd: Rc::new(RefCell::new(sd)), loras: Vec::new(), lora_serial: 0 })
     }

@@ -107,7 +107,7 @@ fn unet_with_class_labels_matches_diffusers() {
         let up = load(dtype);
         let (sample, ehs) = (g.upload("sample", dtype), g.upload("encoder_hidden_states", dtype));
         for (label, name) in [(20, "out"), (0, "out_no_class")] {
-            let out = up.sd.unet.forward_with(ctx(), &sample, &[500.0], &ehs, None, None, None, UNetExtras { class_labels: Some(&[label][..]), ..Default::default() }).unwrap();
+            let out = up.sd.unet.forward_with(ctx(), &sample, &[500.0], (&ehs).into(), None, None, None, UNetExtras { class_labels: Some(&[label][..]), ..Default::default() }).unwrap();
             let e = rel_err(&out.to_vec(ctx()).unwrap(), &g.f32(name).0);
             eprintln!("{dtype:?} unet class label {label}: error {e:.2e} of the scale (tolerance {:.0e})", tol(dtype));
             assert!(e <= tol(dtype), "{dtype:?} unet class label {label}: error {e:.2e}");
@@ -120,7 +120,7 @@ fn unet_with_class_labels_matches_diffusers() {
     assert!(e > 100.0 * tol(DType::F32), "class label 0 vs 20 differ by only {e:.2e}");
     let err = up.sd.unet.forward(ctx(), &sample, 500.0, &ehs).unwrap_err().to_string();
     assert!(err.contains("class labels"), "{err}");
-    let err = up.sd.unet.forward_with(ctx(), &sample, &[500.0], &ehs, None, None, None, UNetExtras { class_labels: Some(&[1000][..]), ..Default::default() }).unwrap_err().to_string();
+    let err = up.sd.unet.forward_with(ctx(), &sample, &[500.0], (&ehs).into(), None, None, None, UNetExtras { class_labels: Some(&[1000][..]), ..Default::default() }).unwrap_err().to_string();
     assert!(err.contains("out of range"), "{err}");
 }
 

@@ -304,8 +304,8 @@ impl ControlNetModel {
         // sample = conv_in(sample) + controlnet_cond_embedding(cond), the sum fused into the conv.
         let x = self.conv_in.forward_residual(ctx, sample, hint)?;
         let mut skips = vec![x.clone()];
-        let x = unet::down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states, None, &mut skips, None)?;
-        let x = unet::mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states, None, None)?;
+        let x = unet::down_blocks_forward(ctx, cfg, &self.down_blocks, x, &emb_act, encoder_hidden_states.into(), None, &mut skips, None)?;
+        let x = unet::mid_block_forward(ctx, cfg, &self.mid_block, x, &emb_act, encoder_hidden_states.into(), None, None)?;
         if skips.len() != self.controlnet_down_blocks.len() {
             return Err(Error::Shape { op: "controlnet", detail: format!("{} skips for {} zero convs", skips.len(), self.controlnet_down_blocks.len()) });
         }

@@ -163,7 +163,7 @@ impl GatedSelfAttention {
         let cat = concat_channels(ctx, &x.reshape(&[b, l, c, 1])?, &o.reshape(&[b, n, c, 1])?)?.reshape(&[b, l + n, c])?;
         let (w, bias) = (&self.norm1.weight, &self.norm1.bias);
         let kv = layer_norm(ctx, &cat, w, bias, EPS)?;
-        let x = super::unet::attend(ctx, &self.attn, &layer_norm(ctx, x, w, bias, EPS)?, Some(&kv), x, None)?;
+        let x = super::unet::attend(ctx, &self.attn, &layer_norm(ctx, x, w, bias, EPS)?, Some((&kv).into()), x, None)?;
         let h = layer_norm(ctx, &x, &self.norm2.weight, &self.norm2.bias, EPS)?;
         let h = geglu(ctx, &matmul(ctx, &h, &self.ff_proj.weight_t, GemmOpts { bias: self.ff_proj.bias.as_ref(), ..Default::default() })?)?;
         matmul(ctx, &h, &self.ff_out.weight_t, GemmOpts { bias: self.ff_out.bias.as_ref(), residual: Some(&x), ..Default::default() })

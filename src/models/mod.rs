@@ -5,6 +5,7 @@ pub mod controlnet;
 pub mod dit;
 pub mod esrgan;
 pub mod gligen;
+pub mod hypernetwork;
 pub mod taesd;
 pub mod unet;
 pub mod vae;

@@ -444,6 +444,20 @@ pub struct Attention {
     pub to_out: Linear,
 }
 
+/// What every cross-attention's `to_k` and `to_v` read: the text itself, or (hypernetworks,
+/// [`crate::models::hypernetwork`]) a transformed context for each.
+#[derive(Clone, Copy)]
+pub struct CrossContext<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+}
+
+impl<'a> From<&'a Tensor> for CrossContext<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        CrossContext { k: t, v: t }
+    }
+}
+
 pub struct BasicTransformerBlock {
     pub norm1: Norm,
     pub attn1: Attention,
@@ -799,10 +813,11 @@ impl UNet2DConditionModel {
         control: Option<&ControlNetOutput>,
         trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
-        self.forward_with(ctx, sample, timesteps, encoder_hidden_states, added, control, trace, UNetExtras::default())
+        self.forward_with(ctx, sample, timesteps, encoder_hidden_states.into(), added, control, trace, UNetExtras::default())
     }
 
-    /// [`Self::forward_full`] with [`UNetExtras`]: class labels (the x4 upscaler's noise level),
+    /// [`Self::forward_full`] with separate k and v contexts for the cross-attentions
+    /// (hypernetworks) and [`UNetExtras`]: class labels (the x4 upscaler's noise level),
     /// GLIGEN's grounding tokens, the probe of the mid block's first self-attention
     /// (Self-Attention Guidance reads its attention map).
     #[allow(clippy::too_many_arguments)]
@@ -811,7 +826,7 @@ impl UNet2DConditionModel {
         ctx: &Context,
         sample: &Tensor,
         timesteps: &[f32],
-        encoder_hidden_states: &Tensor,
+        cross: CrossContext,
         added: Option<&AddedCond>,
         control: Option<&ControlNetOutput>,
         mut trace: Option<&mut Trace>,
@@ -822,7 +837,11 @@ impl UNet2DConditionModel {
         if objs.is_some() && self.position_net.is_none() {
             return Err(Error::Unsupported("grounding boxes need a GLIGEN UNet (attention_type \"gated\", with position_net)".into()));
         }
-        let ts = check_inputs(cfg, "unet", sample, timesteps, encoder_hidden_states)?;
+        let encoder_hidden_states = cross;
+        let ts = check_inputs(cfg, "unet", sample, timesteps, cross.k)?;
+        if cross.v.shape() != cross.k.shape() {
+            return Err(Error::Shape { op: "unet", detail: format!("v context {:?} and k context {:?} differ", cross.v.shape(), cross.k.shape()) });
+        }
         let aug = self.added_embedding(ctx, added, sample.dim(0))?;
         let aug = self.class_embedding(ctx, aug, class_labels, sample.dim(0))?;
         let (_, emb_act) =
@@ -1005,7 +1024,7 @@ pub(crate) fn down_blocks_forward(
     blocks: &[DownBlock],
     mut x: Tensor,
     emb_act: &Tensor,
-    context: &Tensor,
+    context: CrossContext,
     objs: Option<&Tensor>,
     skips: &mut Vec<Tensor>,
     mut trace: Option<&mut Trace>,
@@ -1035,7 +1054,7 @@ pub(crate) fn mid_block_forward(
     mid: &MidBlock,
     x: Tensor,
     emb_act: &Tensor,
-    context: &Tensor,
+    context: CrossContext,
     objs: Option<&Tensor>,
     mut probe: Option<&mut Option<MidAttention>>,
 ) -> Result<Tensor> {
@@ -1097,7 +1116,7 @@ fn transformer(
     cfg: &UNetConfig,
     t: &Transformer2DModel,
     x: &Tensor,
-    context: &Tensor,
+    context: CrossContext,
     objs: Option<&Tensor>,
     mut probe: Option<&mut Option<Tensor>>,
 ) -> Result<Tensor> {
@@ -1118,7 +1137,7 @@ fn transformer_block(
     ctx: &Context,
     blk: &BasicTransformerBlock,
     x: &Tensor,
-    context: &Tensor,
+    context: CrossContext,
     objs: Option<&Tensor>,
     probe: Option<&mut Option<Tensor>>,
 ) -> Result<Tensor> {
@@ -1141,15 +1160,21 @@ fn transformer_block(
 
 /// `residual + to_out(attention(q(x), k(ctx), v(ctx)))`, token-major `[B, L, C]`. `probe`
 /// receives a self-attention's fused q|k|v.
-pub(crate) fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<&Tensor>, residual: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
+pub(crate) fn attend(ctx: &Context, a: &Attention, x: &Tensor, context: Option<CrossContext>, residual: &Tensor, probe: Option<&mut Option<Tensor>>) -> Result<Tensor> {
     let c = x.dim(2);
     let head_dim = c / a.heads;
     let scale = (head_dim as f32).powf(-0.5);
     let out = match (&a.kv_weight_t, context) {
         (Some(kv_w), Some(context)) => {
             let q = matmul(ctx, x, &a.q_weight_t, GemmOpts::default())?;
-            let kv = matmul(ctx, context, kv_w, GemmOpts::default())?;
-            attention_strided(ctx, AttnInput::whole(&q), AttnInput::cols(&kv, 0), AttnInput::cols(&kv, c), a.heads, head_dim, scale, false)?
+            let kv = matmul(ctx, context.k, kv_w, GemmOpts::default())?;
+            if std::ptr::eq(context.k, context.v) {
+                attention_strided(ctx, AttnInput::whole(&q), AttnInput::cols(&kv, 0), AttnInput::cols(&kv, c), a.heads, head_dim, scale, false)?
+            } else {
+                // Hypernetworks: v's own context through the same fused weight (its k half unused).
+                let kv2 = matmul(ctx, context.v, kv_w, GemmOpts::default())?;
+                attention_strided(ctx, AttnInput::whole(&q), AttnInput::cols(&kv, 0), AttnInput::cols(&kv2, c), a.heads, head_dim, scale, false)?
+            }
         }
         _ => {
             let qkv = matmul(ctx, x, &a.q_weight_t, GemmOpts::default())?;

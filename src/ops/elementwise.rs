@@ -25,6 +25,12 @@ pub enum Activation {
     Tanh = 6,
     /// LeakyReLU with negative slope 0.2 (ESRGAN's; fixed, as the model never uses another).
     LeakyRelu = 7,
+    /// Hypernetwork activations (torch's defaults): sigmoid, ELU (alpha 1), hardswish
+    /// (A1111's "swish"), LeakyReLU with torch's slope 0.01.
+    Sigmoid = 8,
+    Elu = 9,
+    Hardswish = 10,
+    LeakyRelu001 = 11,
 }
 
 #[repr(C)]

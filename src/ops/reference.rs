@@ -26,6 +26,10 @@ pub fn activation(act: Activation, v: f64) -> f64 {
         Activation::Relu => v.max(0.0),
         Activation::Tanh => v.tanh(),
         Activation::LeakyRelu => if v >= 0.0 { v } else { 0.2 * v },
+        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        Activation::Elu => if v > 0.0 { v } else { v.exp() - 1.0 },
+        Activation::Hardswish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::LeakyRelu001 => if v >= 0.0 { v } else { 0.01 * v },
     }
 }
 

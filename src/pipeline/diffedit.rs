@@ -110,8 +110,8 @@ impl StableDiffusion {
         let n = self.vae.config.latent_channels * h * w;
         // [negative, source] and [negative, target], each [2, L, D]
         let text_of = |prompt: &str| GenerateOptions { prompt: prompt.into(), negative_prompt: m.negative_prompt.clone(), ..Default::default() };
-        let src = self.encode(ctx, &text_of(&m.source_prompt), true).await?.text;
-        let tgt = self.encode(ctx, &text_of(&m.target_prompt), true).await?.text;
+        let src = self.encode_prompt(ctx, &text_of(&m.source_prompt), true).await?.text;
+        let tgt = self.encode_prompt(ctx, &text_of(&m.target_prompt), true).await?.text;
         if src.shape() != tgt.shape() {
             return Err(Error::Unsupported("DiffEdit: the source and target prompts must fit the same number of 75-token chunks".into()));
         }

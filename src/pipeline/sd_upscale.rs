@@ -162,7 +162,7 @@ impl SdUpscaler {
 
         phase(ctx, "text encoder");
         let go = GenerateOptions { prompt: o.prompt.clone(), negative_prompt: o.negative_prompt.clone(), ..Default::default() };
-        let cond = sd.encode(ctx, &go, guided).await?;
+        let cond = sd.encode_prompt(ctx, &go, guided).await?;
         let text = if cond.text.dtype() == unet.dtype {
             cond.text
         } else {
@@ -200,7 +200,7 @@ impl SdUpscaler {
                     batch.extend_from_slice(&one);
                 }
                 let sample = Tensor::from_f32(ctx, &batch, &[batch_n, lc + 3, tile.h, tile.w], text.dtype())?;
-                let out = unet.forward_with(ctx, &sample, &[t], &text, None, None, None, UNetExtras { class_labels: Some(labels.as_slice()), ..Default::default() })?.to_f32(ctx).await?;
+                let out = unet.forward_with(ctx, &sample, &[t], (&text).into(), None, None, None, UNetExtras { class_labels: Some(labels.as_slice()), ..Default::default() })?.to_f32(ctx).await?;
                 let tn = lc * tile.h * tile.w;
                 let pred = if guided { schedulers::cfg_combine(&out[..tn], &out[tn..], o.guidance) } else { out };
                 if whole {

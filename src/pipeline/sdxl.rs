@@ -5,6 +5,7 @@
 //! when the model's `force_zeros_for_empty_prompt` says so (SDXL base: true), as diffusers does
 //! with no negative prompt and A1111 with an empty one.
 
+use super::compose::{self, Composed};
 use super::{Conditioning, GenerateOptions, StableDiffusion};
 use crate::gpu::Context;
 use crate::models::clip::ClipTextModel;
@@ -81,12 +82,21 @@ impl SdxlParts {
         Ok((h, pooled[..p].to_vec()))
     }
 
-    pub(super) async fn encode(&self, ctx: &Context, sd: &StableDiffusion, o: &GenerateOptions, guided: bool) -> Result<Conditioning> {
+    /// `[batch, L, D1 + D2]` text and added conditioning: the negative (when `guided`), then
+    /// one entry per distinct `AND` sub-prompt ([`super::compose`]), each through both
+    /// encoders with its own pooled `text_embeds`.
+    pub(super) async fn encode(&self, ctx: &Context, sd: &StableDiffusion, o: &GenerateOptions, c: &Composed, guided: bool) -> Result<Conditioning> {
         let (t1, t2) = (&sd.tokenizer, &self.tokenizer_2);
-        let prompt_2 = o.prompt_2.as_deref().unwrap_or(&o.prompt);
+        if c.texts.len() > 1 && o.prompt_2.is_some() {
+            return Err(Error::Unsupported("a prompt with AND sub-prompts cannot take prompt_2 as well: drop prompt_2 (each sub-prompt goes to both text encoders)".into()));
+        }
         let negative_2 = o.negative_prompt_2.as_deref().unwrap_or(&o.negative_prompt);
-        let mut c1 = prompt::tokenize_bounded(t1, "prompt", &o.prompt).map_err(Error::Unsupported)?;
-        let mut c2 = prompt::tokenize_bounded(t2, "prompt_2", prompt_2).map_err(Error::Unsupported)?;
+        let mut conds = Vec::new();
+        for (i, text) in c.texts.iter().enumerate() {
+            let c1 = prompt::tokenize_bounded(t1, &compose::what(c, i), text).map_err(Error::Unsupported)?;
+            let c2 = prompt::tokenize_bounded(t2, "prompt_2", o.prompt_2.as_deref().unwrap_or(text)).map_err(Error::Unsupported)?;
+            conds.push((c1, c2));
+        }
         let zero_negative = o.negative_prompt.is_empty() && negative_2.is_empty() && self.force_zeros_for_empty_prompt;
         let mut negative = None;
         if guided && !zero_negative {
@@ -94,9 +104,12 @@ impl SdxlParts {
             let u2 = prompt::tokenize_bounded(t2, "negative prompt_2", negative_2).map_err(Error::Unsupported)?;
             negative = Some((u1, u2));
         }
-        // Prompt and negative batch together, and the two encoders' rows are concatenated per
+        // Prompts and negative batch together, and the two encoders' rows are concatenated per
         // token: every list gets as many chunks (empty ones padded, as match_chunk_counts does).
-        let mut lists = vec![(t1, &mut c1), (t2, &mut c2)];
+        let mut lists: Vec<(&ClipTokenizer, &mut Vec<Chunk>)> = Vec::new();
+        for (c1, c2) in &mut conds {
+            lists.extend([(t1, c1), (t2, c2)]);
+        }
         if let Some((u1, u2)) = &mut negative {
             lists.extend([(t1, u1), (t2, u2)]);
         }
@@ -104,24 +117,29 @@ impl SdxlParts {
         for (t, cs) in lists {
             cs.resize(n, prompt::empty_chunk(t));
         }
-        let (h, pooled) = self.encode_text(ctx, &sd.clip, &c1, &c2, o.clip_skip).await?;
+        let (mut hs, mut pooled) = (Vec::new(), Vec::new());
+        for (c1, c2) in &conds {
+            let (h, p) = self.encode_text(ctx, &sd.clip, c1, c2, o.clip_skip).await?;
+            hs.push(h);
+            pooled.push(p);
+        }
         let (mut text, mut text_embeds) = (Vec::new(), Vec::new());
         if guided {
             let (hu, pu) = match &negative {
                 Some((u1, u2)) => self.encode_text(ctx, &sd.clip, u1, u2, o.clip_skip).await?,
-                None => (vec![0.0; h.len()], vec![0.0; pooled.len()]),
+                None => (vec![0.0; hs[0].len()], vec![0.0; pooled[0].len()]),
             };
             text.extend(hu);
             text_embeds.extend(pu);
         }
-        text.extend(h);
-        text_embeds.extend(pooled);
-        let batch = if guided { 2 } else { 1 };
+        text.extend(hs.concat());
+        text_embeds.extend(pooled.concat());
+        let batch = c.batch(guided);
         let d = sd.clip.config.hidden + self.clip_2.config.hidden;
         let size = (o.height, o.width);
         let ids = AddedCond::time_ids(o.original_size.unwrap_or(size), o.crops_coords_top_left, o.target_size.unwrap_or(size));
         let time_ids = (0..batch).flat_map(|_| ids).collect();
-        let text = Tensor::from_f32(ctx, &text, &[batch, c1.len() * CHUNK_LEN, d], sd.clip.dtype)?;
+        let text = Tensor::from_f32(ctx, &text, &[batch, n * CHUNK_LEN, d], sd.clip.dtype)?;
         Ok(Conditioning { text, added: Some(AddedCond { text_embeds, time_ids }) })
     }
 }

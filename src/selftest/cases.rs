@@ -253,7 +253,7 @@ fn softmax_cases() -> Vec<Case> {
 
 fn elementwise_cases() -> Vec<Case> {
     let mut v = vec![];
-    for act in [Activation::Identity, Activation::Silu, Activation::Gelu, Activation::GeluTanh, Activation::QuickGelu, Activation::Relu, Activation::Tanh, Activation::LeakyRelu] {
+    for act in [Activation::Identity, Activation::Silu, Activation::Gelu, Activation::GeluTanh, Activation::QuickGelu, Activation::Relu, Activation::Tanh, Activation::LeakyRelu, Activation::Sigmoid, Activation::Elu, Activation::Hardswish, Activation::LeakyRelu001] {
         v.push(case("elementwise", &format!("{act:?}").to_lowercase(), "4099".into(), &[DType::F32, DType::F16], move |ctx, dtype| {
             let x = data_q(&data(4099, 16, dtype).iter().map(|x| x * 6.0).collect::<Vec<_>>(), dtype);
             let y = elementwise::unary(ctx, act, &up(ctx, &x, &[4099], dtype)?, 1.5, -0.25)?;
