@@ -34,7 +34,6 @@ moves the uint8 image by < 0.05 levels mean abs; the image is not flat (std >= 2
 conditions the image.
 """
 
-import gzip
 import json
 import os
 import sys
@@ -44,7 +43,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixtures_fullsize import fill, save, t32  # noqa: E402
+from fixtures_fullsize import fill, save, t32, write_synthetic_assets  # noqa: E402
 from make_fixtures import CONDITIONING_LIMIT, PERTURBATION, SEED  # noqa: E402
 
 import diffusers  # noqa: E402
@@ -90,25 +89,13 @@ def build():
 
 
 def write_assets(pipe, shapes):
-    d = os.path.join(REPO, "assets", "synthetic", "dit-tiny")
-    os.makedirs(d, exist_ok=True)
-    lines = [f"{c}\t{n}\t{','.join(map(str, s))}\n" for c in shapes for n, s in sorted(shapes[c].items())]
-    with open(os.path.join(d, "tensors.txt.gz"), "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-            f.write("".join(lines).encode())
     configs = {
         "transformer": json.loads(pipe.transformer.to_json_string()),
         "scheduler": dict(SCHEDULER, _class_name="DDIMScheduler"),
         "model_index": {"_class_name": "DiTPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
                         "transformer": ["diffusers", "DiTTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]},
     }
-    for c in configs.values():
-        for k in ("_diffusers_version", "_name_or_path"):
-            c.pop(k, None)
-    for c, v in configs.items():
-        with open(os.path.join(d, c + ".json"), "w") as f:
-            json.dump(v, f, indent=1, sort_keys=True)
-            f.write("\n")
+    write_synthetic_assets(os.path.join(REPO, "assets", "synthetic", "dit-tiny"), shapes, configs)
 
 
 @torch.no_grad()

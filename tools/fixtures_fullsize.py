@@ -247,6 +247,22 @@ def write_assets(name, cfg, pipe, shapes):
             f.write("\n")
 
 
+def write_synthetic_assets(d, shapes, configs):
+    """A synthetic model's committed part in `d`: `tensors.txt.gz` (component<TAB>name<TAB>dims,
+    components in `shapes`' order, names sorted; what src/weights/synthetic.rs reads) and one
+    `<name>.json` per entry of `configs`, without the version/path keys."""
+    os.makedirs(d, exist_ok=True)
+    lines = [f"{c}\t{n}\t{','.join(map(str, s))}\n" for c in shapes for n, s in sorted(shapes[c].items())]
+    with open(os.path.join(d, "tensors.txt.gz"), "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+            f.write("".join(lines).encode())
+    for name, cfg in configs.items():
+        cfg = {k: v for k, v in cfg.items() if k not in ("_diffusers_version", "_name_or_path", "transformers_version")}
+        with open(os.path.join(d, name + ".json"), "w") as f:
+            json.dump(cfg, f, indent=1, sort_keys=True)
+            f.write("\n")
+
+
 def t32(x):
     return x.detach().to(torch.float32).contiguous().clone()
 

@@ -19,7 +19,6 @@ It checks that each differs from the others by more than the tests' tolerance an
 Run from the repository root: python tools/fixtures_gligen.py
 """
 
-import gzip
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_fixtures as mf  # noqa: E402
-from fixtures_fullsize import fill  # noqa: E402
+from fixtures_fullsize import fill, write_synthetic_assets  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.pipelines.deprecated.stable_diffusion_gligen.pipeline_stable_diffusion_gligen import StableDiffusionGLIGENPipeline  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
@@ -57,16 +56,7 @@ def build():
 
 
 def write_assets(pipe, shapes):
-    os.makedirs(ASSETS, exist_ok=True)
-    lines = [f"unet\t{n}\t{','.join(map(str, s))}\n" for n, s in sorted(shapes.items())]
-    with open(os.path.join(ASSETS, "tensors.txt.gz"), "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-            f.write("".join(lines).encode())
-    cfg = json.loads(pipe.unet.to_json_string())
-    cfg.pop("_diffusers_version", None)
-    with open(os.path.join(ASSETS, "unet.json"), "w") as f:
-        json.dump(cfg, f, indent=1, sort_keys=True)
-        f.write("\n")
+    write_synthetic_assets(ASSETS, {"unet": shapes}, {"unet": json.loads(pipe.unet.to_json_string())})
 
 
 def run(pipe, beta, latents=None):

@@ -35,7 +35,6 @@ image by < 0.05 levels mean abs, and the image must not be flat (std >= 20) or s
 (> 20% at 0/255). The script fails (exit 1) otherwise.
 """
 
-import gzip
 import json
 import os
 import sys
@@ -45,7 +44,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixtures_fullsize import fill, save, t32  # noqa: E402
+from fixtures_fullsize import fill, save, t32, write_synthetic_assets  # noqa: E402
 from make_fixtures import CONDITIONING_LIMIT, NEGATIVE, PERTURBATION, SEED  # noqa: E402
 
 import diffusers  # noqa: E402
@@ -95,17 +94,7 @@ def build():
 
 
 def write_assets(pipe, shapes):
-    os.makedirs(ASSETS, exist_ok=True)
-    lines = [f"unet\t{n}\t{','.join(map(str, s))}\n" for n, s in sorted(shapes.items())]
-    with open(os.path.join(ASSETS, "tensors.txt.gz"), "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-            f.write("".join(lines).encode())
-    cfg = json.loads(pipe.unet.to_json_string())
-    for k in ("_diffusers_version", "_name_or_path"):
-        cfg.pop(k, None)
-    with open(os.path.join(ASSETS, "unet.json"), "w") as f:
-        json.dump(cfg, f, indent=1, sort_keys=True)
-        f.write("\n")
+    write_synthetic_assets(ASSETS, {"unet": shapes}, {"unet": json.loads(pipe.unet.to_json_string())})
 
 
 @torch.no_grad()

@@ -34,7 +34,6 @@ Generator order (one torch generator, seed 42): randn of the low-res image's sha
 low_res_scheduler.add_noise, then the latents' randn (times init_noise_sigma).
 """
 
-import gzip
 import json
 import os
 import sys
@@ -44,7 +43,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fixtures_fullsize import fill, save, t32  # noqa: E402
+from fixtures_fullsize import fill, save, t32, write_synthetic_assets  # noqa: E402
 from make_fixtures import NEGATIVE, PROMPT, SEED  # noqa: E402
 
 import diffusers  # noqa: E402
@@ -141,12 +140,6 @@ def build():
 
 
 def write_assets(pipe, shapes):
-    d = os.path.join(REPO, "assets", "synthetic", "x4-tiny")
-    os.makedirs(d, exist_ok=True)
-    lines = [f"{c}\t{n}\t{','.join(map(str, s))}\n" for c in shapes for n, s in sorted(shapes[c].items())]
-    with open(os.path.join(d, "tensors.txt.gz"), "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-            f.write("".join(lines).encode())
     index = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pipe.config.items() if not k.startswith("_")}
     configs = {
         "unet": json.loads(pipe.unet.to_json_string()),
@@ -155,13 +148,7 @@ def write_assets(pipe, shapes):
         "low_res_scheduler": dict(LOW_RES_SCHEDULER, _class_name="DDPMScheduler"),
         "model_index": dict(index, _class_name="StableDiffusionUpscalePipeline"),
     }
-    for c in configs.values():
-        for k in ("_diffusers_version", "_name_or_path"):
-            c.pop(k, None)
-    for c, v in configs.items():
-        with open(os.path.join(d, c + ".json"), "w") as f:
-            json.dump(v, f, indent=1, sort_keys=True)
-            f.write("\n")
+    write_synthetic_assets(os.path.join(REPO, "assets", "synthetic", "x4-tiny"), shapes, configs)
 
 
 @torch.no_grad()
