@@ -371,15 +371,21 @@ pub const MAX_PROMPT_CHUNKS: usize = 64;
 /// so this only refuses what the chunk limit would refuse anyway, without tokenizing it).
 pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
 
-/// `what` (e.g. "prompt") must fit [`MAX_PROMPT_BYTES`] and [`MAX_PROMPT_CHUNKS`]: checked
-/// before anything is allocated for it. Returns its chunks.
-pub fn tokenize_bounded(tok: &ClipTokenizer, what: &str, prompt: &str) -> Result<Vec<Chunk>, String> {
+/// `what` (e.g. "prompt") as written must fit [`MAX_PROMPT_BYTES`].
+pub fn check_bytes(what: &str, prompt: &str) -> Result<(), String> {
     if prompt.len() > MAX_PROMPT_BYTES {
         return Err(format!(
             "the {what} is {} bytes long; at most {MAX_PROMPT_BYTES} bytes ({MAX_PROMPT_CHUNKS} chunks of 75 tokens) are encoded: shorten it",
             prompt.len()
         ));
     }
+    Ok(())
+}
+
+/// `what` (e.g. "prompt") must fit [`MAX_PROMPT_BYTES`] and [`MAX_PROMPT_CHUNKS`]: checked
+/// before anything is allocated for it. Returns its chunks.
+pub fn tokenize_bounded(tok: &ClipTokenizer, what: &str, prompt: &str) -> Result<Vec<Chunk>, String> {
+    check_bytes(what, prompt)?;
     let t = tokenize_prompt(tok, prompt);
     if t.chunks.len() > MAX_PROMPT_CHUNKS {
         return Err(format!(

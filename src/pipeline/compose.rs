@@ -39,6 +39,8 @@ impl Composed {
     /// A1111's `get_multicond_prompt_list` for one prompt. Errors: an empty sub-prompt next to
     /// an `AND` (A1111 would quietly encode `""`), more than [`MAX_SUBPROMPTS`] sub-prompts.
     pub fn parse(prompt: &str) -> Result<Composed> {
+        // the size as written, before the split trims anything
+        prompt::check_bytes("prompt", prompt).map_err(Error::Unsupported)?;
         let (text, _) = prompt::extract_extra_networks(prompt);
         let parts = split_and(&text);
         if parts.len() > MAX_SUBPROMPTS {
