@@ -49,18 +49,7 @@ fn boxes() -> Vec<GroundingBox> {
 }
 
 fn options(beta: f32) -> GenerateOptions {
-    GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance: 7.5,
-        sampler: SamplerKind::Pndm,
-        gligen: Some(GligenOptions { boxes: boxes(), scheduled_sampling_beta: beta }),
-        ..Default::default()
-    }
+    GenerateOptions { gligen: Some(GligenOptions { boxes: boxes(), scheduled_sampling_beta: beta }), ..txt2img_options(SamplerKind::Pndm) }
 }
 
 #[test]

@@ -14,19 +14,7 @@ use pigment::schedulers::{SamplerKind, SigmaSchedule};
 
 
 fn options(sampler: SamplerKind, schedule: SigmaSchedule) -> GenerateOptions {
-    GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance: 7.5,
-        sampler,
-        schedule,
-        clip_skip: 1,
-        ..Default::default()
-    }
+    GenerateOptions { schedule, clip_skip: 1, ..txt2img_options(sampler) }
 }
 
 /// Every sampler of both variants through the library, f32, against diffusers' PNG.

@@ -14,18 +14,7 @@ use pigment::pipeline::{a1111_parameters, GenerateOptions, StableDiffusion};
 use pigment::schedulers::SamplerKind;
 
 fn options(sampler: SamplerKind, guidance: f32, sag_scale: f32) -> GenerateOptions {
-    GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance,
-        sampler,
-        sag_scale,
-        ..Default::default()
-    }
+    GenerateOptions { guidance, sag_scale, ..txt2img_options(sampler) }
 }
 
 const CASES: [(&str, &str, SamplerKind, f32, f32); 3] = [

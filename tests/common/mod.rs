@@ -193,6 +193,22 @@ pub fn read_image(path: &std::path::Path) -> pigment::pipeline::Image {
     pigment::pipeline::Image { width, height, rgb }
 }
 
+/// The txt2img goldens' settings (tools/make_fixtures.py: PROMPT, NEGATIVE, SEED, 64x64, STEPS,
+/// GUIDANCE) with `sampler`.
+pub fn txt2img_options(sampler: pigment::schedulers::SamplerKind) -> pigment::pipeline::GenerateOptions {
+    pigment::pipeline::GenerateOptions {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: "blurry, low quality".into(),
+        seed: 42,
+        width: 64,
+        height: 64,
+        steps: 4,
+        guidance: 7.5,
+        sampler,
+        ..Default::default()
+    }
+}
+
 /// The settings of the img2img / inpainting goldens (tools/fixtures_img2img.py, reused by
 /// tools/fixtures_taesd.py): seed 42, 64x64, 5 steps, cfg 7.5, `golden/img2img/init.png` and,
 /// with `mask`, `mask.png`.
