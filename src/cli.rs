@@ -66,10 +66,11 @@ pub enum Command {
         /// Random seed (a random one is chosen and printed when absent).
         #[arg(long)]
         seed: Option<u64>,
-        /// Output width (default 512, 1024 for SDXL, or the init image's width).
+        /// Output width (default: the model's size, from its unet/config.json `sample_size`: 512 for
+        /// SD 1.x, 768 for SD 2.x 768-v, 1024 for SDXL; or the init image's width).
         #[arg(long)]
         width: Option<usize>,
-        /// Output height (default 512, 1024 for SDXL, or the init image's height).
+        /// Output height (default: the model's size, as --width; or the init image's height).
         #[arg(long)]
         height: Option<usize>,
         /// SDXL micro-conditioning `original_size`, WIDTHxHEIGHT (default: the output size).
@@ -553,9 +554,9 @@ pub fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--mask needs --init-image (the image to inpaint)");
             }
             let path = resolve_model(model.as_deref(), variant.as_deref())?;
-            // With an init image the size defaults to the image's; else 512, or 1024 for SDXL
-            // (as A1111).
-            let base = if crate::weights::is_sdxl_path(&path) { 1024 } else { 512 };
+            // With an init image the size defaults to the image's; else the model's own
+            // (diffusers' `sample_size`; 512, or 1024 for SDXL single files).
+            let base = crate::weights::default_image_side(&path);
             let (dw, dh) = init_image.as_ref().map(|i| (i.width, i.height)).unwrap_or((base, base));
             let (width, height) = (&width.unwrap_or(dw), &height.unwrap_or(dh));
             crate::pipeline::check_size(*width, *height)?;

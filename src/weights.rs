@@ -953,6 +953,34 @@ pub fn is_sdxl_path(path: &Path) -> bool {
     SafetensorsFile::open(path).is_ok_and(|f| f.names().iter().any(|n| n.starts_with("conditioner.embedders.1.model.")))
 }
 
+/// The image side a model generates at when no size is given, as diffusers' default
+/// (`unet.config.sample_size × vae_scale_factor`): a diffusers folder's `unet/config.json`
+/// decides (SDXL base 1024, SDXL-Turbo and SD-Turbo 512, SD 2.x 768-v 768); a single file
+/// carries no config, so SDXL single files get 1024 and the others 512 (as A1111).
+pub fn default_image_side(path: &Path) -> usize {
+    // The generated full-size models are their real counterparts' shapes.
+    match path.to_str() {
+        Some("synthetic:sdxl") => return 1024,
+        Some("synthetic:sd21v") => return 768,
+        _ => {}
+    }
+    if path.is_dir() {
+        let sample_size = std::fs::read_to_string(path.join("unet/config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v.get("sample_size").and_then(Value::as_u64));
+        // `sample_size` may also be a [h, w] list in some configs: fall through to the family.
+        if let Some(s) = sample_size.filter(|&s| (1..=512).contains(&s)) {
+            return s as usize * 8;
+        }
+    }
+    if is_sdxl_path(path) {
+        1024
+    } else {
+        512
+    }
+}
+
 /// The storage dtype to upload weights in: f16 when asked for and the adapter can, else f32.
 pub fn storage_dtype(ctx: &Context, want_f16: bool) -> DType {
     if want_f16 && ctx.f16 {

@@ -54,22 +54,9 @@ fn perturbed_file(src: &Path, dst: &Path, f: impl Fn(f32) -> f32) {
 
 /// A copy of a diffusers folder whose text encoder and UNet values are mapped by `f`.
 fn perturbed_folder(src: &Path, dst: &Path, f: impl Fn(f32) -> f32 + Copy) {
-    copy_dir(src, dst);
+    common::copy_dir(src, dst);
     for file in ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors"] {
         perturbed_file(&src.join(file), &dst.join(file), f);
-    }
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let p = e.unwrap().path();
-        let d = dst.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &d);
-        } else {
-            std::fs::copy(&p, &d).unwrap();
-        }
     }
 }
 

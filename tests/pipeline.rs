@@ -121,6 +121,39 @@ fn cli_generate_writes_diffusers_png_with_parameters() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// SD-Turbo's recipe as a user runs it: an SD 2.x folder whose scheduler config is
+/// stabilityai/sd-turbo's (Euler, trailing spacing), `--steps 1 --cfg 0`, no sampler and no size
+/// given (the scheduler config picks Euler; `unet/config.json`'s `sample_size` 8 picks 64x64, as
+/// diffusers' default). Against tools/fixtures_sd_turbo.py's golden. The page runs the same
+/// folder (web/e2e_sdxl.mjs).
+#[test]
+fn sd_turbo_cli_one_step_guidance_0_matches_diffusers_png() {
+    let bytes = std::fs::read(fixtures().join("golden/sd21-tiny/turbo.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta.metadata().as_ref().unwrap()["pigment"]).unwrap();
+    let tmp = std::env::temp_dir().join(format!("pigment-sd-turbo-{}", std::process::id()));
+    let model = tmp.join("sd-turbo-tiny");
+    copy_dir(&fixtures().join("sd21-tiny"), &model);
+    std::fs::write(model.join("scheduler/scheduler_config.json"), meta["scheduler_config"].as_str().unwrap()).unwrap();
+    let (_, _, want) = read_png(&fixtures().join("golden/sd21-tiny/turbo.png"));
+    for f16 in [false, true] {
+        let out = tmp.join(format!("turbo-{f16}.png"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pigment"));
+        cmd.args(["generate", "--model"]).arg(&model).args(["a photograph of an astronaut riding a horse", "--seed", "42", "--steps", "1", "--cfg", "0"]);
+        if !f16 {
+            cmd.arg("--no-f16");
+        }
+        let run = cmd.arg("--output").arg(&out).output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let (w, h, got) = read_png(&out);
+        assert_eq!((w, h), (64, 64), "the size defaults to the model's sample_size x 8");
+        let (mean, max) = image_diff(&got, &want);
+        eprintln!("sd-turbo CLI (f16 {f16}): mean {mean:.3} max {max}");
+        assert!(mean <= 1.0 && max <= 8, "sd-turbo CLI (f16 {f16}): mean {mean:.3} max {max} levels off diffusers");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
 /// Bad input gets a clear error naming the thing and the fix, from the CLI.
 #[test]
 fn cli_rejects_bad_input_clearly() {

@@ -130,7 +130,8 @@ fn img2img_inpaint_lora_controlnet_match_goldens() {
 #[test]
 fn openai_listings_options_and_model_switching() {
     let s = server("openai", &[]);
-    let b = json!({"prompt": PROMPT, "negative_prompt": NEGATIVE, "n": 1, "size": "64x64", "response_format": "b64_json",
+    // No `size`: the model's own (sd15-tiny's unet sample_size 8 → 64x64), not a fixed 512.
+    let b = json!({"prompt": PROMPT, "negative_prompt": NEGATIVE, "n": 1, "response_format": "b64_json",
                    "model": "dall-e-3", "seed": 42, "steps": 4, "cfg_scale": 7.5, "sampler_name": "PLMS"});
     let (status, r) = s.post("/v1/images/generations", &b);
     assert_eq!(status, 200, "{r}");
@@ -166,6 +167,10 @@ fn openai_listings_options_and_model_switching() {
     let mut b = txt2img_body();
     b["sampler_name"] = json!("DDIM");
     b["override_settings"] = json!({"sd_model_checkpoint": "sd21-tiny"});
+    // no width/height: the size of the model the request switches to (sd21-tiny: 64x64)
+    let o = b.as_object_mut().unwrap();
+    o.remove("width");
+    o.remove("height");
     let (status, r) = s.post("/sdapi/v1/txt2img", &b);
     assert_eq!(status, 200, "{r}");
     assert_image(&rgb_of(&r["images"][0]), &golden("sd21-tiny/txt2img.png"), "override_settings model");

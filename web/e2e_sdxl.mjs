@@ -7,7 +7,10 @@
 // * SDXL-Turbo's recipe from a picked folder: the folder with turbo.safetensors' scheduler config
 //   (Euler a, trailing spacing), 1 step, guidance 0 (no unconditional batch) → turbo.png;
 // * the SDXL single file (tests/fixtures/sdxl-tiny.manifest.json.gz), split per component by
-//   the page, configs from the folder's URL → txt2img.png again.
+//   the page, configs from the folder's URL → txt2img.png again;
+// * SD-Turbo's recipe (an SD 2.x model): tests/fixtures/sd21-tiny with stabilityai/sd-turbo's
+//   scheduler config (Euler, trailing), picked, 1 step, guidance 0 → golden/sd21-tiny/turbo.png
+//   (tools/fixtures_sd_turbo.py).
 import { chromium } from 'playwright-core';
 import path from 'node:path';
 import fs from 'node:fs/promises';
@@ -42,12 +45,17 @@ const turbo = path.join(tmp, 'sdxl-turbo-tiny');
 await fs.cp(folder, turbo, { recursive: true });
 await fs.writeFile(path.join(turbo, 'scheduler/scheduler_config.json'), turboScheduler);
 check(JSON.parse(turboScheduler).timestep_spacing === 'trailing', `turbo scheduler config: ${turboScheduler}`);
+// The SD-Turbo folder: sd21-tiny with sd-turbo's scheduler config.
+const sdTurboMeta = readSafetensors(await fs.readFile(path.join(root, 'tests/fixtures/golden/sd21-tiny/turbo.safetensors'))).header.__metadata__;
+const sdTurbo = path.join(tmp, 'sd-turbo-tiny');
+await fs.cp(path.join(root, 'tests/fixtures/sd21-tiny'), sdTurbo, { recursive: true, dereference: true });
+await fs.writeFile(path.join(sdTurbo, 'scheduler/scheduler_config.json'), JSON.parse(sdTurboMeta.pigment).scheduler_config);
 
 const { server, port } = await serve(root, 0, { '/sdxl/': fixtures });
 const base = `http://127.0.0.1:${port}`;
 
 /** Fill the form (tests/sdxl.rs `options()` with the overrides), generate, compare. */
-async function generateAndCompare(page, what, golden, { sampler = 'euler', steps = 2, guidance = 5 } = {}) {
+async function generateAndCompare(page, what, golden, { sampler = 'euler', steps = 2, guidance = 5, goldenDir = GOLDEN } = {}) {
   await fillForm(page, sampler, { steps, strength: 0.75 });
   await page.fill('#guidance', String(guidance));
   await page.fill('#preview-every', '0');
@@ -57,19 +65,19 @@ async function generateAndCompare(page, what, golden, { sampler = 'euler', steps
   await waitFor(page, `${what}: generation`, () => document.body.dataset.done || document.getElementById('error').textContent);
   const err = await page.textContent('#error');
   if (err) throw new Error(`${what}: ${err}`);
-  const [mean, max] = await canvasVsGolden(page, `${GOLDEN}/${golden}`);
+  const [mean, max] = await canvasVsGolden(page, `${goldenDir}/${golden}`);
   check(mean <= 1 && max <= 8, `${what}: canvas vs ${golden}: mean ${mean.toFixed(3)} max ${max} levels (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
-/** Wait for a load started by `start`; the status line must say SDXL. */
-async function load(page, what, start) {
+/** Wait for a load started by `start`; the status line must say SDXL (unless `sdxl` is false). */
+async function load(page, what, start, sdxl = true) {
   await page.evaluate(() => { delete document.body.dataset.model; });
   await start();
   await waitFor(page, `${what}: load`, () => document.body.dataset.model || document.getElementById('error').textContent);
   const err = await page.textContent('#error');
   if (err) throw new Error(`${what}: ${err}`);
   const status = await page.textContent('#status');
-  check(/\(SDXL\) loaded/.test(status), `${what}: ${status}`);
+  check(/\(SDXL\) loaded/.test(status) === sdxl, `${what}: ${status}`);
   return status;
 }
 
@@ -98,6 +106,12 @@ try {
   await page.fill('#config-url', '/sdxl/sdxl-tiny');
   await load(page, 'SDXL single file', () => page.setInputFiles('#files', path.join(fixtures, 'sdxl-tiny.safetensors')));
   await generateAndCompare(page, 'SDXL single file, Euler, cfg 5', 'txt2img.png');
+
+  // 4. SD-Turbo: an SD 2.x folder with the trailing-spacing Euler scheduler, 1 step, guidance 0.
+  await page.fill('#config-url', '');
+  await load(page, 'SD-Turbo picked folder', () => page.setInputFiles('#folder', sdTurbo), false);
+  await generateAndCompare(page, 'SD-Turbo, 1 step, guidance 0, Euler', 'turbo.png',
+    { sampler: 'euler', steps: 1, guidance: 0, goldenDir: '/tests/fixtures/golden/sd21-tiny' });
 } catch (e) {
   check(false, e.message);
 } finally {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The browser tests, in headless Chromium with WebGPU (SwiftShader): wasm-bindgen-test tests of
 # kernels and of a whole generation (tests/web_*.rs), then the page end to end (web/e2e.mjs), its
-# LoRA / embedding / TAESD / hires extras (web/e2e_extras.mjs), SDXL and SDXL-Turbo
+# LoRA / embedding / TAESD / hires extras (web/e2e_extras.mjs), SDXL, SDXL-Turbo and SD-Turbo
 # (web/e2e_sdxl.mjs), and its server mode against a `pigment serve` (web/e2e_server.mjs).
 # Needs chromium, chromium-driver, wasm-bindgen-cli = Cargo.lock's wasm-bindgen and node (.ci/run
 # installs them).

@@ -264,12 +264,6 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
     }
     let steps = f.ranged("steps", 50, 1, MAX_STEPS as i64)? as usize;
     let guidance = f.float("cfg_scale", 7.0)? as f32;
-    let (width, height) = (f.ranged("width", 512, 8, MAX_SIDE as i64)? as usize, f.ranged("height", 512, 8, MAX_SIDE as i64)? as usize);
-    for (k, v) in [("width", width), ("height", height)] {
-        if v % 8 != 0 {
-            return Err(ApiError::field(k, format!("{v} is not a multiple of 8; use {} or {}", (v / 8 * 8).max(8), v / 8 * 8 + 8)));
-        }
-    }
     let batch_size = f.ranged("batch_size", 1, 1, MAX_IMAGES as i64)? as usize;
     let n_iter = f.ranged("n_iter", 1, 1, MAX_IMAGES as i64)? as usize;
     if batch_size * n_iter > MAX_IMAGES {
@@ -294,6 +288,15 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
         refuse_if(!matches!(vae.as_str(), "Automatic" | "None" | ""), "override_settings.sd_vae", "Pigment uses the model's own VAE; use \"Automatic\"")?;
         refuse_if(of.int("eta_noise_seed_delta", 0)? != 0, "override_settings.eta_noise_seed_delta", "the ancestral noise comes from the seed alone; use 0")?;
     }
+    // A missing width/height is the size of the model the job runs on (SDXL 1024, SD 1.x 512),
+    // not A1111's fixed 512: SDXL at 512 makes broken images.
+    let side = default_side(shared, model.as_deref()) as i64;
+    let (width, height) = (f.ranged("width", side, 8, MAX_SIDE as i64)? as usize, f.ranged("height", side, 8, MAX_SIDE as i64)? as usize);
+    for (k, v) in [("width", width), ("height", height)] {
+        if v % 8 != 0 {
+            return Err(ApiError::field(k, format!("{v} is not a multiple of 8; use {} or {}", (v / 8 * 8).max(8), v / 8 * 8 + 8)));
+        }
+    }
     let mut o = GenerateOptions { prompt, negative_prompt, seed, width, height, steps, guidance, sampler, schedule, clip_skip, ..Default::default() };
     if img2img {
         img2img_fields(&f, &mut o)?;
@@ -313,6 +316,20 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
         scheduler: scheduler_label,
         requested_seed,
     })
+}
+
+/// The image side of the model a request runs on: `override_settings.sd_model_checkpoint`'s
+/// when it names a listed model, else the loaded one's ([`crate::weights::default_image_side`]).
+fn default_side(shared: &Shared, model: Option<&str>) -> usize {
+    let path = match model {
+        Some(name) => {
+            let list = super::catalog::models(shared.opts.models_dir.as_deref(), shared.opts.model.as_deref());
+            super::catalog::find(&list, name).map(|e| e.path.clone())
+        }
+        None => None,
+    };
+    let path = path.unwrap_or_else(|| shared.model.read().unwrap_or_else(|e| e.into_inner()).entry.path.clone());
+    crate::weights::default_image_side(&path)
 }
 
 /// img2img's `init_images` (the first is used, at `width`×`height`, "Just resize"), `mask`

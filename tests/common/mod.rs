@@ -229,3 +229,18 @@ pub fn img2img_options(sampler: pigment::schedulers::SamplerKind, strength: f32,
         ..Default::default()
     }
 }
+
+/// A copy of the folder `src` (a diffusers model) at `dst`, recursively.
+#[allow(dead_code)]
+pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let p = e.unwrap().path();
+        let d = dst.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &d);
+        } else {
+            std::fs::copy(&p, &d).unwrap();
+        }
+    }
+}

@@ -30,11 +30,15 @@ async fn run(shared: Arc<Shared>, body: Result<Bytes, BytesRejection>) -> ApiRes
         return Err(ApiError::field("prompt", "required: describe the image"));
     }
     let n = f.ranged("n", 1, 1, 10)?;
-    let size = f.string("size", "512x512")?;
-    let (w, h) = size
-        .split_once('x')
-        .and_then(|(w, h)| Some((w.trim().parse::<i64>().ok()?, h.trim().parse::<i64>().ok()?)))
-        .ok_or_else(|| ApiError::field("size", format!("'{size}' is not WIDTHxHEIGHT (e.g. 512x512)")))?;
+    // No size: the model's own (parse_a1111's default), as with A1111's fields.
+    let size = match f.get("size") {
+        Some(_) => {
+            let size = f.string("size", "")?;
+            let wh = size.split_once('x').and_then(|(w, h)| Some((w.trim().parse::<i64>().ok()?, h.trim().parse::<i64>().ok()?)));
+            Some(wh.ok_or_else(|| ApiError::field("size", format!("'{size}' is not WIDTHxHEIGHT (e.g. 512x512)")))?)
+        }
+        None => None,
+    };
     let format = f.string("response_format", "b64_json")?;
     if format != "b64_json" {
         return Err(ApiError::field("response_format", format!("'{format}' is not offered: Pigment keeps no image files to link to; use b64_json")));
@@ -43,8 +47,10 @@ async fn run(shared: Arc<Shared>, body: Result<Bytes, BytesRejection>) -> ApiRes
     let mut a = Map::new();
     a.insert("prompt".into(), json!(prompt));
     a.insert("batch_size".into(), json!(n));
-    a.insert("width".into(), json!(w));
-    a.insert("height".into(), json!(h));
+    if let Some((w, h)) = size {
+        a.insert("width".into(), json!(w));
+        a.insert("height".into(), json!(h));
+    }
     a.insert("steps".into(), json!(20));
     for k in ["negative_prompt", "seed", "steps", "cfg_scale", "sampler_name", "scheduler"] {
         if let Some(v) = f.get(k) {
