@@ -17,18 +17,7 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const NEGATIVE: &str = "blurry, low quality";
 
 fn options(prompt: &str) -> GenerateOptions {
-    GenerateOptions {
-        prompt: prompt.into(),
-        negative_prompt: NEGATIVE.into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance: 7.5,
-        sampler: SamplerKind::Euler,
-        schedule: SigmaSchedule::Normal,
-        ..Default::default()
-    }
+    GenerateOptions { prompt: prompt.into(), negative_prompt: NEGATIVE.into(), schedule: SigmaSchedule::Normal, ..txt2img_options(SamplerKind::Euler) }
 }
 
 /// (a): the tests/pipeline.rs golden (diffusers, Euler, seed 42, 4 steps, cfg 7.5); the same

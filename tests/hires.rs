@@ -11,16 +11,10 @@ use pigment::schedulers::SamplerKind;
 
 fn options(upscaler: HiresUpscaler) -> GenerateOptions {
     GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
         width: 32,
         height: 32,
-        steps: 4,
-        guidance: 7.5,
-        sampler: SamplerKind::Euler,
         hires: Some(HiresOptions { scale: 2.0, steps: 4, denoise: 0.5, upscaler }),
-        ..Default::default()
+        ..txt2img_options(SamplerKind::Euler)
     }
 }
 

@@ -54,18 +54,7 @@ fn unet_with_hypernetworks_matches_diffusers_processor() {
 fn image_with_hypernetworks_matches_diffusers_png() {
     let c = ctx();
     let mut sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
-    let o = GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 32,
-        height: 32,
-        steps: 4,
-        guidance: 7.5,
-        sampler: SamplerKind::Euler,
-        schedule: SigmaSchedule::Normal,
-        ..Default::default()
-    };
+    let o = GenerateOptions { width: 32, height: 32, schedule: SigmaSchedule::Normal, ..txt2img_options(SamplerKind::Euler) };
     let (_, _, want) = read_png(&fixtures().join("golden/sd15-tiny/hypernet.png"));
     let plain = sd.generate(c, &o, |_, _| {}).unwrap();
     // As the CLI does: the tags resolved in the folder, then set on the model.

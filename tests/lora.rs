@@ -189,18 +189,7 @@ fn older_diffusers_key_names_merge_like_peft() {
 fn generation_with_loras_matches_diffusers() {
     let c = ctx();
     let mut sd = StableDiffusion::load(c, &fixtures().join("sd15-tiny"), false).unwrap();
-    let opts = GenerateOptions {
-        prompt: PROMPT.into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance: 7.5,
-        sampler: SamplerKind::Euler,
-        clip_skip: 1,
-        ..Default::default()
-    };
+    let opts = GenerateOptions { prompt: PROMPT.into(), clip_skip: 1, ..txt2img_options(SamplerKind::Euler) };
     for (case, uses) in [("lora_kohya", vec![LoraUse::new(kohya(), 0.8)]), ("lora_both", both())] {
         assert!(sd.set_loras(c, &uses).unwrap().is_empty());
         let g = Golden::load("sd15-tiny", &format!("{case}.safetensors"));

@@ -69,17 +69,7 @@ fn options(init: bool) -> GenerateOptions {
         let (width, height, rgb) = read_png(&fixtures().join("golden/img2img/init.png"));
         Image { width, height, rgb }
     });
-    GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 3,
-        init_image,
-        strength: 0.7,
-        ..Default::default()
-    }
+    GenerateOptions { steps: 3, init_image, strength: 0.7, ..txt2img_options(pigment::schedulers::SamplerKind::Euler) }
 }
 
 #[test]

@@ -66,15 +66,9 @@ fn options(run: &str) -> GenerateOptions {
     };
     GenerateOptions {
         prompt: "make it snowy".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 4,
         guidance,
-        sampler,
         instruct: Some(InstructOptions { image: init(), image_guidance }),
-        ..Default::default()
+        ..txt2img_options(sampler)
     }
 }
 
