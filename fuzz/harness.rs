@@ -284,6 +284,7 @@ pub fn serve_request(data: &[u8]) -> Outcome {
             models_dir: None,
             model: Some(fx.join("sd15-tiny")),
             lora_dir: Some(fx.join("lora")),
+            hypernetwork_dir: Some(fx.join("hypernetwork")),
             embeddings_dir: None,
             controlnet_dir: Some(fx.clone()),
             upscaler_dir: None,

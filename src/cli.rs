@@ -268,6 +268,10 @@ pub enum Command {
         /// LoRAs for `<lora:NAME:W>` prompt tags.
         #[arg(long, value_name = "DIR")]
         lora_dir: Option<std::path::PathBuf>,
+        /// Hypernetworks (.safetensors, tools/convert_hypernetwork.py) for `<hypernet:NAME:W>`
+        /// prompt tags.
+        #[arg(long, value_name = "DIR")]
+        hypernetwork_dir: Option<std::path::PathBuf>,
         /// Textual-inversion embeddings (.safetensors), loaded with each model.
         #[arg(long, value_name = "DIR")]
         embeddings_dir: Option<std::path::PathBuf>,
@@ -776,7 +780,7 @@ pub fn main() -> anyhow::Result<()> {
                 start.elapsed().as_secs_f64()
             );
         }
-        Command::Serve { listen, api_key, model, models_dir, lora_dir, embeddings_dir, controlnet_dir, upscaler_dir, body_limit_mb, preview_every, taesd, cors_origins } => {
+        Command::Serve { listen, api_key, model, models_dir, lora_dir, hypernetwork_dir, embeddings_dir, controlnet_dir, upscaler_dir, body_limit_mb, preview_every, taesd, cors_origins } => {
             let mut choice = AdapterChoice::from_env();
             if cli.adapter.is_some() {
                 choice.name = cli.adapter.clone();
@@ -788,6 +792,7 @@ pub fn main() -> anyhow::Result<()> {
                 models_dir: models_dir.clone(),
                 model: model.clone(),
                 lora_dir: lora_dir.clone(),
+                hypernetwork_dir: hypernetwork_dir.clone(),
                 embeddings_dir: embeddings_dir.clone(),
                 controlnet_dir: controlnet_dir.clone(),
                 upscaler_dir: upscaler_dir.clone(),

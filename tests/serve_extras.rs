@@ -227,3 +227,28 @@ fn taesd_previews_are_the_clis() {
     let (_, _, golden) = read_png(&fixtures().join("golden/sd15-tiny/sampler_euler.png"));
     assert_image(&rgb_of(&j["images"][0]), &golden, "final image (VAE)");
 }
+
+/// `--hypernetwork-dir`: `/sdapi/v1/hypernetworks` lists it, and `<hypernet:NAME:W>` tags in a
+/// prompt make tests/hypernetwork.rs's golden (diffusers with A1111's modules); the next
+/// request without tags is the plain image again (the modules are removed).
+#[test]
+fn hypernetwork_tags_match_the_golden() {
+    let s = Server::start("hypernet", &["--model", &model(), "--hypernetwork-dir", &fixtures().join("hypernetwork").to_string_lossy()]);
+    let (_, v) = s.get("/sdapi/v1/hypernetworks");
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hn-a", "hn-b"], "{v}");
+    let body = |prompt: &str| {
+        json!({"prompt": prompt, "negative_prompt": NEGATIVE, "seed": 42, "width": 32, "height": 32, "steps": 4, "cfg_scale": 7.5, "sampler_name": "Euler"})
+    };
+    let (_, _, want) = read_png(&fixtures().join("golden/sd15-tiny/hypernet.png"));
+    let (status, r) = s.post("/sdapi/v1/txt2img", &body(&format!("{PROMPT} <hypernet:hn-a:0.8> <hypernet:hn-b:0.5>")));
+    assert_eq!(status, 200, "{r}");
+    let got = rgb_of(&r["images"][0]);
+    assert_image(&got, &want, "served with hypernetworks");
+    let (status, r) = s.post("/sdapi/v1/txt2img", &body(PROMPT));
+    assert_eq!(status, 200, "{r}");
+    assert!(rgb_of(&r["images"][0]).rgb != got.rgb, "the next request without tags still had the hypernetworks");
+    let (status, r) = s.post("/sdapi/v1/txt2img", &body(&format!("{PROMPT} <hypernet:nope>")));
+    assert_eq!(status, 422, "{r}");
+    assert!(r.to_string().contains("nope.safetensors"), "{r}");
+}

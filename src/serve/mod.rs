@@ -30,6 +30,8 @@ pub struct Options {
     /// The model loaded first (default: the first under `models_dir`).
     pub model: Option<PathBuf>,
     pub lora_dir: Option<PathBuf>,
+    /// Hypernetworks for `<hypernet:NAME:W>` prompt tags (`/sdapi/v1/hypernetworks`).
+    pub hypernetwork_dir: Option<PathBuf>,
     pub embeddings_dir: Option<PathBuf>,
     /// ControlNets for `alwayson_scripts.controlnet` (by file or folder name).
     pub controlnet_dir: Option<PathBuf>,
@@ -87,7 +89,7 @@ pub fn run(opts: Options, adapter: crate::gpu::AdapterChoice) -> anyhow::Result<
     if opts.body_limit < 1024 {
         anyhow::bail!("--body-limit-mb: at least 1 (MiB); requests carry base64 images");
     }
-    for (flag, dir) in [("--models-dir", &opts.models_dir), ("--lora-dir", &opts.lora_dir), ("--embeddings-dir", &opts.embeddings_dir), ("--controlnet-dir", &opts.controlnet_dir), ("--upscaler-dir", &opts.upscaler_dir)] {
+    for (flag, dir) in [("--models-dir", &opts.models_dir), ("--lora-dir", &opts.lora_dir), ("--hypernetwork-dir", &opts.hypernetwork_dir), ("--embeddings-dir", &opts.embeddings_dir), ("--controlnet-dir", &opts.controlnet_dir), ("--upscaler-dir", &opts.upscaler_dir)] {
         if let Some(d) = dir {
             if !d.is_dir() {
                 anyhow::bail!("{flag} {}: not a folder", d.display());

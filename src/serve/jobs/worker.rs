@@ -250,6 +250,9 @@ impl Worker {
         let uses = crate::lora::uses_for_prompt(&first.prompt, shared.opts.lora_dir.as_deref()).map_err(|e| ApiError::field("prompt", e))?;
         let mut warnings = sd.set_loras(ctx, &uses).map_err(|e| ApiError::from_library(&e))?;
         sd.take_warnings();
+        // <hypernet:NAME:W> tags (none: the last job's are removed).
+        let nets = crate::pipeline::hypernetwork::uses_for_prompt(&first.prompt, shared.opts.hypernetwork_dir.as_deref()).map_err(|e| ApiError::field("prompt", e))?;
+        sd.set_hypernetworks(nets).map_err(|e| ApiError::field("prompt", e))?;
         if let Some(path) = &g.controlnet {
             if self.controlnet.as_ref() != Some(path) {
                 self.controlnet = None;

@@ -318,6 +318,13 @@ pub async fn loras(State(shared): State<Arc<Shared>>) -> Json<Value> {
     ))
 }
 
+/// A1111's `/sdapi/v1/hypernetworks`: `[{name, path}]` from `--hypernetwork-dir`.
+pub async fn hypernetworks(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(Value::Array(
+        catalog::files(shared.opts.hypernetwork_dir.as_deref()).iter().map(|(name, path)| json!({"name": name, "path": path.to_string_lossy()})).collect(),
+    ))
+}
+
 pub async fn embeddings(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let m = shared.model.read().unwrap_or_else(|e| e.into_inner()).clone();
     let entry = |vectors: usize| json!({"step": null, "sd_checkpoint": null, "sd_checkpoint_name": null, "shape": m.text_width, "vectors": vectors});

@@ -64,6 +64,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/sdapi/v1/samplers", get(a1111::samplers))
         .route("/sdapi/v1/schedulers", get(a1111::schedulers))
         .route("/sdapi/v1/loras", get(a1111::loras))
+        .route("/sdapi/v1/hypernetworks", get(a1111::hypernetworks))
         .route("/sdapi/v1/embeddings", get(a1111::embeddings))
         .route("/sdapi/v1/upscalers", get(extras::upscalers))
         .route("/sdapi/v1/extra-single-image", post(extras::extra_single_image))

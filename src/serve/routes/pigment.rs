@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub async fn root() -> Json<Value> {
     Json(json!({
         "pigment": env!("CARGO_PKG_VERSION"),
-        "a1111": "/sdapi/v1/ (txt2img, img2img, progress, interrupt, skip, options, sd-models, samplers, schedulers, loras, embeddings, upscalers, extra-single-image, png-info)",
+        "a1111": "/sdapi/v1/ (txt2img, img2img, progress, interrupt, skip, options, sd-models, samplers, schedulers, loras, hypernetworks, embeddings, upscalers, extra-single-image, png-info)",
         "openai": "/v1/images/generations",
         "jobs": "/pigment/v1/jobs, /pigment/v1/jobs/{id}, /pigment/v1/jobs/{id}/events",
     }))
