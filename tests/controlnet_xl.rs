@@ -17,6 +17,7 @@
 //! the image tolerance: the residual check is the one that guards it).
 
 mod common;
+mod serve_common;
 use common::sdxl::{sdxl_tiny, sdxl_tiny_controlnet};
 use common::*;
 use pigment::models::controlnet::{ControlNetConfig, ControlNetModel, ControlNetOutput};
@@ -160,4 +161,22 @@ fn family_mismatches_are_errors() {
         eprintln!("{e}");
         assert!(e.contains("cross_attention_dim 64 (ControlNet) vs 32 (UNet)") && e.contains("vs none (UNet)"), "{e}");
     }
+}
+
+/// `pigment serve` with the SDXL model: an `alwayson_scripts.controlnet` unit naming the XL
+/// ControlNet under `--controlnet-dir` gives diffusers' image (the plumbing is the SD 1.5 one).
+#[test]
+fn serve_controlnet_unit_with_sdxl() {
+    use serde_json::json;
+    let (dir, _) = sdxl_tiny_controlnet();
+    let (model, cn_dir) = (sdxl_tiny().to_string_lossy().into_owned(), dir.parent().unwrap().to_string_lossy().into_owned());
+    let s = serve_common::Server::start("controlnet-xl", &["--model", &model, "--controlnet-dir", &cn_dir]);
+    let control = serve_common::file_b64(&fixtures().join("golden/sd15-tiny/controlnet_control.png"));
+    let body = json!({"prompt": serve_common::PROMPT, "negative_prompt": serve_common::NEGATIVE, "seed": 42, "width": 64, "height": 64,
+        "steps": 3, "cfg_scale": 5.0, "sampler_name": "Euler", "alwayson_scripts": {"controlnet": {"args": [{"enabled": true,
+        "image": control, "module": "none", "model": "sdxl-tiny-controlnet", "weight": 0.7}]}}});
+    let (status, r) = s.post("/sdapi/v1/txt2img", &body);
+    assert_eq!(status, 200, "{r}");
+    let (_, _, want) = read_png(&fixtures().join("golden/sdxl-tiny/controlnet_euler.png"));
+    serve_common::assert_image(&serve_common::rgb_of(&r["images"][0]), &want, "serve SDXL ControlNet unit");
 }
