@@ -544,7 +544,7 @@ impl StableDiffusion {
             let shape = [batch_n, unet.in_channels(), h, w];
             let sample = Tensor::from_f32(ctx, &batch, &shape, dtype)?;
             let res = match &control {
-                Some(c) => c.residuals(ctx, &sample, t, text, i - begin, total - begin)?,
+                Some(c) => c.residuals(ctx, &sample, t, text, cond.added.as_ref(), i - begin, total - begin)?,
                 None => None,
             };
             let mut probe = None;

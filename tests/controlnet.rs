@@ -69,7 +69,7 @@ fn residuals_match_diffusers() {
         let cfg = ControlNetConfig::for_component(&comp, Some(&unet.config)).unwrap();
         cfg.check_matches(&unet.config, what).unwrap();
         let cn = ControlNetModel::load_with(c, &comp, cfg, dtype).unwrap();
-        let out = cn.forward(c, &sample, &t, &ehs, &cond, 0.7).unwrap();
+        let out = cn.forward(c, &sample, &t, &ehs, None, &cond, 0.7).unwrap();
         let mut worst = 0f32;
         let mut check = |got: &pigment::Tensor, name: &str| {
             let (want, shape) = g.f32(name);

@@ -1,4 +1,4 @@
-//! diffusers' `ControlNetModel` (SD 1.x/2.x ControlNets), on the UNet's own block code.
+//! diffusers' `ControlNetModel` (SD 1.x/2.x and SDXL ControlNets), on the UNet's own block code.
 //!
 //! A ControlNet is a copy of the UNet's encoder half (`time_embedding`, `conv_in`, `down_blocks`,
 //! `mid_block`: built and run by the functions in [`crate::models::unet`]) plus
@@ -12,11 +12,13 @@
 //! The outputs, scaled by the conditioning scale, are what diffusers' UNet takes as
 //! `down_block_additional_residuals` / `mid_block_additional_residual`
 //! ([`UNet2DConditionModel::forward_controlled`](crate::models::unet::UNet2DConditionModel::forward_controlled)).
+//! An SDXL ControlNet (`addition_embed_type: "text_time"`) also has the UNet's `add_embedding` and
+//! takes the same `text_embeds` / `time_ids` ([`AddedCond`]) as the SDXL UNet it drives.
 //! `guess_mode` and `global_pool_conditions` (shuffle-style ControlNets) are not implemented.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
-use crate::models::unet::{self, Conv, DownBlock, Linear, Loader, MidBlock, UNetConfig};
+use crate::models::unet::{self, AddedCond, Conv, DownBlock, Linear, Loader, MidBlock, UNetConfig};
 use crate::ops::elementwise::{scale, silu};
 use crate::weights::{Component, WeightsError};
 use serde_json::Value;
@@ -85,7 +87,7 @@ impl ControlNetConfig {
         if let Some(cfg) = &c.config {
             return ControlNetConfig::from_json(cfg).map_err(|detail| WeightsError::Config { path, detail });
         }
-        let mut unet = UNetConfig::infer(c)?;
+        let mut unet = UNetConfig::infer_with_heads(c, heads_from.map(|u| u.heads.as_slice()))?;
         if let Some(u) = heads_from {
             // What the weights do not store (heads, GroupNorm groups and eps, time projection
             // flags) from the UNet, when the stored structure is the same.
@@ -96,6 +98,13 @@ impl ControlNetConfig {
                 unet.norm_eps = u.norm_eps;
                 unet.flip_sin_to_cos = u.flip_sin_to_cos;
                 unet.freq_shift = u.freq_shift;
+            }
+            // The time ids' embedding width is not stored either (only the sum with the pooled
+            // width): the UNet's when the sums agree, else SDXL's 256 from `infer`.
+            if let (Some((_, a)), Some((t, b))) = (unet.text_time, u.text_time) {
+                if a == b {
+                    unet.text_time = Some((t, b));
+                }
             }
         }
         let shape = |name: &str| c.shape(name);
@@ -134,6 +143,11 @@ impl ControlNetConfig {
         cmp("down_block_types", format!("{:?}", c.down_block_types), format!("{:?}", unet.down_block_types));
         cmp("in_channels", c.in_channels.to_string(), unet.in_channels.to_string());
         cmp("time_embedding_dim", c.time_embed_dim.to_string(), unet.time_embed_dim.to_string());
+        let added = |t: Option<(usize, usize)>| match t {
+            Some((time, input)) => format!("text_time (addition_time_embed_dim {time}, projection_class_embeddings_input_dim {input})"),
+            None => "none".into(),
+        };
+        cmp("addition_embed_type", added(c.text_time), added(unet.text_time));
         if diffs.is_empty() {
             return Ok(());
         }
@@ -171,6 +185,8 @@ pub struct ControlNetModel {
     pub dtype: DType,
     pub time_embedding_linear_1: Linear,
     pub time_embedding_linear_2: Linear,
+    /// SDXL's `add_embedding.linear_1/2` (`config.unet.text_time`).
+    pub add_embedding: Option<(Linear, Linear)>,
     pub conv_in: Conv,
     pub controlnet_cond_embedding: ControlNetConditioningEmbedding,
     pub down_blocks: Vec<DownBlock>,
@@ -194,9 +210,6 @@ impl ControlNetModel {
         let (c0, temb, k) = (ch[0], cfg.time_embed_dim, cfg.conv_in_kernel);
         if k % 2 == 0 || cfg.layers_per_block == 0 {
             return Err(Error::Unsupported(format!("ControlNet conv_in kernel {k} / layers_per_block {}", cfg.layers_per_block)));
-        }
-        if cfg.text_time.is_some() {
-            return Err(Error::Unsupported(format!("{}: SDXL ControlNets (add_embedding) are not implemented yet", c.path())));
         }
         let e = &config.conditioning_embedding_out_channels;
         let p = "controlnet_cond_embedding";
@@ -227,6 +240,7 @@ impl ControlNetModel {
         Ok(ControlNetModel {
             time_embedding_linear_1: ld.linear("time_embedding.linear_1", temb, c0, true)?,
             time_embedding_linear_2: ld.linear("time_embedding.linear_2", temb, temb, true)?,
+            add_embedding: unet::load_add_embedding(&ld, cfg)?,
             conv_in: ld.conv("conv_in", c0, cfg.in_channels, k, 1, k / 2)?,
             controlnet_cond_embedding,
             down_blocks: unet::load_down_blocks(&ld, cfg)?,
@@ -263,34 +277,41 @@ impl ControlNetModel {
 
     /// Residuals for `sample [B, Cin, h, w]` at `timesteps` with `encoder_hidden_states [B, L, D]`
     /// and the hint `controlnet_cond [B, 3, 8h, 8w]` ([`Self::prepare_cond`]), times
-    /// `conditioning_scale`.
+    /// `conditioning_scale`. `added`: SDXL's text_embeds / time_ids (required by an SDXL
+    /// ControlNet, refused by others).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         ctx: &Context,
         sample: &Tensor,
         timesteps: &[f32],
         encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
         controlnet_cond: &Tensor,
         conditioning_scale: f32,
     ) -> Result<ControlNetOutput> {
         let hint = self.cond_embedding(ctx, controlnet_cond)?;
-        self.forward_embedded(ctx, sample, timesteps, encoder_hidden_states, &hint, conditioning_scale)
+        self.forward_embedded(ctx, sample, timesteps, encoder_hidden_states, added, &hint, conditioning_scale)
     }
 
     /// [`Self::forward`] with the hint already through [`Self::cond_embedding`] (it does not
     /// change between steps: the pipeline embeds it once).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_embedded(
         &self,
         ctx: &Context,
         sample: &Tensor,
         timesteps: &[f32],
         encoder_hidden_states: &Tensor,
+        added: Option<&AddedCond>,
         hint: &Tensor,
         conditioning_scale: f32,
     ) -> Result<ControlNetOutput> {
         let cfg = &self.config.unet;
         let ts = unet::check_inputs(cfg, "controlnet", sample, timesteps, encoder_hidden_states)?;
-        let (_, emb_act) = unet::time_embedding(ctx, cfg, self.dtype, &self.time_embedding_linear_1, &self.time_embedding_linear_2, &ts, None, None)?;
+        let aug = unet::added_embedding(ctx, cfg, self.dtype, self.add_embedding.as_ref(), added, sample.dim(0), "controlnet added conditioning")?;
+        let (l1, l2) = (&self.time_embedding_linear_1, &self.time_embedding_linear_2);
+        let (_, emb_act) = unet::time_embedding(ctx, cfg, self.dtype, l1, l2, &ts, aug.as_ref(), None)?;
         let s = sample.shape();
         if hint.shape() != [s[0], cfg.block_out_channels[0], s[2], s[3]] {
             return Err(Error::Shape {

@@ -295,6 +295,12 @@ impl UNetConfig {
     /// 64 for Linear projections (SD 2.x, `num_head_channels: 64`); a model that differs needs a
     /// config folder (`OpenOptions::config_dir`). GroupNorm 32 groups, eps 1e-5 (every SD UNet).
     pub fn infer(c: &Component) -> std::result::Result<UNetConfig, WeightsError> {
+        Self::infer_with_heads(c, None)
+    }
+
+    /// [`Self::infer`] with the heads given (`heads`, when it has one entry per block): a
+    /// ControlNet takes its UNet's, which may not follow the LDM defaults.
+    pub(crate) fn infer_with_heads(c: &Component, heads: Option<&[usize]>) -> std::result::Result<UNetConfig, WeightsError> {
         let path = c.path().to_string();
         // Every shape read here is indexed up to its 3rd dimension: fewer is an error, not a panic.
         let shape = |name: &str| -> std::result::Result<Vec<usize>, WeightsError> {
@@ -332,7 +338,9 @@ impl UNetConfig {
         let attn = "mid_block.attentions.0";
         let cross = shape(&format!("{attn}.transformer_blocks.0.attn2.to_k.weight"))?;
         let use_linear_projection = shape(&format!("{attn}.proj_in.weight"))?.len() == 2;
-        let heads: Vec<usize> = if use_linear_projection {
+        let heads: Vec<usize> = if let Some(h) = heads.filter(|h| h.len() == n) {
+            h.to_vec()
+        } else if use_linear_projection {
             if let Some(&ch) = block_out_channels.iter().find(|&&ch| !ch.is_multiple_of(64)) {
                 return Err(arch(format!(
                     "width {ch} is not a multiple of 64, so the head count cannot be inferred; pass a diffusers folder with its configs (`--config DIR`)"
@@ -705,12 +713,7 @@ impl UNet2DConditionModel {
         }
         let time_embedding_linear_1 = ld.linear("time_embedding.linear_1", temb, c0, true)?;
         let time_embedding_linear_2 = ld.linear("time_embedding.linear_2", temb, temb, true)?;
-        let add_embedding = match cfg.text_time {
-            Some((_, input_dim)) => {
-                Some((ld.linear("add_embedding.linear_1", temb, input_dim, true)?, ld.linear("add_embedding.linear_2", temb, temb, true)?))
-            }
-            None => None,
-        };
+        let add_embedding = load_add_embedding(&ld, cfg)?;
         let class_embedding = match cfg.num_class_embeds {
             Some(k) => Some(c.get("class_embedding.weight")?.expect_shape(&[k, temb])?.to_f32()?),
             None => None,
@@ -900,40 +903,61 @@ impl UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    /// SDXL's `aug_emb = add_embedding(concat(text_embeds, add_time_proj(time_ids)))`, `[B, T]`.
     fn added_embedding(&self, ctx: &Context, added: Option<&AddedCond>, batch: usize) -> Result<Option<Tensor>> {
-        let op = "unet added conditioning";
-        let (Some((l1, l2)), Some((time_dim, input_dim))) = (&self.add_embedding, self.config.text_time) else {
-            return match added {
-                Some(_) => Err(Error::Shape { op, detail: "text_embeds/time_ids given to a UNet without add_embedding (not SDXL)".into() }),
-                None => Ok(None),
-            };
-        };
-        let Some(a) = added else {
-            return Err(Error::Shape { op, detail: "this SDXL UNet needs text_embeds and time_ids (AddedCond)".into() });
-        };
-        let (p, k) = (a.text_embeds.len() / batch.max(1), a.time_ids.len() / batch.max(1));
-        if a.text_embeds.len() != p * batch || a.time_ids.len() != k * batch || p + k * time_dim != input_dim {
-            return Err(Error::Shape {
-                op,
-                detail: format!(
-                    "{} text_embeds and {} time_ids values for batch {batch}: add_embedding takes {input_dim} = pooled width + ids x {time_dim} per entry",
-                    a.text_embeds.len(),
-                    a.time_ids.len()
-                ),
-            });
-        }
-        let cfg = &self.config;
-        let t = crate::ops::embedding::timestep_embedding_values(&a.time_ids, time_dim, cfg.flip_sin_to_cos, cfg.freq_shift, 10000.0);
-        let mut x = Vec::with_capacity(batch * input_dim);
-        for b in 0..batch {
-            x.extend_from_slice(&a.text_embeds[b * p..(b + 1) * p]);
-            x.extend_from_slice(&t[b * k * time_dim..(b + 1) * k * time_dim]);
-        }
-        let x = Tensor::from_f32(ctx, &x, &[batch, input_dim], self.dtype)?;
-        let h = matmul(ctx, &x, &l1.weight_t, GemmOpts { bias: l1.bias.as_ref(), act: Activation::Silu, ..Default::default() })?;
-        Ok(Some(matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), ..Default::default() })?))
+        added_embedding(ctx, &self.config, self.dtype, self.add_embedding.as_ref(), added, batch, "unet added conditioning")
     }
+}
+
+/// SDXL's `add_embedding.linear_1/2` when `config.text_time` says the model has them (the UNet
+/// and an SDXL ControlNet alike).
+pub(crate) fn load_add_embedding(ld: &Loader, cfg: &UNetConfig) -> Result<Option<(Linear, Linear)>> {
+    let temb = cfg.time_embed_dim;
+    match cfg.text_time {
+        Some((_, input_dim)) => Ok(Some((ld.linear("add_embedding.linear_1", temb, input_dim, true)?, ld.linear("add_embedding.linear_2", temb, temb, true)?))),
+        None => Ok(None),
+    }
+}
+
+/// SDXL's `aug_emb = add_embedding(concat(text_embeds, add_time_proj(time_ids)))`, `[B, T]`, for
+/// the UNet or an SDXL ControlNet (diffusers' `ControlNetModel` computes it the same way).
+pub(crate) fn added_embedding(
+    ctx: &Context,
+    cfg: &UNetConfig,
+    dtype: DType,
+    add_embedding: Option<&(Linear, Linear)>,
+    added: Option<&AddedCond>,
+    batch: usize,
+    op: &'static str,
+) -> Result<Option<Tensor>> {
+    let (Some((l1, l2)), Some((time_dim, input_dim))) = (add_embedding, cfg.text_time) else {
+        return match added {
+            Some(_) => Err(Error::Shape { op, detail: "text_embeds/time_ids given to a model without add_embedding (not SDXL)".into() }),
+            None => Ok(None),
+        };
+    };
+    let Some(a) = added else {
+        return Err(Error::Shape { op, detail: "this SDXL model needs text_embeds and time_ids (AddedCond)".into() });
+    };
+    let (p, k) = (a.text_embeds.len() / batch.max(1), a.time_ids.len() / batch.max(1));
+    if a.text_embeds.len() != p * batch || a.time_ids.len() != k * batch || p + k * time_dim != input_dim {
+        return Err(Error::Shape {
+            op,
+            detail: format!(
+                "{} text_embeds and {} time_ids values for batch {batch}: add_embedding takes {input_dim} = pooled width + ids x {time_dim} per entry",
+                a.text_embeds.len(),
+                a.time_ids.len()
+            ),
+        });
+    }
+    let t = crate::ops::embedding::timestep_embedding_values(&a.time_ids, time_dim, cfg.flip_sin_to_cos, cfg.freq_shift, 10000.0);
+    let mut x = Vec::with_capacity(batch * input_dim);
+    for b in 0..batch {
+        x.extend_from_slice(&a.text_embeds[b * p..(b + 1) * p]);
+        x.extend_from_slice(&t[b * k * time_dim..(b + 1) * k * time_dim]);
+    }
+    let x = Tensor::from_f32(ctx, &x, &[batch, input_dim], dtype)?;
+    let h = matmul(ctx, &x, &l1.weight_t, GemmOpts { bias: l1.bias.as_ref(), act: Activation::Silu, ..Default::default() })?;
+    Ok(Some(matmul(ctx, &h, &l2.weight_t, GemmOpts { bias: l2.bias.as_ref(), ..Default::default() })?))
 }
 
 impl UNet2DConditionModel {

@@ -1,14 +1,16 @@
-//! ControlNet in txt2img, as diffusers' `StableDiffusionControlNetPipeline` (one ControlNet,
-//! `guess_mode` false): the control image (at the output size, RGB8) to floats in [0, 1] (no
-//! normalisation to [-1, 1]), repeated for the CFG batch [uncond, cond]; every step the ControlNet
-//! sees the UNet's latent input, timestep and text, and its residuals times the conditioning
-//! scale go into the UNet's skip connections and mid block. Steps outside
+//! ControlNet in txt2img, img2img and inpainting, as diffusers' `StableDiffusionControlNetPipeline`
+//! and, for SDXL, `StableDiffusionXLControlNetPipeline` (one ControlNet, `guess_mode` false): the
+//! control image (at the output size, RGB8) to floats in [0, 1] (no normalisation to [-1, 1]),
+//! repeated for the CFG batch [uncond, cond]; every step the ControlNet sees the UNet's latent
+//! input, timestep and text (and SDXL's text_embeds / time_ids), and its residuals times the
+//! conditioning scale go into the UNet's skip connections and mid block. Steps outside
 //! `[guidance_start, guidance_end]` (fractions of the schedule, diffusers'
 //! `control_guidance_start/end`) run the UNet alone.
 
 use super::{GenerateOptions, Image, StableDiffusion};
 use crate::gpu::Context;
 use crate::models::controlnet::{ControlNetConfig, ControlNetModel, ControlNetOutput};
+use crate::models::unet::AddedCond;
 use crate::weights;
 use crate::{Error, Result, Tensor};
 use std::path::Path;
@@ -81,13 +83,24 @@ impl Control<'_> {
     /// The residuals for evaluation `i` of the `total` that run (img2img counts from its begin
     /// index, as diffusers' ControlNet img2img pipeline); `None` outside the guidance window,
     /// where diffusers multiplies them by 0.
-    pub(super) fn residuals(&self, ctx: &Context, sample: &Tensor, t: f32, text: &Tensor, i: usize, total: usize) -> Result<Option<ControlNetOutput>> {
+    /// `added`: SDXL's text_embeds / time_ids, the UNet's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn residuals(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        t: f32,
+        text: &Tensor,
+        added: Option<&AddedCond>,
+        i: usize,
+        total: usize,
+    ) -> Result<Option<ControlNetOutput>> {
         let (i, n) = (i as f64, total as f64);
         let keep = !(i / n < self.opts.guidance_start as f64 || (i + 1.0) / n > self.opts.guidance_end as f64);
         if !keep || self.opts.scale == 0.0 {
             return Ok(None);
         }
-        self.model.forward_embedded(ctx, sample, &[t], text, &self.hint, self.opts.scale).map(Some)
+        self.model.forward_embedded(ctx, sample, &[t], text, added, &self.hint, self.opts.scale).map(Some)
     }
 }
 

@@ -385,6 +385,9 @@ pub fn map_controlnet(file: &SafetensorsFile) -> Result<HashMap<String, Mapped>>
         let key = match parts.as_slice() {
             ["zero_convs", i, "0", wb] => format!("controlnet_down_blocks.{i}.{wb}"),
             ["middle_block_out", "0", wb] => format!("controlnet_mid_block.{wb}"),
+            // SDXL ControlNets: `label_emb.0.{0,2}` as the UNet's (`map_label_emb`)
+            ["label_emb", "0", "0", wb] => format!("add_embedding.linear_1.{wb}"),
+            ["label_emb", "0", "2", wb] => format!("add_embedding.linear_2.{wb}"),
             ["input_hint_block", k, wb] => match k.parse::<usize>() {
                 Ok(0) => format!("controlnet_cond_embedding.conv_in.{wb}"),
                 Ok(k) if k == last => format!("controlnet_cond_embedding.conv_out.{wb}"),

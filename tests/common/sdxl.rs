@@ -81,3 +81,32 @@ fn folder(done: &std::sync::Mutex<bool>, name: &str, inpaint: bool) -> PathBuf {
     }
     dir
 }
+
+/// The tiny ControlNet-XL for sdxl-tiny (`tools/fixtures_controlnet_xl.py`), rebuilt from
+/// `assets/synthetic/sdxl-tiny-controlnet/`: a diffusers folder (`<target tmp>/fixtures/
+/// sdxl-tiny-controlnet/`) and the same weights as one diffusers-layout `.safetensors` with no
+/// config beside it (`sdxl-tiny-controlnet.safetensors`, as XL ControlNets are downloaded).
+pub fn sdxl_tiny_controlnet() -> (PathBuf, PathBuf) {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let (dir, file) = (root.join("sdxl-tiny-controlnet"), root.join("sdxl-tiny-controlnet.safetensors"));
+    if !*done {
+        let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/synthetic/sdxl-tiny-controlnet");
+        let tensors = tensor_list(&std::fs::read(assets.join("tensors.txt.gz")).unwrap(), "controlnet").unwrap();
+        assert!(!tensors.is_empty(), "no controlnet tensors in the list");
+        let bytes = safetensors_bytes(&tensors);
+        let tmp = root.join(format!("sdxl-tiny-controlnet.{}.part", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("diffusion_pytorch_model.safetensors"), &bytes).unwrap();
+        std::fs::copy(assets.join("controlnet.json"), tmp.join("config.json")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).unwrap();
+        let part = root.join(format!("sdxl-tiny-controlnet.{}.safetensors.part", std::process::id()));
+        std::fs::write(&part, &bytes).unwrap();
+        std::fs::rename(&part, &file).unwrap();
+        *done = true;
+    }
+    (dir, file)
+}
