@@ -7,6 +7,7 @@ pub use crate::imageio::canny_map;
 use crate::imageio::{read_image, resize_rgb, write_png};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod diffedit;
 mod dit;
 mod edit;
 mod sd_upscale;
@@ -222,6 +223,10 @@ pub enum Command {
     /// Edit an image by an instruction with an InstructPix2Pix model, e.g.
     /// `pigment edit IN.png "make it snowy" --model timbrooks/instruct-pix2pix`.
     Edit(edit::EditArgs),
+    /// DiffEdit: edit an image from a source caption to a target one inside an estimated mask
+    /// (or --mask), e.g. `pigment diffedit IN.png --source "a bowl of fruits" --target "a
+    /// basket of pears" --save-mask MASK.png --out OUT.png`.
+    Diffedit(diffedit::DiffEditArgs),
     /// Upscale an image with a Real-ESRGAN / ESRGAN (RRDBNet) model, tiled so any size fits, or
     /// with the Stable Diffusion x4 upscaler (a diffusers folder; prompt-guided, 4x).
     Upscale {
@@ -805,6 +810,7 @@ pub fn main() -> anyhow::Result<()> {
             crate::serve::run(opts, choice)?;
         }
         Command::Edit(args) => edit::run(&cli, args)?,
+        Command::Diffedit(args) => diffedit::run(&cli, args)?,
         Command::Upscale { input, model, scale, tile, out, x4 } => {
             let ctx = open(&cli)?;
             if crate::pipeline::sd_upscale::is_x4_upscaler(std::path::Path::new(model)) {

@@ -49,6 +49,13 @@ RUNS = {
     "cfg": dict(guidance_scale=7.5, num_maps_per_mask=10, mask_encode_strength=0.5, mask_thresholding_ratio=2.0),
     "maps3": dict(guidance_scale=7.5, num_maps_per_mask=3, mask_encode_strength=0.7, mask_thresholding_ratio=1.8),
 }
+# The edits (invert, then __call__), each on one mask above: `cfg` as diffusers' DiffEdit example
+# (guidance 7.5 for both, the edit's negative prompt the source), `nocfg` without guidance
+# (invert and __call__ run one batch at guidance <= 1) at strength 0.5.
+EDITS = {
+    "cfg": dict(mask="cfg", strength=0.8, guidance=7.5, edit_negative=SOURCE),
+    "nocfg": dict(mask="maps3", strength=0.5, guidance=1.0, edit_negative=""),
+}
 
 
 @torch.no_grad()
@@ -60,7 +67,7 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     image = Image.open(INIT).convert("RGB")
     os.makedirs(OUT, exist_ok=True)
-    ok, stats = True, {}
+    ok, stats, masks = True, {}, {}
     for name, kw in RUNS.items():
         cap = {}
         fwd = pipe.unet.forward
@@ -94,6 +101,35 @@ def main():
         stats[name] = {"t": cap["t"], "mask_fraction": float(mask.mean()), "map_rel_std": float(m.std() / m.mean()),
                        "closest_to_threshold": float(((m.clamp(0, c) / c) - 0.5).abs().min())}
         ok &= 0 < float(mask.mean()) < 1 and stats[name]["map_rel_std"] >= 0.05
+        masks[name] = mask.numpy()
+    for name, kw in EDITS.items():
+        inv_kw = dict(num_inference_steps=STEPS, inpaint_strength=kw["strength"], guidance_scale=kw["guidance"])
+        mask = torch.from_numpy(masks[kw["mask"]])
+        inverted = pipe.invert(prompt=SOURCE, image=image, negative_prompt=NEGATIVE, generator=torch.Generator("cpu").manual_seed(SEED),
+                               num_reg_steps=0, **inv_kw).latents
+        cap = {}
+        dec = pipe.vae.decode
+
+        def decode(z, *a, **k):
+            cap["latents"] = t32(z * pipe.vae.config.scaling_factor)
+            return dec(z, *a, **k)
+
+        pipe.vae.decode = decode
+        try:
+            out = pipe(prompt=TARGET, mask_image=mask, image_latents=inverted, negative_prompt=kw["edit_negative"],
+                       generator=torch.Generator("cpu").manual_seed(SEED), output_type="pil", **inv_kw).images[0]
+        finally:
+            del pipe.vae.decode
+        out.save(os.path.join(OUT, f"edit_{name}.png"), optimize=False)
+        save({"inverted": t32(inverted[0]), "latents": cap["latents"][0], "mask": t32(mask)}, os.path.join(OUT, f"edit_{name}.safetensors"),
+             {"source_prompt": SOURCE, "target_prompt": TARGET, "negative_prompt": NEGATIVE, "steps": STEPS, "seed": SEED,
+              "scheduler": "DDIMScheduler", "inverse_scheduler": "DDIMInverseScheduler", "num_reg_steps": 0, **kw})
+        # how far the edit moved the masked region against the rest (a blend that did nothing shows here)
+        d = (cap["latents"][0] - inverted[0, -1]).abs().mean(0)
+        m = mask[0]
+        stats[f"edit_{name}"] = {"inverted_steps": int(inverted.shape[1]), "mask_fraction": float(m.mean()),
+                                 "moved_in_mask": float(d[m > 0].mean()), "moved_outside": float(d[m == 0].mean())}
+        ok &= 0 < float(m.mean()) < 1 and stats[f"edit_{name}"]["moved_in_mask"] > 4 * stats[f"edit_{name}"]["moved_outside"]
     print(json.dumps(stats, indent=1))
     if not ok:
         print("FAIL: a flat map or an empty/full mask")

@@ -58,6 +58,36 @@ impl Ddim {
     }
 }
 
+/// DDIM's `(pred_original_sample, pred_epsilon)` from the model output at a sample whose
+/// `alphas_cumprod` is `a_t`, x0 clipped to `±clip` (DDIMScheduler and DDIMInverseScheduler).
+pub(crate) fn predict(
+    prediction: PredictionType,
+    clip: Option<f32>,
+    model_output: &[f32],
+    sample: &[f32],
+    a_t: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let (sa, sb) = (a_t.sqrt(), (1.0f32 - a_t).sqrt());
+    let (mut x0, eps): (Vec<f32>, Vec<f32>) = match prediction {
+        PredictionType::Epsilon => {
+            (sample.iter().zip(model_output).map(|(&x, &e)| (x - sb * e) / sa).collect(), model_output.to_vec())
+        }
+        PredictionType::Sample => {
+            (model_output.to_vec(), sample.iter().zip(model_output).map(|(&x, &p)| (x - sa * p) / sb).collect())
+        }
+        PredictionType::VPrediction => (
+            sample.iter().zip(model_output).map(|(&x, &v)| sa * x - sb * v).collect(),
+            sample.iter().zip(model_output).map(|(&x, &v)| sa * v + sb * x).collect(),
+        ),
+    };
+    if let Some(r) = clip {
+        for v in x0.iter_mut() {
+            *v = v.clamp(-r, r);
+        }
+    }
+    (x0, eps)
+}
+
 impl Scheduler for Ddim {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
@@ -69,24 +99,7 @@ impl Scheduler for Ddim {
         let a_t = self.alpha(t);
         let a_prev = self.alpha(prev_t);
         let b_t = 1.0f32 - a_t;
-        let (sa, sb) = (a_t.sqrt(), b_t.sqrt());
-        let (mut x0, eps): (Vec<f32>, Vec<f32>) = match self.prediction {
-            PredictionType::Epsilon => {
-                (sample.iter().zip(model_output).map(|(&x, &e)| (x - sb * e) / sa).collect(), model_output.to_vec())
-            }
-            PredictionType::Sample => {
-                (model_output.to_vec(), sample.iter().zip(model_output).map(|(&x, &p)| (x - sa * p) / sb).collect())
-            }
-            PredictionType::VPrediction => (
-                sample.iter().zip(model_output).map(|(&x, &v)| sa * x - sb * v).collect(),
-                sample.iter().zip(model_output).map(|(&x, &v)| sa * v + sb * x).collect(),
-            ),
-        };
-        if let Some(r) = self.clip {
-            for v in x0.iter_mut() {
-                *v = v.clamp(-r, r);
-            }
-        }
+        let (x0, eps) = predict(self.prediction, self.clip, model_output, sample, a_t);
         let b_prev = 1.0f32 - a_prev;
         let variance = (b_prev / b_t) * (1.0f32 - a_t / a_prev);
         let std_dev_t = self.eta * variance.sqrt();

@@ -23,6 +23,7 @@
 //! ```
 
 pub mod ddim;
+pub mod ddim_inverse;
 pub mod ddpm;
 pub mod dpm;
 pub mod dpm_sde;
