@@ -184,3 +184,28 @@ fn refiner_layout_with_base_time_ids_is_refused() {
     assert!(e.contains("not 32 pooled + 5 time ids x 8") && e.contains("text_encoder"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The refiner's single-file layout (bigG alone at `conditioner.embedders.0.model.*`, with its
+/// fused `in_proj`; manifest by tools/fixtures_sdxl_refiner.py, checked against diffusers'
+/// `from_single_file`) with the folder's configs: the folder's image, i.e. diffusers'.
+#[test]
+fn refiner_single_file_matches_the_folder() {
+    use std::io::Read;
+    let folder = sdxl_refiner_tiny();
+    let root = folder.parent().unwrap().to_path_buf();
+    let mut text = String::new();
+    let gz = std::fs::read(fixtures().join("sdxl-refiner-tiny.manifest.json.gz")).unwrap();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let path = root.join(format!("sdxl-refiner-tiny.{}.safetensors", std::process::id()));
+    std::fs::write(&path, common::single_file::assemble(&text, &read).unwrap()).unwrap();
+    assert!(pigment::weights::is_sdxl_path(&path));
+    let sd = StableDiffusion::load_with_config(ctx(), &path, Some(&folder), false).unwrap();
+    assert!(sd.is_refiner());
+    let o = GenerateOptions { init_image: Some(init()), strength: 0.6, ..options(SamplerKind::Euler) };
+    png_check(&sd.generate(ctx(), &o, |_, _| {}).unwrap(), "refine_euler.png", DType::F32, "refiner single file img2img");
+    // Without configs the tiny widths (48, 96) have no 64-wide heads to count: named.
+    let err = StableDiffusion::load(ctx(), &path, false).err().unwrap().to_string();
+    assert!(err.contains("--config DIR"), "{err}");
+    let _ = std::fs::remove_file(&path);
+}

@@ -30,6 +30,9 @@ Writes (overwriting):
         handoff<e>_<s>.png      base txt2img to denoising_end e/10, refiner from e/10
         img2img_handoff5_euler.png   base img2img (strength 0.9) to 0.5, refiner from 0.5
         stats.json              image statistics and what the aesthetic score moves
+    tests/fixtures/sdxl-refiner-tiny.manifest.json.gz   the refiner's single-file layout
+                                (bigG alone at conditioner.embedders.0.model.*), assembled by
+                                the tests from the folder (see single_file())
 
 All 64x64, 5 steps, cfg 5, seed 42 (a fresh generator for each pipeline call), samplers Euler
 and DPM++ 2M from SDXL base's scheduler config, the prompts of make_fixtures.py.
@@ -150,11 +153,55 @@ def main():
         json.dump(stats, f, indent=1, sort_keys=True)
         f.write("\n")
     print(json.dumps(stats, indent=1))
+    single_file(ref)
     bad = [k for k, v in stats.items() if isinstance(v, dict) and (v["std_u8"] < 20 or v["saturated"] > 0.2)]
     if bad or stats["aesthetic_6_vs_2.5_mean_abs_u8"] < 2:
         print(f"FAIL: flat or saturated {bad}, or the aesthetic score barely matters")
         sys.exit(1)
     print("OK")
+
+
+@torch.no_grad()
+def single_file(ref):
+    """tests/fixtures/sdxl-refiner-tiny.manifest.json.gz: the refiner's original single-file layout
+    (bigG alone at conditioner.embedders.0.model.*, tools/fixtures_sdxl_single.py's mapping),
+    checked against diffusers' from_single_file (UNet, VAE) and convert_open_clip_checkpoint."""
+    import gzip
+    import tempfile
+
+    import fixtures_sdxl_single as fs
+    import make_fixtures as mf
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from safetensors.torch import save_file
+
+    prefix = "conditioner.embedders.0.model."
+    ckpt, ops = fs.checkpoint(ref, te2_prefix=prefix, unet_cfg=UNET)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "sdxl-refiner-tiny")
+        ref.save_pretrained(folder)
+        path = os.path.join(tmp, "sdxl-refiner-tiny.safetensors")
+        save_file(ckpt, path, metadata={"format": "pt"})
+        loaded = StableDiffusionXLImg2ImgPipeline.from_single_file(path, config=folder, torch_dtype=torch.float32)
+        te2 = convert_open_clip_checkpoint(ref.text_encoder_2, ckpt, prefix=prefix)
+        for c in ("unet", "vae", "text_encoder_2"):
+            want = getattr(ref, c).state_dict()
+            got = te2 if c == "text_encoder_2" else getattr(loaded, c).state_dict()
+            assert set(want) == set(got), (c, set(want) ^ set(got))
+            for k in want:
+                assert torch.equal(want[k].to(torch.float16).float(), got[k].float()), (c, k)
+            print(f"  {c}: {len(want)} tensors equal after from_single_file")
+        mf.write_manifest(
+            os.path.join(tmp, "manifest.json"),
+            {c: f"sdxl-refiner-tiny/{c}/{f}.safetensors" for c, f in [("text_encoder_2", "model"), ("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")]},
+            ops, ckpt,
+            "sdxl-refiner-tiny.safetensors (the SDXL refiner's single-file layout) assembled from the sdxl-refiner-tiny folder; written by tools/fixtures_sdxl_refiner.py",
+        )
+        text = open(os.path.join(tmp, "manifest.json"), "rb").read()
+    out = os.path.join(fx.REPO, "tests", "fixtures", "sdxl-refiner-tiny.manifest.json.gz")
+    with open(out, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+            f.write(text)
+    print(f"wrote {out}: {len(ckpt)} tensors")
 
 
 if __name__ == "__main__":
