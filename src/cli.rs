@@ -219,6 +219,19 @@ pub enum Command {
         /// of a Real-ESRGAN / ESRGAN .safetensors (decode, the model, Lanczos to size, encode).
         #[arg(long, default_value = "latent")]
         hires_upscaler: String,
+        /// SDXL: a refiner (stabilityai/stable-diffusion-xl-refiner-1.0: folder, file or hub id)
+        /// that takes over the base's latents at --refiner-switch (diffusers' ensemble of
+        /// experts, A1111's refiner).
+        #[arg(long, value_name = "MODEL")]
+        refiner: Option<String>,
+        /// The fraction of the schedule the base runs before the refiner, in (0, 1).
+        #[arg(long, value_name = "F")]
+        refiner_switch: Option<f32>,
+        /// SDXL refiner: the aesthetic score of its time ids (and the negative's), as diffusers.
+        #[arg(long, default_value_t = 6.0, value_name = "S")]
+        aesthetic_score: f32,
+        #[arg(long, default_value_t = 2.5, value_name = "S")]
+        negative_aesthetic_score: f32,
     },
     /// Edit an image by an instruction with an InstructPix2Pix model, e.g.
     /// `pigment edit IN.png "make it snowy" --model timbrooks/instruct-pix2pix`.
@@ -516,6 +529,10 @@ pub fn main() -> anyhow::Result<()> {
             hires_steps,
             hires_denoise,
             hires_upscaler,
+            refiner,
+            refiner_switch,
+            aesthetic_score,
+            negative_aesthetic_score,
         } => {
             if let Some(dir) = model.as_deref().map(std::path::Path::new).filter(|p| crate::pipeline::dit::is_dit_folder(p)) {
                 let given = [
@@ -563,6 +580,13 @@ pub fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--mask needs --init-image (the image to inpaint)");
             }
             let path = resolve_model(model.as_deref(), variant.as_deref())?;
+            let switch = match (refiner, refiner_switch) {
+                (None, Some(_)) => anyhow::bail!("--refiner-switch needs --refiner MODEL (an SDXL refiner)"),
+                (_, Some(f)) if !(*f > 0.0 && *f < 1.0) => {
+                    anyhow::bail!("--refiner-switch {f} must be in (0, 1): the fraction of the schedule the base runs, e.g. 0.8")
+                }
+                (_, f) => f.unwrap_or(0.8),
+            };
             // With an init image the size defaults to the image's; else the model's own
             // (diffusers' `sample_size`; 512, or 1024 for SDXL single files).
             let base = crate::weights::default_image_side(&path);
@@ -668,6 +692,21 @@ pub fn main() -> anyhow::Result<()> {
             if let Some(cn) = controlnet {
                 sd.load_controlnet(&ctx, &resolve_controlnet(cn, variant.as_deref())?)?;
             }
+            let refiner = match refiner {
+                Some(r) => {
+                    if !sd.is_sdxl() || sd.is_refiner() {
+                        let what = if sd.is_refiner() { "a refiner itself (give the SDXL base as --model)" } else { "not an SDXL base" };
+                        anyhow::bail!("--refiner continues an SDXL base's latents; --model {} is {what}", path.display());
+                    }
+                    let rp = resolve_model(Some(r), variant.as_deref())?;
+                    let m = crate::pipeline::StableDiffusion::load(ctx, &rp, !cli.no_f16)?;
+                    if !m.is_refiner() {
+                        anyhow::bail!("--refiner {r}: not an SDXL refiner (it has a text_encoder, or no aesthetic-score time ids); give stabilityai/stable-diffusion-xl-refiner-1.0 or a model like it");
+                    }
+                    Some(m)
+                }
+                None => None,
+            };
             if let Some(t) = taesd {
                 let m = crate::models::taesd::Taesd::open(ctx, t, sd.vae.dtype).map_err(|e| anyhow::anyhow!("--taesd {}: {e}", t.display()))?;
                 if decodes_taesd && !m.has_decoder() {
@@ -709,6 +748,9 @@ pub fn main() -> anyhow::Result<()> {
                 gligen: (!boxes.is_empty())
                     .then(|| crate::pipeline::GligenOptions { boxes: boxes.clone(), scheduled_sampling_beta: *gligen_beta }),
                 instruct: None,
+                aesthetic_score: *aesthetic_score,
+                negative_aesthetic_score: *negative_aesthetic_score,
+                ..Default::default()
             };
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
                 anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());
@@ -735,7 +777,9 @@ pub fn main() -> anyhow::Result<()> {
                     bar.set_length(total as u64);
                     bar.set_position(i as u64);
                 };
-                let image = if *preview == PreviewArg::Off {
+                let image = if let Some(r) = &refiner {
+                    sd.generate_refined(ctx, r, &opts, switch, progress)?
+                } else if *preview == PreviewArg::Off {
                     sd.generate(&ctx, &opts, progress)?
                 } else {
                     let preview_path = path.with_file_name(format!(
@@ -754,6 +798,9 @@ pub fn main() -> anyhow::Result<()> {
                 }
                 let mut params = crate::pipeline::a1111_parameters(&opts, &sd.name);
                 params.push_str(&crate::lora::a1111_hashes(&uses));
+                if let Some(r) = &refiner {
+                    params.push_str(&crate::pipeline::refiner::a1111_parameters(&r.name, switch));
+                }
                 if let (Some(c), Some(cn)) = (&opts.control, controlnet) {
                     let name = cn.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     let module = match control_preprocess {

@@ -569,6 +569,9 @@ impl StableDiffusion {
         if set == self.loras.set {
             return Ok(Vec::new());
         }
+        if self.is_refiner() {
+            return Err(crate::Error::Unsupported(format!("{}: LoRAs on an SDXL refiner are not supported (its one text encoder is text_encoder_2)", self.name)));
+        }
         let te = self.weights.text_encoder()?.base();
         let te2 = self.weights.text_encoder_2().map(Component::base);
         let unet = self.weights.unet()?.base();

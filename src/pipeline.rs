@@ -34,6 +34,7 @@ pub use gligen::{GligenOptions, GroundingBox};
 pub use limits::check_device_size;
 pub mod pix2pix;
 pub mod plan;
+pub mod refiner;
 mod sag;
 pub mod sdxl;
 pub use sdxl::SdxlParts;
@@ -98,6 +99,15 @@ pub struct GenerateOptions {
     pub gligen: Option<GligenOptions>,
     /// InstructPix2Pix: edit this image by the prompt (needs an 8-channel UNet; [`pix2pix`]).
     pub instruct: Option<InstructOptions>,
+    /// SDXL refiner: the aesthetic scores of its time ids for the prompt and the negative
+    /// (diffusers' `aesthetic_score` 6 / `negative_aesthetic_score` 2.5). Ignored by others.
+    pub aesthetic_score: f32,
+    pub negative_aesthetic_score: f32,
+    /// diffusers' `denoising_end` / `denoising_start` ([`refiner`]): stop where a refiner takes
+    /// over, or continue handed-over latents from there. Set by
+    /// [`StableDiffusion::generate_refined`]; `None` = the whole schedule.
+    pub denoising_end: Option<f32>,
+    pub denoising_start: Option<f32>,
 }
 
 /// Which autoencoder turns latents into pixels or pixels into latents.
@@ -143,6 +153,10 @@ impl Default for GenerateOptions {
             sag_scale: 0.0,
             gligen: None,
             instruct: None,
+            aesthetic_score: 6.0,
+            negative_aesthetic_score: 2.5,
+            denoising_end: None,
+            denoising_start: None,
         }
     }
 }
@@ -186,8 +200,10 @@ pub struct StableDiffusion {
     pub(crate) vae_encoder: std::sync::Mutex<Option<std::sync::Arc<AutoencoderKL>>>,
     /// Set by [`StableDiffusion::load_controlnet`].
     pub controlnet: Option<crate::models::controlnet::ControlNetModel>,
-    /// SDXL's second text encoder and tokenizer (`None` for SD 1.x/2.x).
+    /// SDXL's second text encoder and tokenizer (`None` for SD 1.x/2.x and the refiner).
     pub sdxl: Option<SdxlParts>,
+    /// Set for an SDXL refiner, whose `clip` / `tokenizer` are text_encoder_2 / tokenizer_2.
+    pub refiner: Option<refiner::RefinerParts>,
     pub scheduler_config: SchedulerConfig,
     /// Shown in the PNG parameters (`Model: ...`).
     pub name: String,
@@ -223,26 +239,36 @@ impl StableDiffusion {
         }
         let weights = Weights::open_with(path, &OpenOptions { config_dir: config_dir.map(Path::to_path_buf) })?;
         let dtype = weights::storage_dtype(ctx, want_f16);
-        let te = weights.text_encoder()?;
+        // The SDXL refiner's only text encoder is text_encoder_2 ([`refiner`]).
+        let is_refiner = refiner::is_refiner(&weights);
+        let (te, tok) = match weights.text_encoder_2().filter(|_| is_refiner) {
+            Some(te2) => (te2, "tokenizer_2"),
+            None => (weights.text_encoder()?, "tokenizer"),
+        };
         // Where tokenizer/ and scheduler/ live: the model folder, or the config folder.
         let folder = if path.is_dir() { Some(path) } else { config_dir };
-        let tokenizer = if let Some(dir) = folder.filter(|d| d.join("tokenizer").is_dir()) {
-            ClipTokenizer::from_dir(dir.join("tokenizer")).map_err(|e| Error::Unsupported(format!("tokenizer: {e}")))?
+        let tokenizer = if let Some(dir) = folder.filter(|d| d.join(tok).is_dir()) {
+            ClipTokenizer::from_dir(dir.join(tok)).map_err(|e| Error::Unsupported(format!("{tok}: {e}")))?
         } else {
             // Single files carry no tokenizer: the embedded CLIP BPE, padded as the family does.
             ClipTokenizer::embedded(match te.text_kind {
                 Some(TextEncoderKind::OpenClip) => PadToken::Exclamation,
+                _ if is_refiner => PadToken::Exclamation,
                 _ => PadToken::EndOfText,
             })
         };
         let scheduler_file = folder.map(|d| d.join("scheduler").join("scheduler_config.json"));
         let scheduler_config = match scheduler_file.and_then(|f| std::fs::read_to_string(f).ok()) {
             Some(text) => SchedulerConfig::from_json(&text)?,
-            None => SchedulerConfig::stable_diffusion_default(te.text_kind == Some(TextEncoderKind::OpenClip)),
+            None => SchedulerConfig::stable_diffusion_default(!is_refiner && te.text_kind == Some(TextEncoderKind::OpenClip)),
         };
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut sd = Self::from_weights(ctx, weights, tokenizer, scheduler_config, name, dtype)?;
-        sd.sdxl = SdxlParts::load(ctx, &sd.weights, folder, dtype)?;
+        if is_refiner {
+            sd.refiner = Some(refiner::RefinerParts::load(&sd, folder)?);
+        } else {
+            sd.sdxl = SdxlParts::load(ctx, &sd.weights, folder, dtype)?;
+        }
         Ok(sd)
     }
 
@@ -261,7 +287,10 @@ impl StableDiffusion {
     }
 
     fn from_weights(ctx: &Context, weights: Weights, tokenizer: ClipTokenizer, scheduler_config: SchedulerConfig, name: String, dtype: DType) -> Result<StableDiffusion> {
-        let te = weights.text_encoder()?;
+        let te = match weights.text_encoder_2().filter(|_| refiner::is_refiner(&weights)) {
+            Some(te2) => te2,
+            None => weights.text_encoder()?,
+        };
         Ok(StableDiffusion {
             tokenizer,
             clip: ClipTextModel::load(ctx, te, dtype)?,
@@ -271,6 +300,7 @@ impl StableDiffusion {
             vae_encoder: Default::default(),
             controlnet: None,
             sdxl: None,
+            refiner: None,
             scheduler_config,
             name,
             weights,
@@ -310,9 +340,9 @@ impl StableDiffusion {
         Ok(v)
     }
 
-    /// Whether the model is SDXL (two text encoders, added conditioning).
+    /// Whether the model is SDXL (two text encoders, added conditioning), or an SDXL refiner.
     pub fn is_sdxl(&self) -> bool {
-        self.sdxl.is_some()
+        self.sdxl.is_some() || self.refiner.is_some()
     }
 
     /// Text conditioning for [uncond, cond…] as one [B, 77·chunks, D] tensor (one cond per
@@ -321,6 +351,9 @@ impl StableDiffusion {
     async fn encode(&self, ctx: &Context, o: &GenerateOptions, c: &compose::Composed, guided: bool) -> Result<Conditioning> {
         if let Some(x) = &self.sdxl {
             return x.encode(ctx, self, o, c, guided).await;
+        }
+        if let Some(r) = &self.refiner {
+            return r.encode(ctx, self, o, c, guided).await;
         }
         if o.prompt_2.is_some() || o.negative_prompt_2.is_some() {
             return Err(Error::Unsupported(format!("prompt_2 / negative_prompt_2 are for SDXL's second text encoder; {} has one (put it all in the prompt)", self.name)));
@@ -459,6 +492,7 @@ impl StableDiffusion {
             Some(ip) => pix2pix::check(self, o, ip)?,
             None => img2img::check(self, o)?,
         }
+        refiner::check(self, o, init_latents.is_some())?;
         for (d, what) in [(o.decoder, "final decode"), (o.preview_decoder, "previews")] {
             if d == VaeDecoder::Taesd && self.taesd.is_none() {
                 return Err(Error::Unsupported(format!("TAESD {what} need TAESD weights (--taesd PATH; library: StableDiffusion::set_taesd)")));
@@ -517,11 +551,16 @@ impl StableDiffusion {
         // txt2img: randn · init_noise_sigma from evaluation 0; img2img/inpainting: the noised
         // image from the strength's begin index; given latents: those, noised the same way.
         let start = match init_latents {
-            Some(l) => img2img::from_latents(l, o, sched.as_ref(), &mut rng)?,
+            Some(l) => img2img::from_latents(l, o, sched.as_ref(), &self.scheduler_config, &mut rng)?,
             None => img2img::prepare(self, ctx, o, sched.as_ref(), &mut rng).await?,
         };
         let (begin, mut x, inpaint) = (start.begin, start.latents, start.inpaint);
         let total = sched.timesteps().len();
+        // A base handing over to a refiner stops at `denoising_end`.
+        let end = match o.denoising_end {
+            Some(f) => refiner::end_index(sched.as_ref(), &self.scheduler_config, begin, f)?,
+            None => total,
+        };
         let dtype = text.dtype();
         let control = controlnet::prepare(ctx, self, o, batch_n)?;
         let gligen = gligen::Grounding::prepare(self, ctx, o, unet, guided, total, dtype).await?;
@@ -531,7 +570,7 @@ impl StableDiffusion {
         // Overflow is looked for only where an f32 re-run can follow (not in `--plan` dry runs).
         let watch = unet.dtype == DType::F16 && !ctx.planning();
         phase(ctx, "unet");
-        for i in begin..total {
+        for i in begin..end {
             let t = sched.timesteps()[i];
             let mut xin = sched.scale_model_input(&x, i);
             if let Some(p) = &inpaint {
@@ -566,12 +605,12 @@ impl StableDiffusion {
             if watch && x.iter().any(|v| !v.is_finite()) {
                 return Ok(Sampling::Overflowed { step: i + 1 - begin });
             }
-            if progress(i + 1 - begin, total - begin).is_break() {
+            if progress(i + 1 - begin, end - begin).is_break() {
                 return Ok(Sampling::Done(Sampled { latents: x, shape: latent_shape, interrupted: true }));
             }
             if let Some((every, show)) = preview.as_mut() {
                 let done = i + 1 - begin;
-                if i + 1 < total && done % (*every).max(1) == 0 {
+                if i + 1 < end && done % (*every).max(1) == 0 {
                     let s = Sampled { latents: x, shape: latent_shape, interrupted: false };
                     show(done, &self.decode(ctx, &s, o.width, o.height, o.preview_decoder).await?);
                     x = s.latents;

@@ -297,6 +297,7 @@ impl ModelLoader {
             vae_encoder: std::sync::Mutex::new(vae_encoder),
             controlnet: None,
             sdxl,
+            refiner: None,
             scheduler_config: self.scheduler.unwrap_or_else(|| SchedulerConfig::stable_diffusion_default(open_clip)),
             name: name.to_string(),
             // The parts were uploaded and dropped as they arrived: `apply_loras` is handed the

@@ -945,12 +945,14 @@ pub fn controlnet_from_file(file: SafetensorsFile, config: Option<Value>) -> Res
 }
 
 /// Whether `path` holds an SDXL model, cheaply (before loading): a diffusers folder with
-/// `text_encoder_2/`, or a single file with SDXL's `conditioner.embedders.1.model.*` keys.
+/// `text_encoder_2/`, or a single file with SDXL's `conditioner.embedders.1.model.*` keys (the
+/// refiner's: `conditioner.embedders.0.model.*`).
 pub fn is_sdxl_path(path: &Path) -> bool {
     if path.is_dir() {
         return path.join("text_encoder_2").is_dir();
     }
-    SafetensorsFile::open(path).is_ok_and(|f| f.names().iter().any(|n| n.starts_with("conditioner.embedders.1.model.")))
+    // base: bigG at embedders.1; the refiner: bigG alone at embedders.0
+    SafetensorsFile::open(path).is_ok_and(|f| f.names().iter().any(|n| n.starts_with("conditioner.embedders.1.model.") || n.starts_with("conditioner.embedders.0.model.")))
 }
 
 /// The image side a model generates at when no size is given, as diffusers' default

@@ -232,11 +232,12 @@ fn sdxl_single_file_matches_the_folder() {
     // Inferred without configs: the UNet's widths (32, 64) have no 64-wide heads to count.
     let err = StableDiffusion::load(ctx(), &path, false).err().unwrap().to_string();
     assert!(err.contains("--config DIR"), "{err}");
-    // The refiner layout (bigG alone at embedders.0) is named, not half-loaded.
+    // The refiner's bigG (embedders.0) beside the base's encoders is named, not half-loaded.
     let refiner = path.with_file_name("sdxl-refiner-keys.safetensors");
     let v = [0u8; 8];
-    let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![4], &v).unwrap();
-    std::fs::write(&refiner, safetensors::serialize([("conditioner.embedders.0.model.ln_final.weight", t)], None).unwrap()).unwrap();
+    let t = || safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![4], &v).unwrap();
+    let keys = [("conditioner.embedders.0.model.ln_final.weight", t()), ("conditioner.embedders.1.model.ln_final.weight", t())];
+    std::fs::write(&refiner, safetensors::serialize(keys, None).unwrap()).unwrap();
     let err = pigment::weights::Weights::open(&refiner).unwrap_err().to_string();
     assert!(err.contains("refiner"), "{err}");
 }

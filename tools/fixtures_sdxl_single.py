@@ -39,7 +39,9 @@ OUT = os.path.join(fx.REPO, "tests", "fixtures", "sdxl-tiny.manifest.json.gz")
 TE2 = "conditioner.embedders.1.model."
 
 
-def checkpoint(pipe):
+def checkpoint(pipe, te2_prefix=TE2, unet_cfg=fx.UNET):
+    """`te2_prefix`: where bigG goes (the refiner's is `conditioner.embedders.0.model.`); a
+    pipeline without `text_encoder` (the refiner) has no embedders.0.transformer."""
     ckpt, ops = {}, {}
 
     def put(key, value, op):
@@ -49,19 +51,19 @@ def checkpoint(pipe):
 
     for k, v in pipe.unet.state_dict().items():
         emb = {"add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
-        lk = next((s + k[len(d):] for d, s in emb.items() if k.startswith(d)), None) or mf.unet_key_to_ldm(k, fx.UNET)
+        lk = next((s + k[len(d):] for d, s in emb.items() if k.startswith(d)), None) or mf.unet_key_to_ldm(k, unet_cfg)
         put("model.diffusion_model." + lk, v, ("identity", [("unet", k)]))
     for k, v in pipe.vae.state_dict().items():
         lk, reshape = mf.vae_key_to_ldm(k, fx.VAE)
         put("first_stage_model." + lk, v.reshape(*v.shape, 1, 1) if reshape else v, ("reshape" if reshape else "identity", [("vae", k)]))
-    for k, v in pipe.text_encoder.state_dict().items():
+    for k, v in (pipe.text_encoder.state_dict() if pipe.text_encoder is not None else {}).items():
         put("conditioner.embedders.0.transformer." + k, v, ("identity", [("text_encoder", k)]))
     sd2 = pipe.text_encoder_2.state_dict()
     text, text_ops = mf.text_openclip_to_ldm(sd2, fx.TEXT_2["num_hidden_layers"])
     for k, v in text.items():
-        key = TE2 + k[len("cond_stage_model.model."):]
+        key = te2_prefix + k[len("cond_stage_model.model."):]
         op = text_ops[k]
-        if key == TE2 + "text_projection":  # a real [width, proj] matrix here, unlike SD 2's
+        if key == te2_prefix + "text_projection":  # a real [width, proj] matrix here, unlike SD 2's
             v, op = sd2["text_projection.weight"].T, ("transpose", [("text_encoder_2", "text_projection.weight")])
         else:
             op = (op[0], [("text_encoder_2", t) for _, t in op[1]]) + tuple(op[2:])

@@ -125,7 +125,12 @@ pub(crate) async fn encode_sample(
 
 /// img2img from latents (the hires fix's latent upscalers; diffusers' img2img given a 4-channel
 /// tensor as `image`): no VAE encode and so no posterior draw, the noise is the generator's first.
-pub(crate) fn from_latents(latents: &[f32], o: &GenerateOptions, sched: &dyn Scheduler, rng: &mut TorchRng) -> Result<Start> {
+/// With `denoising_start` (a refiner continuing a base's latents) the latents are taken as they
+/// are, from that point of the schedule, with no noise (diffusers' `add_noise=False`).
+pub(crate) fn from_latents(latents: &[f32], o: &GenerateOptions, sched: &dyn Scheduler, cfg: &schedulers::SchedulerConfig, rng: &mut TorchRng) -> Result<Start> {
+    if let Some(f) = o.denoising_start {
+        return Ok(Start { begin: super::refiner::start_index(sched, cfg, f)?, latents: latents.to_vec(), inpaint: None });
+    }
     let begin = schedulers::begin_index(sched.num_inference_steps(), o.strength, sched.order())
         .ok_or_else(|| Error::Unsupported(format!("strength {} leaves no step", o.strength)))?;
     let noise = rng.randn(latents.len());

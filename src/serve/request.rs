@@ -233,7 +233,7 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
     refuse_if(f.float("subseed_strength", 0.0)? != 0.0, "subseed_strength", "variation seeds are not implemented; leave it 0")?;
     refuse_if(f.int("seed_resize_from_w", -1)? > 0 || f.int("seed_resize_from_h", -1)? > 0, "seed_resize_from_w", "resizing the seed is not implemented; leave it -1")?;
     refuse_if(!f.string("script_name", "")?.is_empty(), "script_name", "Pigment runs no A1111 scripts")?;
-    refuse_if(!f.string("refiner_checkpoint", "")?.is_empty(), "refiner_checkpoint", "there is no refiner stage")?;
+    refuse_if(!f.string("refiner_checkpoint", "")?.is_empty(), "refiner_checkpoint", "the SDXL refiner runs from the CLI (--refiner) and the library (generate_refined), not yet in serve")?;
     refuse_if(f.array("styles")?.is_some_and(|a| !a.is_empty()), "styles", "Pigment has no saved prompt styles; put the text in the prompt")?;
     let (sampler, schedule_from_name) = {
         let name = match (f.get("sampler_name"), f.get("sampler_index")) {

@@ -30,6 +30,7 @@ const SD1_TEXT: &str = "cond_stage_model.transformer.";
 const SD2_TEXT: &str = "cond_stage_model.model.";
 const SDXL_TEXT_1: &str = "conditioner.embedders.0.transformer.";
 const SDXL_TEXT_2: &str = "conditioner.embedders.1.model.";
+const SDXL_REFINER_TEXT: &str = "conditioner.embedders.0.model.";
 const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
 
@@ -69,23 +70,24 @@ pub fn map_checkpoint(file: &SafetensorsFile) -> Result<Parts> {
 /// SDXL's original (sgm) layout: `conditioner.embedders.0.transformer.*` (CLIP ViT-L in Hugging
 /// Face names), `conditioner.embedders.1.model.*` (OpenCLIP ViT-bigG, with its `text_projection`
 /// `[width, proj]` as the Linear weight transposed), the UNet with `label_emb.0.{0,2}` as
-/// `add_embedding.linear_{1,2}`, and the VAE.
+/// `add_embedding.linear_{1,2}`, and the VAE. The refiner's only encoder is bigG at
+/// `conditioner.embedders.0.model.*`: it maps to `text_encoder_2` (and there is no `text_encoder`).
 fn map_sdxl(file: &SafetensorsFile, names: &[&str]) -> Result<Parts> {
     let has = |p: &str| names.iter().any(|n| n.starts_with(p));
+    let refiner = has(SDXL_REFINER_TEXT);
+    let arch = |detail: String| Err(WeightsError::Architecture { path: file.path().to_string(), detail });
+    if refiner && (has(SDXL_TEXT_1) || has(SDXL_TEXT_2)) {
+        return arch(format!("{SDXL_REFINER_TEXT}* (an SDXL refiner's OpenCLIP) beside {SDXL_TEXT_1}* / {SDXL_TEXT_2}* (SDXL base's encoders): not a model Pigment knows"));
+    }
     // Either encoder alone is a subset of a whole file (the page splits one per part).
-    if has("conditioner.embedders.0.model.") || !(has(SDXL_TEXT_1) || has(SDXL_TEXT_2)) {
-        // The refiner's only encoder is bigG at embedders.0 (and its time ids carry an aesthetic score).
-        let detail = if has("conditioner.embedders.0.model.") {
-            "an SDXL refiner single file (OpenCLIP at conditioner.embedders.0.model.*): the refiner is not supported yet".to_string()
-        } else {
-            format!("an SDXL-style single file (conditioner.embedders.*) without {SDXL_TEXT_1}* or {SDXL_TEXT_2}*: not a model Pigment knows")
-        };
-        return Err(WeightsError::Architecture { path: file.path().to_string(), detail });
+    if !(refiner || has(SDXL_TEXT_1) || has(SDXL_TEXT_2)) {
+        return arch(format!("an SDXL-style single file (conditioner.embedders.*) without {SDXL_TEXT_1}*, {SDXL_TEXT_2}* or {SDXL_REFINER_TEXT}*: not a model Pigment knows"));
     }
     let text_encoder = has(SDXL_TEXT_1).then(|| map_hf_text(names, SDXL_TEXT_1));
-    let text_encoder_2 = if has(SDXL_TEXT_2) {
-        let mut m = map_openclip_text(file, names, SDXL_TEXT_2)?;
-        let projection = format!("{SDXL_TEXT_2}text_projection");
+    let bigg = if refiner { SDXL_REFINER_TEXT } else { SDXL_TEXT_2 };
+    let text_encoder_2 = if has(bigg) {
+        let mut m = map_openclip_text(file, names, bigg)?;
+        let projection = format!("{bigg}text_projection");
         if file.contains(&projection) {
             m.insert("text_projection.weight".into(), Mapped::transposed(projection));
         }
