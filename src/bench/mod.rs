@@ -296,8 +296,10 @@ fn time_model(ctx: &Context, profile: bool, what: &str, mut f: impl FnMut() -> R
 
 /// A UNet evaluation (batch 2, [uncond, cond], 77 text tokens), a VAE decode at
 /// `latent`x`latent` latents, or a CLIP text encoding (batch 2 x 77 tokens), for the model at
-/// `model` (a folder or `synthetic:NAME`; default `synthetic:sd15`, only the component timed; SDXL UNets get random pooled text_embeds and time ids). Reports ms per call and the peak of GPU buffers
-/// Pigment holds (weights + activations) in MiB; prints the process's host peak (VmHWM).
+/// `model` (a folder or `synthetic:NAME`; default `synthetic:sd15`, only the component timed;
+/// an SDXL UNet gets random pooled text_embeds and 1024x1024 time ids). Reports ms per call and
+/// the peak of GPU buffers Pigment holds (weights + activations) in MiB; prints the process's
+/// host peak (VmHWM).
 ///
 /// With `plan` nothing runs: the model is loaded and called once on a planning context
 /// ([`Context::planner`]) twice, and the row is the exact GPU peak real calls would reach (0 ms).
