@@ -30,10 +30,11 @@
 //! SDXL base 1.0 (`synthetic:sdxl`, goldens by `tools/fixtures_fullsize_sdxl.py --goldens`): both
 //! text encoders (prompt_embeds head and pooled text_embeds), a UNet call with time ids on a
 //! seeded randn context (Pigment's rng is torch's) and on the text encoders' output, a 64x64
-//! 2-step Euler txt2img. Measured (same machine, 4 agents busy): UNet f32 2.7e-6 (peak RSS 15.6
-//! GiB, 246 s), f16 9.9e-4 (11 GiB, 148 s: the CI test); text f16 2.8e-3 / pooled 1.9e-3, then
-//! UNet 7.8e-4 (268 s); txt2img f16 PNG mean 0.075 / max 1 level (132 s, peak RSS 14.0 GiB).
-//! Dropping the pooled text_embeds: f16 UNet error 6.4e-2.
+//! 2-step Euler txt2img. Measured (same machine, 4 agents busy unless "idle"): UNet f32 2.7e-6
+//! (peak RSS 15.6 GiB, 246 s), f16 9.9e-4 (11 GiB, 148 s, 63 s idle: the CI test); text f16
+//! 2.8e-3 / pooled 1.9e-3, then UNet 7.8e-4 (268 s, 90 s idle); text f32 1.2e-6 / 1.1e-6, then
+//! UNet 3.3e-6 (100 s idle, 16.0 GiB); txt2img f16 PNG mean 0.075 / max 1 level (132 s, 14.0
+//! GiB). Dropping the pooled text_embeds: f16 UNet error 6.4e-2.
 
 mod common;
 
@@ -321,7 +322,7 @@ fn sdxl_text_to_unet(dtype: DType) {
 }
 
 #[test]
-#[ignore = "CI time (~4.5 min: both text encoders ~2 min, then the UNet; sdxl_unet_f16 runs in CI): cargo test --release --test fullsize sdxl -- --ignored"]
+#[ignore = "CI time (90 s idle, 4.5 min on busy cores; sdxl_unet_f16 runs in CI): cargo test --release --test fullsize sdxl -- --ignored"]
 fn sdxl_text_encoders_and_unet_f16() {
     if sdxl_f16_or_skip() {
         sdxl_text_to_unet(DType::F16);
