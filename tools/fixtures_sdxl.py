@@ -181,7 +181,7 @@ def write_assets(pipe, shapes):
 
 
 @torch.no_grad()
-def run(pipe, latents=None, guidance=GUIDANCE, steps=STEPS, negative=NEGATIVE, **kw):
+def run(pipe, latents=None, guidance=GUIDANCE, steps=STEPS, negative=NEGATIVE, prompt=PROMPT, **kw):
     cap = {}
     orig = pipe.vae.decode
 
@@ -194,7 +194,7 @@ def run(pipe, latents=None, guidance=GUIDANCE, steps=STEPS, negative=NEGATIVE, *
     pipe.vae.decode = decode
     try:
         img = pipe(
-            PROMPT,
+            prompt,
             negative_prompt=negative,
             height=SIZE,
             width=SIZE,

@@ -296,8 +296,10 @@ fn time_model(ctx: &Context, profile: bool, what: &str, mut f: impl FnMut() -> R
 
 /// A UNet evaluation (batch 2, [uncond, cond], 77 text tokens), a VAE decode at
 /// `latent`x`latent` latents, or a CLIP text encoding (batch 2 x 77 tokens), for the model at
-/// `model` (a folder or `synthetic:NAME`; default `synthetic:sd15`, only the component timed). Reports ms per call and the peak of GPU buffers
-/// Pigment holds (weights + activations) in MiB; prints the process's host peak (VmHWM).
+/// `model` (a folder or `synthetic:NAME`; default `synthetic:sd15`, only the component timed;
+/// an SDXL UNet gets random pooled text_embeds and 1024x1024 time ids). Reports ms per call and
+/// the peak of GPU buffers Pigment holds (weights + activations) in MiB; prints the process's
+/// host peak (VmHWM).
 ///
 /// With `plan` nothing runs: the model is loaded and called once on a planning context
 /// ([`Context::planner`]) twice, and the row is the exact GPU peak real calls would reach (0 ms).
@@ -342,7 +344,12 @@ pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<
                 let ctx_dim = c.config_value("cross_attention_dim").and_then(|v| v.as_u64()).unwrap_or(768) as usize;
                 let x = Tensor::from_f32(ctx, &random(2 * 4 * latent * latent, 1), &[2, 4, latent, latent], dtype)?;
                 let text = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 2), &[2, 77, ctx_dim], dtype)?;
-                let ms = time_model(ctx, profile, "unet step", &mut || m.forward(ctx, &x, 500.0, &text).map(drop))?;
+                // SDXL's added conditioning (pooled text_embeds and time ids, 1024x1024)
+                let added = m.config.text_time.map(|(t, input)| crate::models::unet::AddedCond {
+                    text_embeds: random(2 * (input - 6 * t), 4),
+                    time_ids: [1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0].repeat(2),
+                });
+                let ms = time_model(ctx, profile, "unet step", &mut || m.forward_full(ctx, &x, &[500.0], &text, added.as_ref(), None, None).map(drop))?;
                 ("unet step", format!("2x4x{latent}x{latent} ({}px)", latent * 8), ms)
             }
             ModelBench::Vae => {

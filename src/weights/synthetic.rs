@@ -51,7 +51,8 @@ pub enum SyntheticModel {
     Sd21v,
     /// SDXL base 1.0: UNet (320, 640, 1280) with 1/2/10 transformer layers and text_time added
     /// conditioning, CLIP ViT-L + OpenCLIP ViT-bigG (with projection), VAE with scaling 0.13025,
-    /// Euler. No diffusers golden (see tools/fixtures_fullsize_sdxl.py): for memory plans.
+    /// Euler. Text encoders and a UNet call checked against diffusers (tests/fullsize.rs, goldens
+    /// from tools/fixtures_fullsize_sdxl.py --goldens); its VAE's tensors are SD 1.5's.
     Sdxl,
 }
 

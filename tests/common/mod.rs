@@ -128,6 +128,13 @@ impl Golden {
         assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
         (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
     }
+    /// An I64 tensor (token ids) as u32.
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+        bytemuck::pod_collect_to_vec::<u8, i64>(t.data()).into_iter().map(|x| x as u32).collect()
+    }
     pub fn u8(&self, name: &str) -> Vec<u8> {
         let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
         let t = st.tensor(name).unwrap();
