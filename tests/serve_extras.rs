@@ -252,3 +252,28 @@ fn hypernetwork_tags_match_the_golden() {
     assert_eq!(status, 422, "{r}");
     assert!(r.to_string().contains("nope.safetensors"), "{r}");
 }
+
+/// A1111's `refiner_checkpoint` / `refiner_switch_at`: the SDXL base hands its latents to the
+/// refiner (a listed model) as `pigment generate --refiner` does, and the image is diffusers'
+/// ensemble-of-experts golden (tests/sdxl_refiner.rs); the infotext names the refiner.
+#[test]
+fn refiner_checkpoint_matches_the_handoff_golden() {
+    let (base, refiner) = (common::sdxl::sdxl_tiny(), common::sdxl::sdxl_refiner_tiny());
+    let dir = refiner.parent().unwrap().to_string_lossy().into_owned();
+    let s = Server::start("refiner", &["--model", &base.to_string_lossy(), "--models-dir", &dir]);
+    let body = |refiner: &str, switch: f64| {
+        json!({"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": 42, "width": 64, "height": 64, "steps": 5, "cfg_scale": 5,
+               "sampler_name": "Euler", "refiner_checkpoint": refiner, "refiner_switch_at": switch})
+    };
+    let (status, r) = s.post("/sdapi/v1/txt2img", &body("sdxl-refiner-tiny", 0.5));
+    assert_eq!(status, 200, "{r}");
+    let (_, _, want) = read_png(&fixtures().join("golden/sdxl-refiner-tiny/handoff5_euler.png"));
+    assert_image(&rgb_of(&r["images"][0]), &want, "served base + refiner at 0.5");
+    let info: Value = serde_json::from_str(r["info"].as_str().unwrap()).unwrap();
+    assert!(info["infotexts"][0].as_str().unwrap().contains("Refiner: sdxl-refiner-tiny, Refiner switch at: 0.5"), "{info}");
+    for (b, field) in [(body("nope", 0.5), "refiner_checkpoint"), (body("sdxl-refiner-tiny", 1.5), "refiner_switch_at"), (body("sdxl-tiny", 0.8), "refiner")] {
+        let (status, r) = s.post("/sdapi/v1/txt2img", &b);
+        assert_eq!(status, 422, "{r}");
+        assert!(r.to_string().contains(field), "{field}: {r}");
+    }
+}

@@ -233,7 +233,6 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
     refuse_if(f.float("subseed_strength", 0.0)? != 0.0, "subseed_strength", "variation seeds are not implemented; leave it 0")?;
     refuse_if(f.int("seed_resize_from_w", -1)? > 0 || f.int("seed_resize_from_h", -1)? > 0, "seed_resize_from_w", "resizing the seed is not implemented; leave it -1")?;
     refuse_if(!f.string("script_name", "")?.is_empty(), "script_name", "Pigment runs no A1111 scripts")?;
-    refuse_if(!f.string("refiner_checkpoint", "")?.is_empty(), "refiner_checkpoint", "the SDXL refiner runs from the CLI (--refiner) and the library (generate_refined), not yet in serve")?;
     refuse_if(f.array("styles")?.is_some_and(|a| !a.is_empty()), "styles", "Pigment has no saved prompt styles; put the text in the prompt")?;
     let (sampler, schedule_from_name) = {
         let name = match (f.get("sampler_name"), f.get("sampler_index")) {
@@ -308,14 +307,35 @@ pub fn parse_a1111(shared: &Shared, obj: &Map<String, Value>, img2img: bool) -> 
     if !img2img && f.boolean("enable_hr", false)? {
         super::hires::fields(shared, &f, &mut o)?;
     }
+    let refiner = refiner_fields(shared, &f)?;
     let images = (0..batch_size * n_iter).map(|k| GenerateOptions { seed: seed.wrapping_add(k as u64), ..o.clone() }).collect();
     Ok(Parsed {
-        job: GenJob { images, model, restore_model, controlnet, extra_parameters },
+        job: GenJob { images, model, restore_model, controlnet, extra_parameters, refiner },
         batch_size,
         sampler_name: sampler.a1111_name().to_string(),
         scheduler: scheduler_label,
         requested_seed,
     })
+}
+
+/// A1111's `refiner_checkpoint` (a model from `/sdapi/v1/sd-models`; empty or "None" = no
+/// refiner) and `refiner_switch_at` (default 0.8, in (0, 1)). That it is a refiner, and the base
+/// an SDXL one, is checked when the job runs (the models are loaded then).
+fn refiner_fields(shared: &Shared, f: &Fields) -> ApiResult<Option<(std::path::PathBuf, f32)>> {
+    let name = f.string("refiner_checkpoint", "")?;
+    if name.is_empty() || name == "None" {
+        return Ok(None);
+    }
+    let switch = f.float("refiner_switch_at", 0.8)? as f32;
+    if !(switch > 0.0 && switch < 1.0) {
+        return Err(ApiError::field("refiner_switch_at", format!("{switch} must be in (0, 1): the fraction of the schedule the base runs, e.g. 0.8")));
+    }
+    let list = super::catalog::models(shared.opts.models_dir.as_deref(), shared.opts.model.as_deref());
+    let Some(e) = super::catalog::find(&list, &name) else {
+        let have: Vec<&str> = list.iter().map(|e| e.title.as_str()).collect();
+        return Err(ApiError::field("refiner_checkpoint", format!("no model '{name}' (have: {}; see /sdapi/v1/sd-models)", have.join(", "))));
+    };
+    Ok(Some((e.path.clone(), switch)))
 }
 
 /// The image side of the model a request runs on: `override_settings.sd_model_checkpoint`'s

@@ -19,6 +19,9 @@ pub struct GenJob {
     pub controlnet: Option<PathBuf>,
     /// Appended to each image's infotext (ControlNet settings).
     pub extra_parameters: String,
+    /// `refiner_checkpoint` / `refiner_switch_at`: an SDXL refiner (a listed model's path)
+    /// taking over the base's latents at that fraction of the schedule.
+    pub refiner: Option<(PathBuf, f32)>,
 }
 
 pub enum Work {

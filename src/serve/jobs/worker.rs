@@ -31,6 +31,8 @@ struct Worker {
     controlnet: Option<std::path::PathBuf>,
     /// The upscaler last used, kept for the next request (~33 MiB f16 for x4plus).
     upscaler: Option<(std::path::PathBuf, RealEsrgan)>,
+    /// The SDXL refiner last asked for (`refiner_checkpoint`), kept for the next request.
+    refiner: Option<(std::path::PathBuf, StableDiffusion)>,
 }
 
 /// Open the adapter and load `first` on a new thread, returning once it is ready (or with the
@@ -41,7 +43,7 @@ pub fn spawn(shared: Arc<Shared>, choice: AdapterChoice, want_f16: bool, first: 
         let setup = (|| -> anyhow::Result<Worker> {
             let ctx = Context::new_blocking(&choice)?;
             eprintln!("adapter: {}", ctx.describe());
-            let mut w = Worker { ctx, choice, jobs_run: 0, shared, want_f16, sd: None, entry: first.clone(), controlnet: None, upscaler: None };
+            let mut w = Worker { ctx, choice, jobs_run: 0, shared, want_f16, sd: None, entry: first.clone(), controlnet: None, upscaler: None, refiner: None };
             w.load(&first)?;
             Ok(w)
         })();
@@ -260,6 +262,14 @@ impl Worker {
                 self.controlnet = Some(path.clone());
             }
         }
+        if let Some((path, _)) = &g.refiner {
+            if self.refiner.as_ref().map(|(p, _)| p) != Some(path) {
+                self.refiner = None;
+                let r = StableDiffusion::load(ctx, path, self.want_f16).map_err(|e| ApiError::field("refiner_checkpoint", e))?;
+                self.refiner = Some((path.clone(), r));
+            }
+        }
+        let refiner = g.refiner.as_ref().and_then(|(_, switch)| self.refiner.as_ref().map(|(_, r)| (r, *switch)));
         let every = shared.opts.preview_every;
         let mut images = Vec::new();
         for (k, o) in g.images.iter().enumerate() {
@@ -290,8 +300,17 @@ impl Worker {
             } else {
                 o
             };
-            let image = sd
-                .generate_steps(ctx, o, preview, |i, total| {
+            let progress = |i: usize, total: usize| {
+                info.update(|s| {
+                    s.step = i;
+                    s.steps = total;
+                });
+            };
+            let image = if let Some((r, switch)) = refiner {
+                // The handoff has no previews and stops only between images.
+                sd.generate_refined(ctx, r, o, switch, progress).map_err(|e| ApiError::from_library(&e))?
+            } else {
+                sd.generate_steps(ctx, o, preview, |i, total| {
                     info.update(|s| {
                         s.step = i;
                         s.steps = total;
@@ -302,9 +321,13 @@ impl Worker {
                         ControlFlow::Continue(())
                     }
                 })
-                .map_err(|e| ApiError::from_library(&e))?;
+                .map_err(|e| ApiError::from_library(&e))?
+            };
             warnings.extend(sd.take_warnings().into_iter().map(|w| format!("image {}: {w}", k + 1)));
             let mut parameters = crate::pipeline::a1111_parameters(o, &sd.name);
+            if let Some((r, switch)) = refiner {
+                parameters.push_str(&crate::pipeline::refiner::a1111_parameters(&r.name, switch));
+            }
             parameters.push_str(&g.extra_parameters);
             images.push(GenImage { image, parameters, seed: o.seed });
         }
