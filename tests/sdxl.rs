@@ -441,3 +441,54 @@ fn sdxl_lora_and_embedding_family_mismatches_are_errors() {
     assert!(e.contains("an SDXL embedding") && e.contains("one text encoder"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A1111's "Original" emphasis written out again here (f64): `z *= w[token]`, then the mean of
+/// `z` restored.
+fn a1111_emphasis(z: &[f32], dim: usize, weights: &[f32]) -> Vec<f32> {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let z64: Vec<f64> = z.iter().map(|&x| f64::from(x)).collect();
+    let m0 = mean(&z64);
+    let weighted: Vec<f64> = z64.chunks(dim).zip(weights).flat_map(|(row, &w)| row.iter().map(move |&x| x * f64::from(w))).collect();
+    let m1 = mean(&weighted);
+    weighted.iter().map(|&x| (x * m0 / m1) as f32).collect()
+}
+
+/// Emphasis and BREAK over both encoders, as A1111 does on SDXL: its hijack wraps each
+/// embedder, so each encoder's `[77, D]` rows get the weights and their own mean restored,
+/// and then the two are concatenated (one restore over the concatenated rows would scale both
+/// by the same factor); the pooled `text_embeds` stay unweighted (A1111 takes them before the
+/// emphasis). BREAK makes one 77-token chunk per part, each encoded alone, the pooled from the
+/// first.
+#[test]
+fn emphasis_and_break_weight_each_encoder_as_a1111() {
+    let sd = load(DType::F32);
+    let x = sd.sdxl.as_ref().unwrap();
+    let (d1, d2) = (sd.clip.config.hidden, x.clip_2.config.hidden);
+    let cond = |prompt: &str| {
+        let (text, added) = sd.conditioning(ctx(), &GenerateOptions { prompt: prompt.into(), ..options() }).unwrap();
+        let v = text.to_vec(ctx()).unwrap();
+        let (_, pos) = v.split_at(v.len() / 2);
+        let pooled = added.unwrap().text_embeds;
+        (pos.to_vec(), pooled[pooled.len() / 2..].to_vec())
+    };
+    let weighted = "a photograph of an (astronaut:1.3) riding a [horse]";
+    let chunk = pigment::prompt::tokenize_prompt(&sd.tokenizer, weighted).chunks[0].clone();
+    assert!(chunk.weights.iter().any(|&w| w > 1.2) && chunk.weights.iter().any(|&w| w < 0.95), "{:?}", chunk.weights);
+    let (plain, plain_pooled) = cond(PROMPT);
+    let (got, got_pooled) = cond(weighted);
+    let split = |z: &[f32], first: bool| -> Vec<f32> {
+        z.chunks(d1 + d2).flat_map(|row| if first { row[..d1].to_vec() } else { row[d1..].to_vec() }).collect()
+    };
+    let (w1, w2) = (a1111_emphasis(&split(&plain, true), d1, &chunk.weights), a1111_emphasis(&split(&plain, false), d2, &chunk.weights));
+    let want: Vec<f32> = w1.chunks(d1).zip(w2.chunks(d2)).flat_map(|(a, b)| a.iter().chain(b).copied().collect::<Vec<_>>()).collect();
+    check(&got, &want, 1e-5, "weighted prompt_embeds (per encoder)");
+    assert_eq!(got_pooled, plain_pooled, "the pooled text_embeds are not weighted");
+    // BREAK: two chunks, each the conditioning of its part alone.
+    let (got, got_pooled) = cond("a photograph of an astronaut BREAK riding a horse");
+    assert_eq!(got.len(), 2 * 77 * (d1 + d2));
+    let (a, a_pooled) = cond("a photograph of an astronaut");
+    let (b, _) = cond("riding a horse");
+    check(&got[..a.len()], &a, 1e-5, "BREAK chunk 1");
+    check(&got[a.len()..], &b, 1e-5, "BREAK chunk 2");
+    assert_eq!(got_pooled, a_pooled, "BREAK: pooled from the first chunk");
+}

@@ -53,17 +53,14 @@ impl SdxlParts {
         let (h1, _) = clip.encode_sdxl_async(ctx, &ids(c1), CHUNK_LEN, clip_skip).await?;
         let (h2, pooled) = self.clip_2.encode_sdxl_async(ctx, &ids(c2), CHUNK_LEN, clip_skip).await?;
         let (d1, d2) = (clip.config.hidden, self.clip_2.config.hidden);
-        let weighted = |c: &Chunk| c.weights.iter().any(|&w| w != 1.0);
-        // One prompt for both (A1111): emphasis over the concatenated rows. Two prompts
-        // (`prompt_2`): each encoder's rows take their own prompt's weights.
-        let same = c1.iter().zip(c2).all(|(a, b)| a.weights == b.weights);
+        // A1111 weights each encoder's output on its own (its SDXL hijack wraps both embedders,
+        // each restoring its own mean), then the conditioner concatenates; so does ComfyUI.
+        // With `prompt_2` each encoder's rows take their own prompt's weights.
         let (mut h1, mut h2) = (h1, h2);
-        if !same {
-            for (h, d, cs) in [(&mut h1, d1, c1), (&mut h2, d2, c2)] {
-                for (c, rows) in cs.iter().zip(h.chunks_exact_mut(CHUNK_LEN * d)) {
-                    if weighted(c) {
-                        prompt::apply_weights(rows, CHUNK_LEN, d, &c.weights);
-                    }
+        for (h, d, cs) in [(&mut h1, d1, c1), (&mut h2, d2, c2)] {
+            for (c, rows) in cs.iter().zip(h.chunks_exact_mut(CHUNK_LEN * d)) {
+                if c.weights.iter().any(|&w| w != 1.0) {
+                    prompt::apply_weights(rows, CHUNK_LEN, d, &c.weights);
                 }
             }
         }
@@ -71,11 +68,6 @@ impl SdxlParts {
         for (a, b) in h1.chunks_exact(d1).zip(h2.chunks_exact(d2)) {
             h.extend_from_slice(a);
             h.extend_from_slice(b);
-        }
-        for (c, rows) in c1.iter().zip(h.chunks_exact_mut(CHUNK_LEN * (d1 + d2))) {
-            if same && weighted(c) {
-                prompt::apply_weights(rows, CHUNK_LEN, d1 + d2, &c.weights);
-            }
         }
         let pooled = pooled.expect("text_encoder_2 has a projection (checked at load)");
         let p = pooled.len() / c2.len();
