@@ -8,7 +8,10 @@
 //! * a UNet call with `added_cond_kwargs` (text_embeds, time ids original 96x80, crop (8, 4),
 //!   target 64x64);
 //! * a 64x64 2-step txt2img (Euler, cfg 5, seed 42) and a Turbo-style 1-step (Euler a,
-//!   trailing spacing, guidance 0: no unconditional batch) against diffusers' PNGs;
+//!   trailing spacing, guidance 0: no unconditional batch) against diffusers' PNGs, and 4-step
+//!   Euler a, DPM++ 2M Karras and DDIM (tools/fixtures_sdxl_samplers.py; f32 mean 0.000 / max
+//!   ≤ 1, f16 ≤ 0.059 / 1; each 14-23 levels from the Euler image);
+//! * emphasis and BREAK over both encoders, by construction against A1111's formula;
 //! * sd15-tiny at guidance 1: diffusers' image, with one UNet batch of 1 per evaluation;
 //! * img2img and inpainting (4- and 9-channel UNets) against StableDiffusionXLImg2ImgPipeline /
 //!   StableDiffusionXLInpaintPipeline, and `prompt_2` / `negative_prompt_2` against
@@ -491,4 +494,20 @@ fn emphasis_and_break_weight_each_encoder_as_a1111() {
     check(&got[..a.len()], &a, 1e-5, "BREAK chunk 1");
     check(&got[a.len()..], &b, 1e-5, "BREAK chunk 2");
     assert_eq!(got_pooled, a_pooled, "BREAK: pooled from the first chunk");
+}
+
+/// More samplers on SDXL (tools/fixtures_sdxl_samplers.py: 4 steps, each scheduler from SDXL
+/// base's config, leading spacing) against diffusers' PNGs, f32 and f16.
+#[test]
+fn samplers_match_diffusers_png() {
+    use pigment::schedulers::SigmaSchedule;
+    for dtype in dtypes() {
+        let sd = load(dtype);
+        for (name, sampler, schedule) in
+            [("euler_a", SamplerKind::EulerAncestral, SigmaSchedule::Normal), ("dpmpp_2m_karras", SamplerKind::DpmPlusPlus2M, SigmaSchedule::Karras), ("ddim", SamplerKind::Ddim, SigmaSchedule::Normal)]
+        {
+            let o = GenerateOptions { steps: 4, sampler, schedule, ..options() };
+            png_check(&sd.generate(ctx(), &o, |_, _| {}).unwrap(), &format!("sdxl-tiny/sampler_{name}.png"), &format!("{dtype:?} sdxl {name}"));
+        }
+    }
 }
