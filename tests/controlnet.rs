@@ -103,18 +103,7 @@ fn control_options() -> GenerateOptions {
     let (w, h, rgb) = read_png(&control_png());
     let mut control = ControlOptions::new(Image { width: w, height: h, rgb });
     control.scale = 0.8;
-    GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 4,
-        guidance: 7.5,
-        sampler: SamplerKind::Pndm,
-        control: Some(control),
-        ..Default::default()
-    }
+    GenerateOptions { control: Some(control), ..txt2img_options(SamplerKind::Pndm) }
 }
 
 /// The whole pipeline through the library (f32, diffusers folder) against

@@ -34,18 +34,7 @@ fn control() -> ControlOptions {
 }
 
 fn options(sampler: SamplerKind, steps: usize) -> GenerateOptions {
-    GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps,
-        guidance: 5.0,
-        sampler,
-        control: Some(control()),
-        ..Default::default()
-    }
+    GenerateOptions { steps, guidance: 5.0, control: Some(control()), ..txt2img_options(sampler) }
 }
 
 fn png_check(image: &pigment::pipeline::Image, golden: &str, what: &str) {

@@ -59,17 +59,7 @@ fn ids(file: &str, name: &str) -> Vec<u32> {
 }
 
 fn options() -> GenerateOptions {
-    GenerateOptions {
-        prompt: PROMPT.into(),
-        negative_prompt: NEGATIVE.into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 2,
-        guidance: 5.0,
-        sampler: SamplerKind::Euler,
-        ..Default::default()
-    }
+    GenerateOptions { steps: 2, guidance: 5.0, ..txt2img_options(SamplerKind::Euler) }
 }
 
 fn load(dtype: DType) -> StableDiffusion {

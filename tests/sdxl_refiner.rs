@@ -19,21 +19,8 @@ use pigment::pipeline::{GenerateOptions, Image, StableDiffusion};
 use pigment::schedulers::SamplerKind;
 use pigment::DType;
 
-const PROMPT: &str = "a photograph of an astronaut riding a horse";
-const NEGATIVE: &str = "blurry, low quality";
-
 fn options(sampler: SamplerKind) -> GenerateOptions {
-    GenerateOptions {
-        prompt: PROMPT.into(),
-        negative_prompt: NEGATIVE.into(),
-        seed: 42,
-        width: 64,
-        height: 64,
-        steps: 5,
-        guidance: 5.0,
-        sampler,
-        ..Default::default()
-    }
+    GenerateOptions { steps: 5, guidance: 5.0, ..txt2img_options(sampler) }
 }
 
 fn init() -> Image {
