@@ -196,3 +196,26 @@ fn refiner_single_file_matches_the_folder() {
     assert!(err.contains("--config DIR"), "{err}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// An SDXL embedding on a refiner: its `clip_g` rows go to the refiner's only encoder (bigG).
+/// The tiny refiner's text_encoder_2 is the base's (same generated tensors), so its
+/// conditioning of a prompt using the embedding must be the base's second-encoder columns for
+/// that prompt, bit for bit; an embedding without `clip_g` is refused by name.
+#[test]
+fn sdxl_embedding_on_a_refiner_is_its_clip_g() {
+    let emb = fixtures().join("sdxl-lora/sdxl-tiny-emb.safetensors");
+    let (mut base, mut refiner) = (load(&sdxl_tiny(), DType::F32), load(&sdxl_refiner_tiny(), DType::F32));
+    let o = GenerateOptions { prompt: "a photograph of an sdxlword riding a horse".into(), ..options(SamplerKind::Euler) };
+    let plain = refiner.conditioning(ctx(), &o).unwrap().0.to_vec(ctx()).unwrap();
+    assert_eq!(base.load_textual_inversion(&emb, "sdxlword").unwrap(), 2);
+    assert_eq!(refiner.load_textual_inversion(&emb, "sdxlword").unwrap(), 2);
+    let b = base.conditioning(ctx(), &o).unwrap().0.to_vec(ctx()).unwrap();
+    let r = refiner.conditioning(ctx(), &o).unwrap().0.to_vec(ctx()).unwrap();
+    let (d1, d2) = (base.clip.config.hidden, refiner.clip.config.hidden);
+    let want: Vec<f32> = b.chunks(d1 + d2).flat_map(|row| row[d1..].to_vec()).collect();
+    assert!(r == want, "the refiner's conditioning with the embedding is not the base's clip_g half ({:.2e} off)", rel_err(&r, &want));
+    assert!(rel_err(&plain, &r) > 1e-3, "the embedding changed nothing");
+    let sd15_lora = fixtures().join("lora/sd15-tiny-kohya.safetensors");
+    let e = refiner.load_textual_inversion(&sd15_lora, "x").unwrap_err().to_string();
+    assert!(e.contains("clip_g") && e.contains("refiner"), "{e}");
+}

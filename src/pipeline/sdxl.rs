@@ -151,6 +151,20 @@ impl StableDiffusion {
     /// vectors are checked before either is added, so an error leaves the model as it was.
     pub fn add_textual_inversion(&mut self, file: &crate::weights::SafetensorsFile, name: &str) -> Result<usize> {
         use crate::models::clip::{embedding_vectors, read_textual_inversion};
+        if self.is_refiner() {
+            // A refiner's only encoder is bigG (`self.clip`): an SDXL embedding's `clip_g` rows.
+            if !file.contains("clip_g") {
+                return Err(Error::Unsupported(format!(
+                    "{}: an SDXL refiner takes the `clip_g` vectors of an SDXL embedding (its only text encoder is OpenCLIP bigG); this file has {:?}",
+                    file.path(),
+                    file.names()
+                )));
+            }
+            let (n, v) = embedding_vectors(file, "clip_g", self.clip.config.hidden)?;
+            self.clip.add_embedding_vectors(&v)?;
+            self.tokenizer.add_embedding(name, n);
+            return Ok(n);
+        }
         let Some(x) = self.sdxl.as_mut() else {
             let (n, v) = read_textual_inversion(file, self.clip.config.hidden)?;
             self.clip.add_embedding_vectors(&v)?;
