@@ -42,9 +42,57 @@ pub fn is_hub_id(spec: &str) -> bool {
         && spec.split('/').all(|p| !p.is_empty())
 }
 
-/// A Stable Diffusion diffusers folder from the hub, as a local snapshot folder.
+/// A Stable Diffusion diffusers folder from the hub, as a local snapshot folder: the parts its
+/// `model_index.json` lists (SDXL's `text_encoder_2` / `tokenizer_2`, a refiner without
+/// `text_encoder`), or SD 1.x/2.x's when the index cannot be read (the fetch then says why).
 pub fn model_folder(id: &str, variant: Option<&str>) -> Result<PathBuf> {
-    fetch(id, variant, FOLDER_FILES, FOLDER_WEIGHTS, "model_index.json")
+    let (files, weights) = model_index(id).as_ref().and_then(pipeline_files).unwrap_or_else(|| {
+        (FOLDER_FILES.iter().map(|f| f.to_string()).collect(), FOLDER_WEIGHTS.iter().map(|w| w.to_string()).collect())
+    });
+    let (files, weights): (Vec<&str>, Vec<&str>) = (files.iter().map(String::as_str).collect(), weights.iter().map(String::as_str).collect());
+    fetch(id, variant, &files, &weights, "model_index.json")
+}
+
+/// `model_index.json` of `id`, from the cache or the hub; `None` when neither has it.
+fn model_index(id: &str) -> Option<serde_json::Value> {
+    let cache = Cache::from_env();
+    let path = match cache.repo(Repo::model(id.to_string())).get("model_index.json") {
+        Some(p) => p,
+        None => {
+            let api = ApiBuilder::from_env().with_cache_dir(cache.path().clone()).with_progress(false).build().ok()?;
+            let repo = api.model(id.to_string());
+            let listing = repo.info().ok()?;
+            if !listing.siblings.iter().any(|s| s.rfilename == "model_index.json") {
+                return None;
+            }
+            download(&repo, "model_index.json").ok()?
+        }
+    };
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// The small files and weight stems of the parts a `model_index.json` lists (a part is listed
+/// with a `[library, class]` pair; `[null, null]` or `null` = absent). `None` without a UNet (not
+/// an SD pipeline).
+pub fn pipeline_files(index: &serde_json::Value) -> Option<(Vec<String>, Vec<String>)> {
+    let has = |k: &str| index.get(k).and_then(|v| v.as_array()).is_some_and(|a| a.first().is_some_and(|x| !x.is_null()));
+    if !has("unet") {
+        return None;
+    }
+    let (mut files, mut weights) = (vec!["model_index.json".to_string()], Vec::new());
+    if has("scheduler") {
+        files.push("scheduler/scheduler_config.json".into());
+    }
+    for t in ["tokenizer", "tokenizer_2"].into_iter().filter(|t| has(t)) {
+        files.extend(["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"].map(|f| format!("{t}/{f}")));
+    }
+    for (part, stem) in [("text_encoder", "model"), ("text_encoder_2", "model"), ("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")] {
+        if has(part) {
+            files.push(format!("{part}/config.json"));
+            weights.push(format!("{part}/{stem}"));
+        }
+    }
+    Some((files, weights))
 }
 
 /// A diffusers ControlNet from the hub (its `config.json` and weights).

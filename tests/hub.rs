@@ -201,3 +201,42 @@ fn default_model_and_hub_ids_download_once_into_the_cache() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The files fetched for a hub id follow its `model_index.json`: SD 1.5's usual set (no safety
+/// checker), SDXL's second encoder and tokenizer, a refiner's bigG alone; a model without a
+/// UNet is not a pipeline Pigment fetches this way.
+#[test]
+fn fetched_files_follow_model_index() {
+    let index = |p: &std::path::Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let assets = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/synthetic");
+    let (files, weights) = pigment::hub::pipeline_files(&index(&fixtures().join("sd15-tiny/model_index.json"))).unwrap();
+    assert_eq!(weights, ["text_encoder/model", "unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model"]);
+    assert!(files.contains(&"tokenizer/merges.txt".to_string()) && files.contains(&"scheduler/scheduler_config.json".to_string()), "{files:?}");
+    assert!(!files.iter().any(|f| f.contains("safety_checker") || f.contains("feature_extractor")), "{files:?}");
+    let (files, weights) = pigment::hub::pipeline_files(&index(&assets.join("sdxl-tiny/model_index.json"))).unwrap();
+    assert_eq!(weights, ["text_encoder/model", "text_encoder_2/model", "unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model"]);
+    assert!(files.contains(&"tokenizer_2/vocab.json".to_string()) && files.contains(&"text_encoder_2/config.json".to_string()), "{files:?}");
+    let (files, weights) = pigment::hub::pipeline_files(&index(&assets.join("sdxl-refiner-tiny/model_index.json"))).unwrap();
+    assert_eq!(weights, ["text_encoder_2/model", "unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model"]);
+    assert!(!files.iter().any(|f| f.starts_with("tokenizer/") || f.starts_with("text_encoder/")), "{files:?}");
+    assert!(pigment::hub::pipeline_files(&serde_json::json!({"transformer": ["diffusers", "DiTTransformer2DModel"]})).is_none());
+}
+
+/// An SDXL hub id: `text_encoder_2` and `tokenizer_2` are fetched as its `model_index.json`
+/// lists them, and the model generates (the mock serves the tiny SDXL folder).
+#[test]
+fn sdxl_hub_id_fetches_the_second_encoder() {
+    let root = common::sdxl::sdxl_tiny();
+    let files = walk(&root).into_iter().map(|p| (p.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/"), p)).collect();
+    let hub = MockHub::start(vec![Repo { id: "someone/sdxl-tiny", files }]);
+    let tmp = std::env::temp_dir().join(format!("pigment-hub-sdxl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("hf")).unwrap();
+    let o = pigment(&hub.url, &tmp.join("hf"), &["--model", "someone/sdxl-tiny"], &tmp.join("out.png"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fetched = hub.requests();
+    for want in ["text_encoder_2/model.safetensors", "tokenizer_2/vocab.json", "tokenizer_2/tokenizer_config.json", "unet/diffusion_pytorch_model.safetensors"] {
+        assert!(fetched.iter().any(|p| p.ends_with(want)), "{want} fetched: {fetched:?}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
