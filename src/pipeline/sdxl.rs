@@ -50,13 +50,12 @@ impl SdxlParts {
     /// pooled `text_embeds`.
     async fn encode_text(&self, ctx: &Context, clip: &ClipTextModel, c1: &[Chunk], c2: &[Chunk], clip_skip: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         let ids = |c: &[Chunk]| c.iter().flat_map(|c| c.ids).collect::<Vec<u32>>();
-        let (h1, _) = clip.encode_sdxl_async(ctx, &ids(c1), CHUNK_LEN, clip_skip).await?;
-        let (h2, pooled) = self.clip_2.encode_sdxl_async(ctx, &ids(c2), CHUNK_LEN, clip_skip).await?;
+        let (mut h1, _) = clip.encode_sdxl_async(ctx, &ids(c1), CHUNK_LEN, clip_skip).await?;
+        let (mut h2, pooled) = self.clip_2.encode_sdxl_async(ctx, &ids(c2), CHUNK_LEN, clip_skip).await?;
         let (d1, d2) = (clip.config.hidden, self.clip_2.config.hidden);
         // A1111 weights each encoder's output on its own (its SDXL hijack wraps both embedders,
         // each restoring its own mean), then the conditioner concatenates; so does ComfyUI.
         // With `prompt_2` each encoder's rows take their own prompt's weights.
-        let (mut h1, mut h2) = (h1, h2);
         for (h, d, cs) in [(&mut h1, d1, c1), (&mut h2, d2, c2)] {
             for (c, rows) in cs.iter().zip(h.chunks_exact_mut(CHUNK_LEN * d)) {
                 if c.weights.iter().any(|&w| w != 1.0) {

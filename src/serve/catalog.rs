@@ -55,6 +55,16 @@ pub fn models(models_dir: Option<&Path>, extra: Option<&Path>) -> Vec<ModelEntry
     out
 }
 
+/// The listed model (`--models-dir` and `--model`) a client names, or the error to answer with:
+/// what is listed, and where to look.
+pub fn lookup(opts: &super::Options, title: &str) -> Result<ModelEntry, String> {
+    let list = models(opts.models_dir.as_deref(), opts.model.as_deref());
+    find(&list, title).cloned().ok_or_else(|| {
+        let have: Vec<&str> = list.iter().map(|e| e.title.as_str()).collect();
+        format!("no model '{title}' (have: {}; see /sdapi/v1/sd-models)", have.join(", "))
+    })
+}
+
 /// The model a client names: by title (also as A1111 writes it, `title [hash]`), name, or
 /// path.
 pub fn find<'a>(list: &'a [ModelEntry], want: &str) -> Option<&'a ModelEntry> {

@@ -330,24 +330,14 @@ fn refiner_fields(shared: &Shared, f: &Fields) -> ApiResult<Option<(std::path::P
     if !(switch > 0.0 && switch < 1.0) {
         return Err(ApiError::field("refiner_switch_at", format!("{switch} must be in (0, 1): the fraction of the schedule the base runs, e.g. 0.8")));
     }
-    let list = super::catalog::models(shared.opts.models_dir.as_deref(), shared.opts.model.as_deref());
-    let Some(e) = super::catalog::find(&list, &name) else {
-        let have: Vec<&str> = list.iter().map(|e| e.title.as_str()).collect();
-        return Err(ApiError::field("refiner_checkpoint", format!("no model '{name}' (have: {}; see /sdapi/v1/sd-models)", have.join(", "))));
-    };
-    Ok(Some((e.path.clone(), switch)))
+    let e = super::catalog::lookup(&shared.opts, &name).map_err(|e| ApiError::field("refiner_checkpoint", e))?;
+    Ok(Some((e.path, switch)))
 }
 
 /// The image side of the model a request runs on: `override_settings.sd_model_checkpoint`'s
 /// when it names a listed model, else the loaded one's ([`crate::weights::default_image_side`]).
 fn default_side(shared: &Shared, model: Option<&str>) -> usize {
-    let path = match model {
-        Some(name) => {
-            let list = super::catalog::models(shared.opts.models_dir.as_deref(), shared.opts.model.as_deref());
-            super::catalog::find(&list, name).map(|e| e.path.clone())
-        }
-        None => None,
-    };
+    let path = model.and_then(|name| super::catalog::lookup(&shared.opts, name).ok()).map(|e| e.path);
     let path = path.unwrap_or_else(|| shared.model.read().unwrap_or_else(|e| e.into_inner()).entry.path.clone());
     crate::weights::default_image_side(&path)
 }

@@ -222,18 +222,11 @@ pub fn txt2img_options(sampler: pigment::schedulers::SamplerKind) -> pigment::pi
 pub fn img2img_options(sampler: pigment::schedulers::SamplerKind, strength: f32, mask: bool) -> pigment::pipeline::GenerateOptions {
     let dir = fixtures().join("golden").join("img2img");
     pigment::pipeline::GenerateOptions {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: "blurry, low quality".into(),
-        seed: 42,
-        width: 64,
-        height: 64,
         steps: 5,
-        guidance: 7.5,
-        sampler,
         init_image: Some(read_image(&dir.join("init.png"))),
         mask: mask.then(|| read_image(&dir.join("mask.png"))),
         strength,
-        ..Default::default()
+        ..txt2img_options(sampler)
     }
 }
 

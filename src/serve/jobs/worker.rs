@@ -162,11 +162,7 @@ impl Worker {
 
     /// Load the model a client names; `Ok(false)` when it is the one loaded.
     fn switch(&mut self, title: &str, field: &str) -> ApiResult<bool> {
-        let list = catalog::models(self.shared.opts.models_dir.as_deref(), self.shared.opts.model.as_deref());
-        let Some(entry) = catalog::find(&list, title).cloned() else {
-            let have: Vec<&str> = list.iter().map(|e| e.title.as_str()).collect();
-            return Err(ApiError::field(field, format!("no model '{title}' (have: {}; see /sdapi/v1/sd-models)", have.join(", "))));
-        };
+        let entry = catalog::lookup(&self.shared.opts, title).map_err(|e| ApiError::field(field, e))?;
         if entry.path == self.entry.path && self.sd.is_some() {
             return Ok(false);
         }
@@ -311,10 +307,7 @@ impl Worker {
                 sd.generate_refined(ctx, r, o, switch, progress).map_err(|e| ApiError::from_library(&e))?
             } else {
                 sd.generate_steps(ctx, o, preview, |i, total| {
-                    info.update(|s| {
-                        s.step = i;
-                        s.steps = total;
-                    });
+                    progress(i, total);
                     if shared.interrupt.load(Ordering::SeqCst) || shared.skip.load(Ordering::SeqCst) {
                         ControlFlow::Break(())
                     } else {

@@ -248,11 +248,7 @@ pub async fn set_options(State(shared): State<Arc<Shared>>, body: Body) -> ApiRe
     let clip = if f.get("CLIP_stop_at_last_layers").is_some() { Some(f.ranged("CLIP_stop_at_last_layers", 1, 1, 12)? as usize) } else { None };
     if f.get("sd_model_checkpoint").is_some() {
         let title = f.string("sd_model_checkpoint", "")?;
-        let list = catalog::models(shared.opts.models_dir.as_deref(), shared.opts.model.as_deref());
-        if catalog::find(&list, &title).is_none() {
-            let have: Vec<&str> = list.iter().map(|e| e.title.as_str()).collect();
-            return Err(ApiError::field("sd_model_checkpoint", format!("no model '{title}' (have: {}; see /sdapi/v1/sd-models)", have.join(", "))));
-        }
+        catalog::lookup(&shared.opts, &title).map_err(|e| ApiError::field("sd_model_checkpoint", e))?;
         let (_, rx) = shared.queue.push("options", 0, Work::SwitchModel(title))?;
         rx.await.map_err(|_| ApiError::internal("the GPU worker stopped before answering"))??;
     }
