@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod diffedit;
 mod dit;
 mod edit;
+mod pix2pix_zero;
 mod sd_upscale;
 mod upscale;
 
@@ -119,6 +120,18 @@ pub enum Command {
         /// gligen_scheduled_sampling_beta).
         #[arg(long, default_value_t = 0.3, value_name = "BETA")]
         gligen_beta: f32,
+        /// pix2pix-zero: a sentence with the concept to edit away, e.g. "a cat" (repeatable; a
+        /// .txt file gives one sentence per line); the image is generated from the prompt and
+        /// edited towards --edit-to, its layout kept by cross-attention guidance.
+        #[arg(long, value_name = "TEXT|FILE.txt")]
+        edit_from: Vec<String>,
+        /// pix2pix-zero: the same sentences with the new concept, e.g. "a dog".
+        #[arg(long, value_name = "TEXT|FILE.txt")]
+        edit_to: Vec<String>,
+        /// pix2pix-zero's cross-attention guidance amount (diffusers'
+        /// cross_attention_guidance_amount; 0 = the edited prompt alone).
+        #[arg(long, default_value_t = 0.1, value_name = "A")]
+        cross_attention_guidance: f32,
         #[arg(long, default_value = "output.png")]
         output: std::path::PathBuf,
         /// Images to make, one after another with seeds seed, seed+1, ... (A1111's batch count);
@@ -500,6 +513,9 @@ pub fn main() -> anyhow::Result<()> {
             sag_scale,
             boxes,
             gligen_beta,
+            edit_from,
+            edit_to,
+            cross_attention_guidance,
             output,
             batch_count,
             init_image,
@@ -755,6 +771,10 @@ pub fn main() -> anyhow::Result<()> {
             if !sd.is_sdxl() && (original_size.is_some() || crops_coords_top_left.is_some() || target_size.is_some()) {
                 anyhow::bail!("--original-size / --crops-coords-top-left / --target-size are SDXL micro-conditioning; {} is not an SDXL model", path.display());
             }
+            let zero = pix2pix_zero::options(edit_from, edit_to, *cross_attention_guidance)?;
+            if zero.is_some() && (refiner.is_some() || *preview != PreviewArg::Off) {
+                anyhow::bail!("--edit-from/--edit-to (pix2pix-zero) do not combine with --refiner or --preview");
+            }
             let max_vram = max_vram.clone().or_else(|| std::env::var("PIGMENT_MAX_VRAM").ok().filter(|v| !v.is_empty()));
             if *plan || max_vram.is_some() {
                 let limit = max_vram.as_deref().map(crate::pipeline::plan::parse_bytes).transpose()?.unwrap_or(u64::MAX);
@@ -777,7 +797,9 @@ pub fn main() -> anyhow::Result<()> {
                     bar.set_length(total as u64);
                     bar.set_position(i as u64);
                 };
-                let image = if let Some(r) = &refiner {
+                let image = if let Some(p) = &zero {
+                    sd.pix2pix_zero(&ctx, &opts, p, progress)?
+                } else if let Some(r) = &refiner {
                     sd.generate_refined(ctx, r, &opts, switch, progress)?
                 } else if *preview == PreviewArg::Off {
                     sd.generate(&ctx, &opts, progress)?

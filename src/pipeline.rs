@@ -33,6 +33,7 @@ mod limits;
 pub use gligen::{GligenOptions, GroundingBox};
 pub use limits::check_device_size;
 pub mod pix2pix;
+pub mod pix2pix_zero;
 pub mod plan;
 pub mod refiner;
 mod sag;

@@ -8,4 +8,5 @@ pub mod gligen;
 pub mod hypernetwork;
 pub mod taesd;
 pub mod unet;
+pub mod unet_grad;
 pub mod vae;

@@ -1118,18 +1118,25 @@ pub struct MidAttention {
 /// ResnetBlock2D: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))`.
 /// `emb_act` is `silu(temb)` `[B, T]`.
 fn resnet(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_act: &Tensor) -> Result<Tensor> {
+    Ok(resnet_keeping(ctx, cfg, r, x, emb_act, false)?.0)
+}
+
+/// [`resnet`], also returning `norm2`'s input `conv1(..) + temb` when `keep` (its reverse pass,
+/// [`super::unet_grad`], needs it).
+pub(crate) fn resnet_keeping(ctx: &Context, cfg: &UNetConfig, r: &ResnetBlock2D, x: &Tensor, emb_act: &Tensor, keep: bool) -> Result<(Tensor, Option<Tensor>)> {
     let (g, eps) = (cfg.norm_num_groups, cfg.norm_eps);
     // Intermediates are dropped as soon as used (shadowed ones would live to the end).
     let mut h = r.conv1.forward(ctx, &group_norm(ctx, x, g, &r.norm1.weight, &r.norm1.bias, eps, true)?)?;
     let t = matmul(ctx, emb_act, &r.time_emb_proj.weight_t, GemmOpts { bias: r.time_emb_proj.bias.as_ref(), ..Default::default() })?;
     let hw = h.dim(2) * h.dim(3);
     h = binary_broadcast(ctx, BinaryOp::Add, &h, &t, hw, 1.0)?;
+    let kept = keep.then(|| h.clone());
     h = group_norm(ctx, &h, g, &r.norm2.weight, &r.norm2.bias, eps, true)?;
     let shortcut = match &r.conv_shortcut {
         Some(c) => c.forward(ctx, x)?,
         None => x.clone(),
     };
-    r.conv2.forward_residual(ctx, &h, &shortcut)
+    Ok((r.conv2.forward_residual(ctx, &h, &shortcut)?, kept))
 }
 
 /// Transformer2DModel on NCHW `x` with `context [B, L, D]`; returns NCHW.

@@ -125,8 +125,13 @@ impl Golden {
     pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
         let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
         let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+        let v = match t.dtype() {
+            safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
+            // goldens stored in f16 to save room (exact when the reference rounded them first)
+            safetensors::Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(t.data()).iter().map(|h| h.to_f32()).collect(),
+            d => panic!("{name}: {d:?}, not F32/F16"),
+        };
+        (v, t.shape().to_vec())
     }
     /// An I64 tensor (token ids) as u32.
     pub fn ids(&self, name: &str) -> Vec<u32> {

@@ -1,0 +1,162 @@
+//! pix2pix-zero (issue #15 item 3): the UNet's cross-attention loss gradient
+//! (`src/models/unet_grad.rs`) and the edit (`src/pipeline/pix2pix_zero.rs`) on sd15-tiny.
+//!
+//! The gradient is checked two ways: against central finite differences of Pigment's own loss
+//! (the forward pass alone, so a wrong backward cannot agree by accident), and against torch
+//! autograd through diffusers' UNet with its `Pix2PixZeroAttnProcessor` / `Pix2PixZeroL2Loss`
+//! (tools/fixtures_pix2pix_zero.py, `golden/pix2pix_zero/grad_step.safetensors`).
+
+mod common;
+
+use common::*;
+use pigment::pipeline::pix2pix_zero::Pix2PixZeroOptions;
+use pigment::pipeline::{GenerateOptions, StableDiffusion};
+use pigment::{DType, Tensor};
+
+fn sd15() -> StableDiffusion {
+    StableDiffusion::load(ctx(), &fixtures().join("sd15-tiny"), false).unwrap()
+}
+
+fn text(sd: &StableDiffusion, prompt: &str) -> Tensor {
+    let o = GenerateOptions { prompt: prompt.into(), negative_prompt: String::new(), guidance: 7.5, ..Default::default() };
+    sd.conditioning(ctx(), &o).unwrap().0
+}
+
+/// diffusers' `Pix2PixZeroL2Loss` summed over the layers, in f64.
+fn loss(maps: &[Tensor], reference: &[Vec<f32>]) -> f64 {
+    maps.iter()
+        .zip(reference)
+        .map(|(m, r)| {
+            let p = m.to_vec(ctx()).unwrap();
+            p.iter().zip(r).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / m.dim(0) as f64
+        })
+        .sum()
+}
+
+/// Directional derivatives `<grad, v>` against `(L(x + εv) − L(x − εv)) / 2ε` for random `v`:
+/// agreement within 2% (ε = 1e-2 on unit-scale latents; the loss is smooth, and f32 rounding
+/// of the loss differences is ~1e-5 of them).
+#[test]
+fn loss_gradient_matches_finite_differences() {
+    let sd = sd15();
+    let (reference_text, edited_text) = (text(&sd, "a cat sitting on the grass"), text(&sd, "a dog sitting on the grass"));
+    let shape = [2, 4, 8, 8];
+    let n: usize = shape.iter().product();
+    let x = rand_vec(n, 7);
+    let t = 801.0;
+    let sample = |v: &[f32]| upload(v, &shape, DType::F32);
+    let ref_t = sd.unet.forward_cross_maps(ctx(), &sample(&x), t, &reference_text, None).unwrap().maps;
+    let reference: Vec<Vec<f32>> = ref_t.iter().map(|m| m.to_vec(ctx()).unwrap()).collect();
+    assert_eq!(reference.len(), 4, "sd15-tiny has 4 cross-attention layers");
+    let grad = sd.unet.cross_attention_loss_grad(ctx(), &sample(&x), t, &edited_text, None, &ref_t).unwrap().to_vec(ctx()).unwrap();
+    let l = |v: &[f32]| loss(&sd.unet.forward_cross_maps(ctx(), &sample(v), t, &edited_text, None).unwrap().maps, &reference);
+    eprintln!("loss {:.6e}, |grad| {:.3e}", l(&x), grad.iter().map(|g| (g * g) as f64).sum::<f64>().sqrt());
+    let eps = 1e-2f32;
+    for seed in 0..3 {
+        let v = rand_vec(n, 100 + seed);
+        let plus: Vec<f32> = x.iter().zip(&v).map(|(a, b)| a + eps * b).collect();
+        let minus: Vec<f32> = x.iter().zip(&v).map(|(a, b)| a - eps * b).collect();
+        let fd = (l(&plus) - l(&minus)) / (2.0 * eps as f64);
+        let an: f64 = grad.iter().zip(&v).map(|(g, v)| (g * v) as f64).sum();
+        eprintln!("direction {seed}: analytic {an:.6e}, finite difference {fd:.6e}, rel {:.2e}", (an - fd).abs() / fd.abs());
+        assert!((an - fd).abs() <= 0.02 * fd.abs(), "direction {seed}: analytic {an:.6e} vs finite difference {fd:.6e}");
+    }
+    // The references themselves give zero loss and a zero gradient.
+    let zero = sd.unet.cross_attention_loss_grad(ctx(), &sample(&x), t, &reference_text, None, &ref_t).unwrap().to_vec(ctx()).unwrap();
+    let gmax = grad.iter().fold(0f32, |m, g| m.max(g.abs()));
+    assert!(zero.iter().all(|g| g.abs() <= 1e-4 * gmax), "gradient at the reference itself is not zero");
+}
+
+const PROMPT: &str = "a cat sitting on the grass";
+const SOURCES: [&str; 3] = ["a cat sitting", "a photo of a cat", "a cat on a table"];
+
+/// `[uncond; cond + direction]` of the golden (its cond half is stored, the uncond is
+/// `prompt_embeds`' first row).
+fn golden_texts(g: &Golden) -> (Tensor, Tensor) {
+    let (pe, shape) = g.f32("prompt_embeds");
+    let mut edit = pe[..pe.len() / 2].to_vec();
+    edit.extend(g.f32("prompt_embeds_edit_cond").0);
+    (upload(&pe, &shape, DType::F32), upload(&edit, &shape, DType::F32))
+}
+
+/// One guidance step against torch autograd through diffusers' UNet (grad_step.safetensors):
+/// the loss within 1e-4 relative, `d loss / d x_in` within 1e-4 of its max (f32 everywhere, a
+/// dozen GEMM/softmax/norm reductions deep), and the noise prediction at
+/// `x_in − 0.1 · grad` within 1e-4 of its max.
+#[test]
+fn gradient_matches_torch_autograd() {
+    let sd = sd15();
+    let g = Golden::load("pix2pix_zero", "grad_step.safetensors");
+    let (x, shape) = g.f32("x_in");
+    let t = g.f32("t").0[0];
+    let (text, edited) = golden_texts(&g);
+    let sample = |v: &[f32]| upload(v, &shape, DType::F32);
+    let reference = sd.unet.forward_cross_maps(ctx(), &sample(&x), t, &text, None).unwrap().maps;
+    let host: Vec<Vec<f32>> = reference.iter().map(|m| m.to_vec(ctx()).unwrap()).collect();
+    let l = loss(&sd.unet.forward_cross_maps(ctx(), &sample(&x), t, &edited, None).unwrap().maps, &host);
+    let want_loss = g.f32("loss").0[0] as f64;
+    let grad = sd.unet.cross_attention_loss_grad(ctx(), &sample(&x), t, &edited, None, &reference).unwrap().to_vec(ctx()).unwrap();
+    let want = g.f32("grad").0;
+    let e = rel_err(&grad, &want);
+    let stepped: Vec<f32> = x.iter().zip(&grad).map(|(x, g)| x - 0.1 * g).collect();
+    let noise = sd.unet.forward_full(ctx(), &sample(&stepped), &[t], &edited, None, None, None).unwrap().to_vec(ctx()).unwrap();
+    let en = rel_err(&noise, &g.f32("noise_pred").0);
+    eprintln!("loss {l:.6e} (diffusers {want_loss:.6e}), grad error {e:.2e} of its max, noise_pred {en:.2e}");
+    assert!((l - want_loss).abs() <= 1e-4 * want_loss, "loss {l} vs {want_loss}");
+    assert!(e <= 1e-4, "gradient error {e:.3e} of its max");
+    assert!(en <= 1e-4, "noise_pred error {en:.3e} of its max");
+}
+
+fn edit_options(amount: f32) -> (GenerateOptions, Pix2PixZeroOptions) {
+    let o = GenerateOptions {
+        prompt: PROMPT.into(),
+        negative_prompt: String::new(),
+        sampler: pigment::schedulers::SamplerKind::Ddim,
+        ..txt2img_options(pigment::schedulers::SamplerKind::Ddim)
+    };
+    let p = Pix2PixZeroOptions {
+        source: SOURCES.iter().map(|s| s.to_string()).collect(),
+        target: SOURCES.iter().map(|s| s.replace("cat", "dog")).collect(),
+        guidance_amount: amount,
+        latents: None,
+    };
+    (o, p)
+}
+
+/// The whole `__call__` (4 DDIM steps, guidance 7.5, seed 42): the default amount 0.1 within
+/// mean 1 / max 8 levels of diffusers' PNG; amount 5 (the guidance visibly moves the image:
+/// 3.5 / 39 levels from amount 0 in diffusers) within 1e-3 of the latents' max. Without the
+/// guidance the amount-5 latents are far off (the test fails when it is dropped).
+#[test]
+fn edit_matches_diffusers_call() {
+    let sd = sd15();
+    let (o, p) = edit_options(0.1);
+    let img = sd.pix2pix_zero(ctx(), &o, &p, |_, _| {}).unwrap();
+    let (w, h, want) = read_png(&fixtures().join("golden/pix2pix_zero/call_default.png"));
+    assert_eq!((img.width, img.height), (w, h));
+    let (mean, max) = image_diff(&img.rgb, &want);
+    eprintln!("default (0.1): image mean {mean:.3} max {max}");
+    assert!(mean <= 1.0 && max <= 8, "default: mean {mean} max {max}");
+    let want = Golden::load("pix2pix_zero", "call_strong.safetensors").f32("latents").0;
+    let (o, p) = edit_options(5.0);
+    let strong = sd.pix2pix_zero_latents(ctx(), &o, &p).unwrap();
+    let e = rel_err(&strong, &want);
+    let plain = sd.pix2pix_zero_latents(ctx(), &o, &Pix2PixZeroOptions { guidance_amount: 0.0, ..p }).unwrap();
+    let off = rel_err(&plain, &want);
+    eprintln!("strong (5.0): latents error {e:.2e} of their max; amount 0 is {off:.2e} away");
+    assert!(e <= 1e-3, "strong: latents error {e:.3e}");
+    assert!(off > 100.0 * e.max(1e-4), "the guidance barely moves the latents ({off:.3e})");
+}
+
+#[test]
+fn bad_edits_are_refused() {
+    let sd = sd15();
+    let (o, p) = edit_options(0.1);
+    let err = |o: &GenerateOptions, p: &Pix2PixZeroOptions| sd.pix2pix_zero(ctx(), o, p, |_, _| {}).err().expect("refused").to_string();
+    assert!(err(&o, &Pix2PixZeroOptions { source: vec![], ..p.clone() }).contains("--edit-from"));
+    assert!(err(&o, &Pix2PixZeroOptions { target: vec!["  ".into()], ..p.clone() }).contains("--edit-to"));
+    assert!(err(&o, &Pix2PixZeroOptions { guidance_amount: f32::NAN, ..p.clone() }).contains("amount"));
+    assert!(err(&GenerateOptions { width: 60, ..o.clone() }, &p).contains("multiple of 8"));
+    assert!(err(&GenerateOptions { prompt: "a cat AND a hat".into(), ..o.clone() }, &p).contains("AND"));
+    assert!(err(&o, &Pix2PixZeroOptions { latents: Some(vec![0.0; 3]), ..p.clone() }).contains("start latents"));
+}
