@@ -10,6 +10,7 @@ pub mod norm;
 pub mod pixel_shuffle;
 pub mod resample;
 pub mod gemm;
+pub mod grad;
 pub mod gemm_tune;
 pub mod gemm_variants;
 pub mod reference;
@@ -44,6 +45,17 @@ pub(crate) fn dims(s: &[usize]) -> String {
 /// Bytes of `elems` elements of `t`'s dtype, for bandwidth-bound ops' profile rates.
 pub(crate) fn bytes_of(t: &Tensor, elems: usize) -> crate::gpu::Work {
     crate::gpu::Work::Bytes((elems * t.dtype().size()) as f64)
+}
+
+/// The common part of a sectioned kernel file (the text before its first `// ---- ` line) plus
+/// section `name`, compiled as its own module (sections declare overlapping bindings).
+pub(crate) fn wgsl_section(source: &str, name: &str) -> String {
+    let marker = format!("// ---- {name}\n");
+    let common_end = source.find("// ---- ").expect("sections in the kernel file");
+    let start = source.find(&marker).expect("the named section in the kernel file");
+    let rest = &source[start + marker.len()..];
+    let end = rest.find("// ---- ").unwrap_or(rest.len());
+    format!("{}{}", &source[..common_end], &rest[..end])
 }
 
 pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {

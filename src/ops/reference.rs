@@ -333,3 +333,141 @@ pub fn pixel_unshuffle(x: &[f32], n: usize, c: usize, h: usize, w: usize, r: usi
     }
     y
 }
+
+// ---- Input gradients (ops::grad): dL/dx given dL/dy, by the chain rule written out directly.
+
+/// dL/dx of [`conv2d`] (no bias): every product x·w of the forward scatters dy·w back to x.
+pub fn conv2d_input_grad(c: &ConvShape, dy: &[f32], wt: &[f32]) -> Vec<f32> {
+    let (ho, wo) = c.out_hw();
+    let mut dx = vec![0f64; c.n * c.cin * c.h * c.w];
+    for n in 0..c.n {
+        for co in 0..c.cout {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = dy[((n * c.cout + co) * ho + oy) * wo + ox] as f64;
+                    for ci in 0..c.cin {
+                        for ky in 0..c.k {
+                            for kx in 0..c.k {
+                                let iy = (oy * c.stride + ky) as isize - c.pad as isize;
+                                let ix = (ox * c.stride + kx) as isize - c.pad as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < c.h && (ix as usize) < c.w {
+                                    dx[((n * c.cin + ci) * c.h + iy as usize) * c.w + ix as usize] += g * wt[((co * c.cin + ci) * c.k + ky) * c.k + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx.into_iter().map(|v| v as f32).collect()
+}
+
+/// dL/dx of [`group_norm`]: per group, with xhat = (x - mean) * rstd and h = dL/dxhat =
+/// dy * act'(a) * gamma, dx = rstd * (h - mean(h) - xhat * mean(h * xhat)).
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_grad(x: &[f32], dy: &[f32], n: usize, c: usize, hw: usize, g: usize, w: &[f32], b: &[f32], eps: f64, silu: bool) -> Vec<f32> {
+    let cpg = c / g;
+    let gl = cpg * hw;
+    let mut dx = vec![0f32; x.len()];
+    for gi in 0..n * g {
+        let s = &x[gi * gl..(gi + 1) * gl];
+        let mean = s.iter().map(|&v| v as f64).sum::<f64>() / gl as f64;
+        let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / gl as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let mut xhat = vec![0f64; gl];
+        let mut h = vec![0f64; gl];
+        for i in 0..gl {
+            let ch = (gi % g) * cpg + i / hw;
+            xhat[i] = (s[i] as f64 - mean) * rstd;
+            let a = xhat[i] * w[ch] as f64 + b[ch] as f64;
+            let sig = 1.0 / (1.0 + (-a).exp());
+            let act = if silu { sig * (1.0 + a * (1.0 - sig)) } else { 1.0 };
+            h[i] = dy[gi * gl + i] as f64 * act * w[ch] as f64;
+        }
+        let mh = h.iter().sum::<f64>() / gl as f64;
+        let mhx = h.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / gl as f64;
+        for i in 0..gl {
+            dx[gi * gl + i] = (rstd * (h[i] - mh - xhat[i] * mhx)) as f32;
+        }
+    }
+    dx
+}
+
+/// dL/dx of [`layer_norm`]: a row of `d` is one group of `d` one-element channels.
+pub fn layer_norm_grad(x: &[f32], dy: &[f32], d: usize, w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+    group_norm_grad(x, dy, x.len() / d, d, 1, 1, w, b, eps, false)
+}
+
+/// dL/dx of [`geglu`]: d hidden = dy * gelu(gate), d gate = dy * hidden * gelu'(gate) with
+/// gelu'(g) = Phi(g) + g * phi(g).
+pub fn geglu_grad(x: &[f32], dy: &[f32], f: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    for (r, (xr, gr)) in x.chunks(2 * f).zip(dy.chunks(f)).enumerate() {
+        for c in 0..f {
+            let (h, g, d) = (xr[c] as f64, xr[f + c] as f64, gr[c] as f64);
+            let cdf = 0.5 * (1.0 + erf(g / 2f64.sqrt()));
+            let pdf = (-0.5 * g * g).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            dx[r * 2 * f + c] = (d * g * cdf) as f32;
+            dx[r * 2 * f + f + c] = (d * h * (cdf + g * pdf)) as f32;
+        }
+    }
+    dx
+}
+
+/// dL/ds of p = softmax(s) over rows of `n`: p * (dp - sum_j p_j dp_j).
+pub fn softmax_grad(p: &[f32], dp: &[f32], n: usize) -> Vec<f32> {
+    let mut ds = vec![0f32; p.len()];
+    for ((pr, gr), or) in p.chunks(n).zip(dp.chunks(n)).zip(ds.chunks_mut(n)) {
+        let dot: f64 = pr.iter().zip(gr).map(|(&a, &b)| a as f64 * b as f64).sum();
+        for i in 0..n {
+            or[i] = (pr[i] as f64 * (gr[i] as f64 - dot)) as f32;
+        }
+    }
+    ds
+}
+
+/// dL/dx of [`upsample_nearest2x`] of [nc, h, w]: dy [nc, 2h, 2w] summed over 2x2 blocks.
+pub fn upsample_nearest2x_grad(dy: &[f32], nc: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut dx = vec![0f64; nc * h * w];
+    for p in 0..nc {
+        for y in 0..2 * h {
+            for x in 0..2 * w {
+                dx[(p * h + y / 2) * w + x / 2] += dy[(p * 2 * h + y) * 2 * w + x] as f64;
+            }
+        }
+    }
+    dx.into_iter().map(|v| v as f32).collect()
+}
+
+/// diffusers' `head_to_batch_dim` of columns `col0..` of `[b, l, row_stride]`: `[b*heads, l, d]`.
+pub fn split_heads(x: &[f32], b: usize, l: usize, row_stride: usize, col0: usize, heads: usize, d: usize) -> Vec<f32> {
+    let mut y = Vec::with_capacity(b * heads * l * d);
+    for bi in 0..b {
+        for h in 0..heads {
+            for t in 0..l {
+                let at = (bi * l + t) * row_stride + col0 + h * d;
+                y.extend_from_slice(&x[at..at + d]);
+            }
+        }
+    }
+    y
+}
+
+/// `batch_to_head_dim` of each part `[b*heads, l, d]`, side by side: `[b, l, parts*heads*d]`.
+pub fn merge_heads(parts: &[&[f32]], b: usize, l: usize, heads: usize, d: usize) -> Vec<f32> {
+    let w = parts.len() * heads * d;
+    let mut y = vec![0f32; b * l * w];
+    for (pi, p) in parts.iter().enumerate() {
+        for bi in 0..b {
+            for h in 0..heads {
+                for t in 0..l {
+                    let src = ((bi * heads + h) * l + t) * d;
+                    let dst = (bi * l + t) * w + pi * heads * d + h * d;
+                    y[dst..dst + d].copy_from_slice(&p[src..src + d]);
+                }
+            }
+        }
+    }
+    y
+}

@@ -103,41 +103,48 @@ pub fn concat_channels(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> 
     }
     let inner = a.numel() / (n * ca).max(1);
     let (la, lb, ly) = (ca * inner, cb * inner, (ca + cb) * inner);
-    let avail = usable_binding(ctx) as usize / a.dtype().size();
-    let spec = KernelSpec::new("resample", RESAMPLE, "copy", a.dtype()).define("WG", format!("{WG}u"));
-    let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    if avail == 0 {
-        return Err(Error::BindingTooLarge { what: op.into(), bytes: a.dtype().size() as u64, limit: ctx.max_binding() });
-    }
-    for (src, len, dst0) in [(a, la, 0), (b, lb, la)] {
-        if len == 0 {
-            continue;
-        }
-        if src.byte_len() <= ctx.max_binding() && y.byte_len() <= ctx.max_binding() && n <= max_z {
-            // Whole tensors: one dispatch, z over the batch.
-            let (grid, row) = flat_grid(ctx, len, WG);
-            let (db, yo) = aligned_range(ctx, &y, 0, y.numel(), 0);
-            let (sb, so) = aligned_range(ctx, src, 0, src.numel(), 0);
-            let params = Params { len: len as u32, w: 0, row, src_off: so, src_stride: len as u32, dst_off: yo + dst0 as i32, dst_stride: ly as u32, _pad: 0 };
-            ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], [grid[0], grid[1], n as u32])?;
-            continue;
-        }
-        // Per batch entry, in chunks of at most one usable binding.
-        for i in 0..n {
-            let mut s0 = 0;
-            while s0 < len {
-                let sl = avail.min(len - s0);
-                let (sb, src_off) = aligned_range(ctx, src, i * len + s0, i * len + s0 + sl, i * len + s0);
-                let d = i * ly + dst0 + s0;
-                let (db, dst_off) = aligned_range(ctx, &y, d, d + sl, d);
-                let (grid, row) = flat_grid(ctx, sl, WG);
-                let params = Params { len: sl as u32, w: 0, row, src_off, src_stride: 0, dst_off, dst_stride: 0, _pad: 0 };
-                ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], grid)?;
-                s0 += sl;
-            }
-        }
-    }
+    copy_blocks(ctx, op, a, 0, la, &y, 0, ly, la, n)?;
+    copy_blocks(ctx, op, b, 0, lb, &y, la, ly, lb, n)?;
     Ok(y)
+}
+
+/// `dst[dst0 + z * dst_stride + i] = src[src0 + z * src_stride + i]` for `i < len`, `z < n`:
+/// blocks of a channel concatenation (or split). One dispatch (z over the batch) where both
+/// tensors fit one binding, else per block in chunks of at most one usable binding.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn copy_blocks(ctx: &Context, op: &'static str, src: &Tensor, src0: usize, src_stride: usize, dst: &Tensor, dst0: usize, dst_stride: usize, len: usize, n: usize) -> Result<()> {
+    if len == 0 || n == 0 {
+        return Ok(());
+    }
+    let avail = usable_binding(ctx) as usize / src.dtype().size();
+    if avail == 0 {
+        return Err(Error::BindingTooLarge { what: op.into(), bytes: src.dtype().size() as u64, limit: ctx.max_binding() });
+    }
+    let spec = KernelSpec::new("resample", RESAMPLE, "copy", src.dtype()).define("WG", format!("{WG}u"));
+    let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if src.byte_len() <= ctx.max_binding() && dst.byte_len() <= ctx.max_binding() && n <= max_z {
+        // Whole tensors: one dispatch, z over the batch.
+        let (grid, row) = flat_grid(ctx, len, WG);
+        let (db, yo) = aligned_range(ctx, dst, 0, dst.numel(), 0);
+        let (sb, so) = aligned_range(ctx, src, 0, src.numel(), 0);
+        let params = Params { len: len as u32, w: 0, row, src_off: so + src0 as i32, src_stride: src_stride as u32, dst_off: yo + dst0 as i32, dst_stride: dst_stride as u32, _pad: 0 };
+        return ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], [grid[0], grid[1], n as u32]);
+    }
+    for i in 0..n {
+        let mut s0 = 0;
+        while s0 < len {
+            let sl = avail.min(len - s0);
+            let s = src0 + i * src_stride + s0;
+            let (sb, src_off) = aligned_range(ctx, src, s, s + sl, s);
+            let d = dst0 + i * dst_stride + s0;
+            let (db, dst_off) = aligned_range(ctx, dst, d, d + sl, d);
+            let (grid, row) = flat_grid(ctx, sl, WG);
+            let params = Params { len: sl as u32, w: 0, row, src_off, src_stride: 0, dst_off, dst_stride: 0, _pad: 0 };
+            ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[sb, db], grid)?;
+            s0 += sl;
+        }
+    }
+    Ok(())
 }
 
 /// Swap the last two dims: [.., M, N] -> [.., N, M] (NCHW <-> token-major around attention).

@@ -25,12 +25,7 @@ const MAX_SEGS: usize = 32768;
 
 /// The common part of the file plus one `// ---- name` section, compiled as its own module.
 fn section(name: &str) -> String {
-    let marker = |n: &str| format!("// ---- {n}\n");
-    let common_end = SOURCE.find("// ---- ").expect("sections in softmax.wgsl");
-    let start = SOURCE.find(&marker(name)).expect("section in softmax.wgsl");
-    let rest = &SOURCE[start + marker(name).len()..];
-    let end = rest.find("// ---- ").unwrap_or(rest.len());
-    format!("{}{}", &SOURCE[..common_end], &rest[..end])
+    super::wgsl_section(SOURCE, name)
 }
 
 #[repr(C)]
