@@ -37,6 +37,7 @@ pub(super) fn all(ctx: &Context, quick: bool) -> Vec<Case> {
     v.extend(elementwise_cases());
     v.extend(embedding_cases());
     v.extend(resample_cases());
+    v.extend(super::grad_cases::cases());
     v
 }
 

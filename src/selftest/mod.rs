@@ -7,6 +7,7 @@
 //! [`cases`]; a new variant only needs to add its cases there.
 
 mod cases;
+mod grad_cases;
 
 use crate::gpu::Context;
 use crate::DType;
