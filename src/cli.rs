@@ -453,6 +453,9 @@ pub enum BenchWhat {
     /// Kernels only (gemm, conv2d, groupnorm, attention).
     All,
     Unet,
+    /// pix2pix-zero's cross-attention guidance step: the UNet's reverse pass (ms, and as a
+    /// multiple of a UNet step timed in the same run).
+    UnetGrad,
     Vae,
     Clip,
 }
@@ -935,11 +938,12 @@ pub fn main() -> anyhow::Result<()> {
             if all || *what == BenchWhat::Attention {
                 bench::print_rows(&bench::attention_rows(&ctx, &dtypes, *secs, scale)?);
             }
-            if matches!(what, BenchWhat::Unet | BenchWhat::Vae | BenchWhat::Clip) {
+            if matches!(what, BenchWhat::Unet | BenchWhat::UnetGrad | BenchWhat::Vae | BenchWhat::Clip) {
                 let cpu = ctx.info.device_type == wgpu::DeviceType::Cpu;
                 let latent = latent.unwrap_or(if cpu && !*full { 8 } else { 64 });
                 let which = match what {
                     BenchWhat::Unet => bench::ModelBench::Unet,
+                    BenchWhat::UnetGrad => bench::ModelBench::UnetGrad,
                     BenchWhat::Vae => bench::ModelBench::Vae,
                     _ => bench::ModelBench::Clip,
                 };

@@ -260,6 +260,8 @@ pub fn attention_rows(ctx: &Context, dtypes: &[DType], min_secs: f64, scale: Sca
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ModelBench {
     Unet,
+    /// [`crate::models::unet_grad`]: one cross-attention loss gradient (SD 1.x/2.x).
+    UnetGrad,
     Vae,
     Clip,
 }
@@ -308,7 +310,7 @@ pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<
     use crate::weights::{synthetic::SyntheticModel, ComponentKind};
     let spec = model.map_or("synthetic:sd15".into(), |p| p.to_string_lossy().into_owned());
     let kind = match which {
-        ModelBench::Unet => ComponentKind::Unet,
+        ModelBench::Unet | ModelBench::UnetGrad => ComponentKind::Unet,
         ModelBench::Vae => ComponentKind::Vae,
         ModelBench::Clip => ComponentKind::TextEncoder,
     };
@@ -351,6 +353,20 @@ pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<
                 });
                 let ms = time_model(ctx, profile, "unet step", &mut || m.forward_full(ctx, &x, &[500.0], &text, added.as_ref(), None, None).map(drop))?;
                 ("unet step", format!("2x4x{latent}x{latent} ({}px)", latent * 8), ms)
+            }
+            ModelBench::UnetGrad => {
+                let c = w.unet()?;
+                let m = UNet2DConditionModel::load(ctx, c, dtype)?;
+                weights = ctx.pool_stats().live;
+                let ctx_dim = c.config_value("cross_attention_dim").and_then(|v| v.as_u64()).unwrap_or(768) as usize;
+                let x = Tensor::from_f32(ctx, &random(2 * 4 * latent * latent, 1), &[2, 4, latent, latent], dtype)?;
+                let text = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 2), &[2, 77, ctx_dim], dtype)?;
+                let edited = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 3), &[2, 77, ctx_dim], dtype)?;
+                let reference = m.forward_cross_maps(ctx, &x, 500.0, &text, None)?.maps;
+                let step = time_model(ctx, false, "unet step", &mut || m.forward_full(ctx, &x, &[500.0], &text, None, None, None).map(drop))?;
+                let ms = time_model(ctx, profile, "unet grad", &mut || m.cross_attention_loss_grad(ctx, &x, 500.0, &edited, None, &reference).map(drop))?;
+                println!("unet grad {}: {ms:.1} ms = {:.2} UNet steps ({step:.1} ms) of the same shape", dtype.name(), ms / step.max(1e-9));
+                ("unet grad", format!("2x4x{latent}x{latent} ({}px)", latent * 8), ms)
             }
             ModelBench::Vae => {
                 let v = Vae::load_decoder(ctx, w.vae()?, dtype)?;
