@@ -57,7 +57,7 @@ pub struct DiffEditArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Output PNG (default: IN-diffedit.png beside the input).
-    #[arg(short, long)]
+    #[arg(short, long, visible_alias = "output")]
     out: Option<PathBuf>,
 }
 
