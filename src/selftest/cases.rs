@@ -37,6 +37,7 @@ pub(super) fn all(ctx: &Context, quick: bool) -> Vec<Case> {
     v.extend(elementwise_cases());
     v.extend(embedding_cases());
     v.extend(resample_cases());
+    v.extend(grad_cases());
     v
 }
 
@@ -317,6 +318,46 @@ fn resample_cases() -> Vec<Case> {
             let x = data(2 * 3 * 8 * 6, 26, dtype);
             let y = crate::ops::pixel_shuffle::pixel_unshuffle(ctx, &up(ctx, &x, &[2, 3, 8, 6], dtype)?, 2)?;
             Ok(Outcome { got: y.to_vec(ctx)?, want: r::pixel_unshuffle(&x, 2, 3, 8, 6, 2), tol: Tolerance::AbsRel(0.0, 0.0) })
+        }),
+    ]
+}
+
+/// ops::grad (pix2pix-zero's backward pass), shapes and tolerances as tests/grad.rs: f32 by
+/// summation order (relative to the largest output), f16 by the output's rounding.
+fn grad_cases() -> Vec<Case> {
+    use crate::ops::grad;
+    let both = [DType::F32, DType::F16];
+    vec![
+        case("grad", "conv2d_input_grad", "2x6x5x4 <- w 6x4x3x3 s2 p1, 9x7".into(), &both, |ctx, dtype| {
+            let c = r::ConvShape { n: 2, cin: 4, h: 9, w: 7, cout: 6, k: 3, stride: 2, pad: 1 };
+            let (dy, w) = (data(2 * 6 * 5 * 4, 30, dtype), data(6 * 4 * 9, 31, dtype));
+            let dx = grad::conv2d_input_grad(ctx, &up(ctx, &dy, &[2, 6, 5, 4], dtype)?, &up(ctx, &w, &[6, 4, 3, 3], dtype)?, 2, 1, (9, 7))?;
+            Ok(Outcome { got: dx.to_vec(ctx)?, want: r::conv2d_input_grad(&c, &dy, &w), tol: tol(dtype, 2e-5, 1e-5, 1e-2, 2e-3) })
+        }),
+        case("grad", "group_norm_grad", "2x6x5x3 g3 silu".into(), &both, |ctx, dtype| {
+            let x = data_q(&data(180, 32, dtype).iter().map(|x| x * 2.0 + 0.5).collect::<Vec<_>>(), dtype);
+            let (dy, w, b) = (data(180, 33, dtype), data(6, 34, dtype), data(6, 35, dtype));
+            let t = |v: &[f32], s: &[usize]| up(ctx, v, s, dtype);
+            let dx = grad::group_norm_grad(ctx, &t(&x, &[2, 6, 5, 3])?, &t(&dy, &[2, 6, 5, 3])?, 3, &t(&w, &[6])?, &t(&b, &[6])?, 1e-5, true)?;
+            Ok(Outcome { got: dx.to_vec(ctx)?, want: r::group_norm_grad(&x, &dy, 2, 6, 15, 3, &w, &b, 1e-5, true), tol: tol(dtype, 2e-5, 1e-5, 4e-3, 2e-3) })
+        }),
+        case("grad", "layer_norm_grad", "7x40".into(), &both, |ctx, dtype| {
+            let (x, dy, w, b) = (data(280, 36, dtype), data(280, 37, dtype), data(40, 38, dtype), data(40, 39, dtype));
+            let t = |v: &[f32], s: &[usize]| up(ctx, v, s, dtype);
+            let dx = grad::layer_norm_grad(ctx, &t(&x, &[7, 40])?, &t(&dy, &[7, 40])?, &t(&w, &[40])?, &t(&b, &[40])?, 1e-5)?;
+            Ok(Outcome { got: dx.to_vec(ctx)?, want: r::layer_norm_grad(&x, &dy, 40, &w, &b, 1e-5), tol: tol(dtype, 2e-5, 1e-5, 4e-3, 2e-3) })
+        }),
+        case("grad", "geglu_grad", "3x26".into(), &both, |ctx, dtype| {
+            let x = data_q(&data(78, 40, dtype).iter().map(|x| x * 3.0).collect::<Vec<_>>(), dtype);
+            let dy = data(39, 41, dtype);
+            let dx = grad::geglu_grad(ctx, &up(ctx, &x, &[3, 26], dtype)?, &up(ctx, &dy, &[3, 13], dtype)?)?;
+            Ok(Outcome { got: dx.to_vec(ctx)?, want: r::geglu_grad(&x, &dy, 13), tol: tol(dtype, 3e-6, 3e-6, 2e-3, 2e-3) })
+        }),
+        case("grad", "softmax_grad", "3x77".into(), &both, |ctx, dtype| {
+            let p = data_q(&r::softmax(&data(231, 42, DType::F32), 77, 4.0), dtype);
+            let dp = data(231, 43, dtype);
+            let ds = grad::softmax_grad(ctx, &up(ctx, &p, &[3, 77], dtype)?, &up(ctx, &dp, &[3, 77], dtype)?)?;
+            Ok(Outcome { got: ds.to_vec(ctx)?, want: r::softmax_grad(&p, &dp, 77), tol: tol(dtype, 1e-7, 1e-5, 1e-5, 2e-3) })
         }),
     ]
 }
