@@ -93,6 +93,7 @@ fn conv2d_input_grad_matches_cpu() {
         run_conv(dtype, (1, 6, 8, 10, 5, 3, 2, 1), 26); // downsampler, even input
         run_conv(dtype, (1, 4, 8, 6, 12, 3, 1, 1), 28); // conv_in shape
         run_conv(dtype, (1, 12, 6, 8, 4, 3, 1, 1), 30); // conv_out shape
+        run_conv(dtype, (1, 8, 4, 5, 1280, 3, 1, 1), 32); // Cout 1280: 11.5K loop iterations
     }
     let bad = grad::conv2d_input_grad(ctx(), &upload(&[0.0; 16], &[1, 1, 4, 4], DType::F32), &upload(&[0.0; 9], &[1, 1, 3, 3], DType::F32), 1, 1, (5, 4));
     assert!(matches!(bad, Err(Error::Shape { .. })), "{bad:?}");
@@ -125,6 +126,7 @@ fn norm_grads_match_cpu() {
             run_gn(dtype, (2, 6, 5, 3, 3), silu, 40);
             run_gn(dtype, (1, 10, 7, 9, 5), silu, 43);
             run_gn(dtype, (1, 4, 33, 17, 2), silu, 46); // 1122-element groups: the 256-wide kernel
+            run_gn(dtype, (2, 320, 4, 4, 32), silu, 48); // the UNet's 32 groups
         }
         run_ln(dtype, 7, 40, 50);
         run_ln(dtype, 3, 1030, 53);

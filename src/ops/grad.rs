@@ -118,7 +118,8 @@ pub fn conv2d_input_grad(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, 
                 t: padding as u32,
                 ..Default::default()
             };
-            // Later channel ranges add to what the first wrote.
+            // Later channel ranges add to what the first wrote (a partial sum stored in the
+            // storage dtype; only past ~6600 channels at 3x3 on lavapipe, or at a lowered limit).
             let spec = spec("conv", "conv_dx", dtype, WG).define("ACC", format!("{}u", (co0 > 0) as u32));
             ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[dyb, wb, dxb], grid)?;
             co0 += c;
