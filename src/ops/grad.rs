@@ -134,7 +134,7 @@ pub fn conv2d_input_grad(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, 
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_grad(ctx: &Context, x: &Tensor, dy: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f32, silu: bool) -> Result<Tensor> {
     let op = "group_norm_grad";
-    if x.shape().len() < 2 || groups == 0 || x.dim(1) % groups != 0 {
+    if x.shape().len() < 2 || groups == 0 || !x.dim(1).is_multiple_of(groups) {
         return shape_err(op, format!("x {:?} must be [N, C, ...] with C a multiple of {groups} groups", x.shape()));
     }
     let (n, c) = (x.dim(0), x.dim(1));
@@ -220,6 +220,7 @@ fn norm_grad(ctx: &Context, op: &'static str, x: &Tensor, dy: &Tensor, weight: &
 /// `lens[i]` is tensor i's row length (bindings in that order), `threads` the invocations per
 /// row; the kernel gets len = rows * threads and off0.. = each binding's index of the
 /// dispatch's first row.
+#[allow(clippy::too_many_arguments)]
 fn by_rows(ctx: &Context, what: &str, spec: &KernelSpec, mut params: Params, ts: &[&Tensor], lens: &[usize], rows: usize, threads: usize) -> Result<()> {
     let widest = *lens.iter().max().unwrap_or(&1);
     let dtype = ts[0].dtype();
@@ -252,7 +253,7 @@ fn by_rows(ctx: &Context, what: &str, spec: &KernelSpec, mut params: Params, ts:
 pub fn geglu_grad(ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let op = "geglu_grad";
     let r = x.shape().len();
-    if r == 0 || x.dim(-1) % 2 != 0 || dy.shape().len() != r || dy.shape()[..r - 1] != x.shape()[..r - 1] || 2 * dy.dim(-1) != x.dim(-1) {
+    if r == 0 || !x.dim(-1).is_multiple_of(2) || dy.shape().len() != r || dy.shape()[..r - 1] != x.shape()[..r - 1] || 2 * dy.dim(-1) != x.dim(-1) {
         return shape_err(op, format!("x {:?} must be [.., 2F] and dy {:?} [.., F]", x.shape(), dy.shape()));
     }
     same_dtype(op, &[x, dy])?;
@@ -271,7 +272,7 @@ pub fn geglu_grad(ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 /// element the sum of its 2x2 block.
 pub fn upsample_nearest2x_grad(ctx: &Context, dy: &Tensor) -> Result<Tensor> {
     let op = "upsample_nearest2x_grad";
-    if dy.shape().len() != 4 || dy.dim(2) % 2 != 0 || dy.dim(3) % 2 != 0 {
+    if dy.shape().len() != 4 || !dy.dim(2).is_multiple_of(2) || !dy.dim(3).is_multiple_of(2) {
         return shape_err(op, format!("dy {:?} must be [N, C, 2H, 2W]", dy.shape()));
     }
     let (h, w) = (dy.dim(2) / 2, dy.dim(3) / 2);
@@ -372,7 +373,7 @@ pub fn merge_heads(ctx: &Context, parts: &[&Tensor], heads: usize) -> Result<Ten
         return shape_err(op, "no parts");
     };
     let s = first.shape();
-    if s.len() != 3 || heads == 0 || s[0] % heads != 0 || parts.iter().any(|t| t.shape() != s) {
+    if s.len() != 3 || heads == 0 || !s[0].is_multiple_of(heads) || parts.iter().any(|t| t.shape() != s) {
         let shapes: Vec<_> = parts.iter().map(|t| t.shape().to_vec()).collect();
         return shape_err(op, format!("parts {shapes:?} must all be [B*{heads}, L, d]"));
     }
