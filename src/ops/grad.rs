@@ -55,19 +55,46 @@ fn too_large(what: String, elems: usize, dtype: DType, ctx: &Context) -> Error {
 
 /// dL/dx of `y = conv2d(x, w, bias, stride, padding)` (torch semantics, square kernel, no
 /// dilation or groups): dy `[N, Cout, Ho, Wo]`, w `[Cout, Cin, k, k]` -> `[N, Cin, H, W]` with
-/// `(H, W) = in_hw` (a stride-2 convolution of an odd size loses it).
+/// `(H, W) = in_hw` (a stride-2 convolution of an odd size loses it). Stride 1 runs as the
+/// forward convolution (its tuned variants) of dy with the flipped, transposed weight; other
+/// strides (and weights over one binding) run [`conv2d_input_grad_direct`].
 pub fn conv2d_input_grad(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<Tensor> {
+    check_conv(dy, w, stride, padding, in_hw)?;
+    let k = w.dim(2);
+    // The flip binds the whole weight; the direct kernel splits it over output channels.
+    if stride != 1 || padding >= k || w.byte_len() > usable_binding(ctx) {
+        return conv2d_input_grad_direct(ctx, dy, w, stride, padding, in_hw);
+    }
+    let (cout, cin) = (w.dim(0), w.dim(1));
+    ctx.profile_op("grad", || (format!("flip {}", super::dims(w.shape())), super::bytes_of(w, 2 * w.numel())));
+    let wt = Tensor::empty(ctx, &[cin, cout, k, k], w.dtype())?;
+    let (grid, row) = flat_grid(ctx, wt.numel(), WG);
+    let params = Params { len: wt.numel() as u32, row, a: cin as u32, b: cout as u32, f: k as u32, ..Default::default() };
+    ctx.dispatch(&spec("flip", "flip", w.dtype(), WG), bytemuck::bytes_of(&params), &[w.binding(), wt.binding()], grid)?;
+    super::conv::conv2d(ctx, dy, &wt, None, 1, k - 1 - padding)
+}
+
+fn check_conv(dy: &Tensor, w: &Tensor, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<()> {
     let op = "conv2d_input_grad";
     if dy.shape().len() != 4 || w.shape().len() != 4 || w.dim(2) != w.dim(3) || dy.dim(1) != w.dim(0) || w.dim(0) == 0 || stride == 0 {
         return shape_err(op, format!("dy {:?} must be [N, Cout, Ho, Wo] and w {:?} [Cout, Cin, k, k], stride {stride} >= 1", dy.shape(), w.shape()));
     }
     same_dtype(op, &[dy, w])?;
+    let (k, (h, wd)) = (w.dim(2), in_hw);
+    if h + 2 * padding < k || wd + 2 * padding < k || conv_out_dim(h, k, stride, padding) != dy.dim(2) || conv_out_dim(wd, k, stride, padding) != dy.dim(3) {
+        return shape_err(op, format!("in_hw {in_hw:?} with k {k}, stride {stride}, padding {padding} does not give dy's {}x{}", dy.dim(2), dy.dim(3)));
+    }
+    Ok(())
+}
+
+/// [`conv2d_input_grad`] by the direct kernel at any stride: one invocation per dx element
+/// sums its taps over output channels.
+pub fn conv2d_input_grad_direct(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<Tensor> {
+    let op = "conv2d_input_grad";
+    check_conv(dy, w, stride, padding, in_hw)?;
     let (n, cout, ho, wo) = (dy.dim(0), dy.dim(1), dy.dim(2), dy.dim(3));
     let (cin, k) = (w.dim(1), w.dim(2));
     let (h, wd) = in_hw;
-    if h + 2 * padding < k || wd + 2 * padding < k || conv_out_dim(h, k, stride, padding) != ho || conv_out_dim(wd, k, stride, padding) != wo {
-        return shape_err(op, format!("in_hw {in_hw:?} with k {k}, stride {stride}, padding {padding} does not give dy's {ho}x{wo}"));
-    }
     let dtype = dy.dtype();
     ctx.profile_op("grad", || {
         (format!("conv_dx {} k{k}s{stride}p{padding} ->{h}x{wd}", super::dims(dy.shape())), Work::Flops(super::conv::conv2d_flops(&[n, cin, h, wd], w.shape(), stride, padding)))
