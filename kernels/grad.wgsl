@@ -265,3 +265,23 @@ fn from_heads(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     hdst[token_index(i)] = hsrc[p.off1 + i32(i)];
 }
+
+// ---- flip
+// w [Cout, Cin, k, k] -> w' [Cin, Cout, k, k] with w'[ci, co, ky, kx] = w[co, ci, k-1-ky, k-1-kx]:
+// a stride-1 convolution's input gradient is the convolution of dy with w' (padding k-1-p).
+// One invocation per w' element; len = elements, a = Cin, b = Cout, f = k.
+@group(0) @binding(1) var<storage, read> fsrc: array<T>;
+@group(0) @binding(2) var<storage, read_write> fdst: array<T>;
+
+@compute @workgroup_size(WG)
+fn flip(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.y * p.row + gid.x;
+    if (i >= p.len) {
+        return;
+    }
+    let kk = p.f * p.f;
+    let tap = i % kk;
+    let co = (i / kk) % p.b;
+    let ci = i / (kk * p.b);
+    fdst[i] = fsrc[(co * p.a + ci) * kk + (kk - 1u - tap)];
+}

@@ -78,9 +78,14 @@ fn run_conv(dtype: DType, (n, cin, h, w, cout, k, stride, pad): (usize, usize, u
     let c = ConvShape { n, cin, h, w, cout, k, stride, pad };
     let (ho, wo) = c.out_hw();
     let (wt, dy) = (vals(cout * cin * k * k, seed, dtype), vals(n * cout * ho * wo, seed + 1, dtype));
-    let got = grad::conv2d_input_grad(ctx(), &upload(&dy, &[n, cout, ho, wo], dtype), &upload(&wt, &[cout, cin, k, k], dtype), stride, pad, (h, w)).unwrap();
-    assert_eq!(got.shape(), &[n, cin, h, w]);
-    check(&got.to_vec(ctx()).unwrap(), &r::conv2d_input_grad(&c, &dy, &wt), dtype, &format!("conv2d_input_grad {c:?} {dtype:?}"));
+    let (dyt, wtt) = (upload(&dy, &[n, cout, ho, wo], dtype), upload(&wt, &[cout, cin, k, k], dtype));
+    let want = r::conv2d_input_grad(&c, &dy, &wt);
+    // The public op (stride 1: the forward conv2d of the flipped weight) and the direct kernel.
+    for (name, got) in [("", grad::conv2d_input_grad(ctx(), &dyt, &wtt, stride, pad, (h, w))), (" direct", grad::conv2d_input_grad_direct(ctx(), &dyt, &wtt, stride, pad, (h, w)))] {
+        let got = got.unwrap();
+        assert_eq!(got.shape(), &[n, cin, h, w]);
+        check(&got.to_vec(ctx()).unwrap(), &want, dtype, &format!("conv2d_input_grad{name} {c:?} {dtype:?}"));
+    }
 }
 
 #[test]
@@ -93,6 +98,7 @@ fn conv2d_input_grad_matches_cpu() {
         run_conv(dtype, (1, 6, 8, 10, 5, 3, 2, 1), 26); // downsampler, even input
         run_conv(dtype, (1, 4, 8, 6, 12, 3, 1, 1), 28); // conv_in shape
         run_conv(dtype, (1, 12, 6, 8, 4, 3, 1, 1), 30); // conv_out shape
+        run_conv(dtype, (1, 8, 4, 5, 1280, 3, 1, 1), 32); // Cout 1280: 11.5K loop iterations
     }
     let bad = grad::conv2d_input_grad(ctx(), &upload(&[0.0; 16], &[1, 1, 4, 4], DType::F32), &upload(&[0.0; 9], &[1, 1, 3, 3], DType::F32), 1, 1, (5, 4));
     assert!(matches!(bad, Err(Error::Shape { .. })), "{bad:?}");
@@ -125,6 +131,7 @@ fn norm_grads_match_cpu() {
             run_gn(dtype, (2, 6, 5, 3, 3), silu, 40);
             run_gn(dtype, (1, 10, 7, 9, 5), silu, 43);
             run_gn(dtype, (1, 4, 33, 17, 2), silu, 46); // 1122-element groups: the 256-wide kernel
+            run_gn(dtype, (2, 320, 4, 4, 32), silu, 48); // the UNet's 32 groups
         }
         run_ln(dtype, 7, 40, 50);
         run_ln(dtype, 3, 1030, 53);
@@ -220,6 +227,7 @@ fn split_at_lowered_limit() {
     ctx().set_max_binding_for_tests(2048);
     for dtype in dtypes() {
         run_conv(dtype, (3, 5, 7, 5, 24, 3, 1, 1), 90);
+        run_conv(dtype, (3, 2, 7, 5, 6, 3, 1, 1), 89); // flipped weight in one binding, conv2d splits
         run_conv(dtype, (2, 4, 7, 9, 30, 3, 2, 1), 91);
         run_gn(dtype, (3, 8, 6, 5, 2), true, 92);
         run_ln(dtype, 40, 33, 93);
@@ -229,9 +237,9 @@ fn split_at_lowered_limit() {
         run_split(dtype, (3, 9, 7, 5, 4), 97);
         run_heads(dtype, (5, 5, 2, 8, 3), 98);
     }
-    let dy = upload(&vec![0.0; 2 * 256], &[1, 2, 16, 16], DType::F32);
+    let dy = upload(&[0.0; 2 * 64], &[1, 2, 8, 8], DType::F32);
     let w = upload(&[0.0; 4 * 2 * 9], &[2, 4, 3, 3], DType::F32);
-    let e = grad::conv2d_input_grad(ctx(), &dy, &w, 1, 1, (16, 16));
+    let e = grad::conv2d_input_grad(ctx(), &dy, &w, 2, 1, (16, 16));
     assert!(matches!(&e, Err(Error::BindingTooLarge { what, .. }) if what.contains("conv2d_input_grad")), "{e:?}");
     eprintln!("over the binding: {}", e.unwrap_err());
 }

@@ -43,7 +43,7 @@ fn selftest_quick_passes_and_forces_every_variant() {
             assert!(lines.iter().any(|l| l.family == "conv2d" && l.variant.starts_with(variant) && l.dtype == dtype), "conv2d {variant} {dtype:?} not checked");
         }
     }
-    for family in ["conv2d", "attention", "group_norm", "layer_norm", "softmax", "geglu", "elementwise", "embedding", "resample", "pixel_shuffle"] {
+    for family in ["conv2d", "attention", "group_norm", "layer_norm", "softmax", "geglu", "elementwise", "embedding", "resample", "pixel_shuffle", "grad"] {
         assert!(lines.iter().any(|l| l.family == family), "{family} not checked");
     }
 }

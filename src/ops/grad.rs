@@ -55,19 +55,46 @@ fn too_large(what: String, elems: usize, dtype: DType, ctx: &Context) -> Error {
 
 /// dL/dx of `y = conv2d(x, w, bias, stride, padding)` (torch semantics, square kernel, no
 /// dilation or groups): dy `[N, Cout, Ho, Wo]`, w `[Cout, Cin, k, k]` -> `[N, Cin, H, W]` with
-/// `(H, W) = in_hw` (a stride-2 convolution of an odd size loses it).
+/// `(H, W) = in_hw` (a stride-2 convolution of an odd size loses it). Stride 1 runs as the
+/// forward convolution (its tuned variants) of dy with the flipped, transposed weight; other
+/// strides (and weights over one binding) run [`conv2d_input_grad_direct`].
 pub fn conv2d_input_grad(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<Tensor> {
+    check_conv(dy, w, stride, padding, in_hw)?;
+    let k = w.dim(2);
+    // The flip binds the whole weight; the direct kernel splits it over output channels.
+    if stride != 1 || padding >= k || w.byte_len() > usable_binding(ctx) {
+        return conv2d_input_grad_direct(ctx, dy, w, stride, padding, in_hw);
+    }
+    let (cout, cin) = (w.dim(0), w.dim(1));
+    ctx.profile_op("grad", || (format!("flip {}", super::dims(w.shape())), super::bytes_of(w, 2 * w.numel())));
+    let wt = Tensor::empty(ctx, &[cin, cout, k, k], w.dtype())?;
+    let (grid, row) = flat_grid(ctx, wt.numel(), WG);
+    let params = Params { len: wt.numel() as u32, row, a: cin as u32, b: cout as u32, f: k as u32, ..Default::default() };
+    ctx.dispatch(&spec("flip", "flip", w.dtype(), WG), bytemuck::bytes_of(&params), &[w.binding(), wt.binding()], grid)?;
+    super::conv::conv2d(ctx, dy, &wt, None, 1, k - 1 - padding)
+}
+
+fn check_conv(dy: &Tensor, w: &Tensor, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<()> {
     let op = "conv2d_input_grad";
     if dy.shape().len() != 4 || w.shape().len() != 4 || w.dim(2) != w.dim(3) || dy.dim(1) != w.dim(0) || w.dim(0) == 0 || stride == 0 {
         return shape_err(op, format!("dy {:?} must be [N, Cout, Ho, Wo] and w {:?} [Cout, Cin, k, k], stride {stride} >= 1", dy.shape(), w.shape()));
     }
     same_dtype(op, &[dy, w])?;
+    let (k, (h, wd)) = (w.dim(2), in_hw);
+    if h + 2 * padding < k || wd + 2 * padding < k || conv_out_dim(h, k, stride, padding) != dy.dim(2) || conv_out_dim(wd, k, stride, padding) != dy.dim(3) {
+        return shape_err(op, format!("in_hw {in_hw:?} with k {k}, stride {stride}, padding {padding} does not give dy's {}x{}", dy.dim(2), dy.dim(3)));
+    }
+    Ok(())
+}
+
+/// [`conv2d_input_grad`] by the direct kernel at any stride: one invocation per dx element
+/// sums its taps over output channels.
+pub fn conv2d_input_grad_direct(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<Tensor> {
+    let op = "conv2d_input_grad";
+    check_conv(dy, w, stride, padding, in_hw)?;
     let (n, cout, ho, wo) = (dy.dim(0), dy.dim(1), dy.dim(2), dy.dim(3));
     let (cin, k) = (w.dim(1), w.dim(2));
     let (h, wd) = in_hw;
-    if h + 2 * padding < k || wd + 2 * padding < k || conv_out_dim(h, k, stride, padding) != ho || conv_out_dim(wd, k, stride, padding) != wo {
-        return shape_err(op, format!("in_hw {in_hw:?} with k {k}, stride {stride}, padding {padding} does not give dy's {ho}x{wo}"));
-    }
     let dtype = dy.dtype();
     ctx.profile_op("grad", || {
         (format!("conv_dx {} k{k}s{stride}p{padding} ->{h}x{wd}", super::dims(dy.shape())), Work::Flops(super::conv::conv2d_flops(&[n, cin, h, wd], w.shape(), stride, padding)))
@@ -118,7 +145,8 @@ pub fn conv2d_input_grad(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, 
                 t: padding as u32,
                 ..Default::default()
             };
-            // Later channel ranges add to what the first wrote.
+            // Later channel ranges add to what the first wrote (a partial sum stored in the
+            // storage dtype; only past ~6600 channels at 3x3 on lavapipe, or at a lowered limit).
             let spec = spec("conv", "conv_dx", dtype, WG).define("ACC", format!("{}u", (co0 > 0) as u32));
             ctx.dispatch(&spec, bytemuck::bytes_of(&params), &[dyb, wb, dxb], grid)?;
             co0 += c;
@@ -133,7 +161,7 @@ pub fn conv2d_input_grad(ctx: &Context, dy: &Tensor, w: &Tensor, stride: usize, 
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_grad(ctx: &Context, x: &Tensor, dy: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f32, silu: bool) -> Result<Tensor> {
     let op = "group_norm_grad";
-    if x.shape().len() < 2 || groups == 0 || x.dim(1) % groups != 0 {
+    if x.shape().len() < 2 || groups == 0 || !x.dim(1).is_multiple_of(groups) {
         return shape_err(op, format!("x {:?} must be [N, C, ...] with C a multiple of {groups} groups", x.shape()));
     }
     let (n, c) = (x.dim(0), x.dim(1));
@@ -219,6 +247,7 @@ fn norm_grad(ctx: &Context, op: &'static str, x: &Tensor, dy: &Tensor, weight: &
 /// `lens[i]` is tensor i's row length (bindings in that order), `threads` the invocations per
 /// row; the kernel gets len = rows * threads and off0.. = each binding's index of the
 /// dispatch's first row.
+#[allow(clippy::too_many_arguments)]
 fn by_rows(ctx: &Context, what: &str, spec: &KernelSpec, mut params: Params, ts: &[&Tensor], lens: &[usize], rows: usize, threads: usize) -> Result<()> {
     let widest = *lens.iter().max().unwrap_or(&1);
     let dtype = ts[0].dtype();
@@ -251,7 +280,7 @@ fn by_rows(ctx: &Context, what: &str, spec: &KernelSpec, mut params: Params, ts:
 pub fn geglu_grad(ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let op = "geglu_grad";
     let r = x.shape().len();
-    if r == 0 || x.dim(-1) % 2 != 0 || dy.shape().len() != r || dy.shape()[..r - 1] != x.shape()[..r - 1] || 2 * dy.dim(-1) != x.dim(-1) {
+    if r == 0 || !x.dim(-1).is_multiple_of(2) || dy.shape().len() != r || dy.shape()[..r - 1] != x.shape()[..r - 1] || 2 * dy.dim(-1) != x.dim(-1) {
         return shape_err(op, format!("x {:?} must be [.., 2F] and dy {:?} [.., F]", x.shape(), dy.shape()));
     }
     same_dtype(op, &[x, dy])?;
@@ -270,7 +299,7 @@ pub fn geglu_grad(ctx: &Context, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
 /// element the sum of its 2x2 block.
 pub fn upsample_nearest2x_grad(ctx: &Context, dy: &Tensor) -> Result<Tensor> {
     let op = "upsample_nearest2x_grad";
-    if dy.shape().len() != 4 || dy.dim(2) % 2 != 0 || dy.dim(3) % 2 != 0 {
+    if dy.shape().len() != 4 || !dy.dim(2).is_multiple_of(2) || !dy.dim(3).is_multiple_of(2) {
         return shape_err(op, format!("dy {:?} must be [N, C, 2H, 2W]", dy.shape()));
     }
     let (h, w) = (dy.dim(2) / 2, dy.dim(3) / 2);
@@ -371,7 +400,7 @@ pub fn merge_heads(ctx: &Context, parts: &[&Tensor], heads: usize) -> Result<Ten
         return shape_err(op, "no parts");
     };
     let s = first.shape();
-    if s.len() != 3 || heads == 0 || s[0] % heads != 0 || parts.iter().any(|t| t.shape() != s) {
+    if s.len() != 3 || heads == 0 || !s[0].is_multiple_of(heads) || parts.iter().any(|t| t.shape() != s) {
         let shapes: Vec<_> = parts.iter().map(|t| t.shape().to_vec()).collect();
         return shape_err(op, format!("parts {shapes:?} must all be [B*{heads}, L, d]"));
     }
