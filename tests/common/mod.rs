@@ -125,8 +125,13 @@ impl Golden {
     pub fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
         let st = safetensors::SafeTensors::deserialize(&self.0).unwrap();
         let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+        let v = match t.dtype() {
+            safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(t.data()),
+            // inputs rounded to f16 before use, stored so to fit the budget (pix2pix_zero)
+            safetensors::Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, u16>(t.data()).into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect(),
+            d => panic!("{name}: {d:?}, expected F32 or F16"),
+        };
+        (v, t.shape().to_vec())
     }
     /// An I64 tensor (token ids) as u32.
     pub fn ids(&self, name: &str) -> Vec<u32> {
