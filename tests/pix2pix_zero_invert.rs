@@ -54,6 +54,30 @@ fn invert_matches_diffusers() {
     }
 }
 
+/// sd21-tiny (v_prediction): `get_epsilon`'s conversion at guidance 1, and at guidance 3
+/// diffusers' broadcast of it against the CFG batch (two copies in both losses).
+#[test]
+fn invert_v_prediction_matches_diffusers() {
+    let image = read_image(&fixtures().join("golden/img2img/init.png"));
+    let sd = StableDiffusion::load(ctx(), &fixtures().join("sd21-tiny"), false).unwrap();
+    for (run, guidance) in [("v", 1.0), ("v_cfg", 3.0)] {
+        let want = Golden::load("pix2pix_zero", &format!("invert_{run}.safetensors")).f32("latents").0;
+        let x = sd.pix2pix_zero_invert(ctx(), &image, &InvertOptions { guidance, ..options(5) }).unwrap().to_vec(ctx()).unwrap();
+        let e = rel_err(&x, &want);
+        eprintln!("F32 {run}: x_T error {e:.2e} of its max");
+        assert!(e <= 1e-4, "{run}: x_T error {e:.3e}");
+    }
+}
+
+/// grad_step's embeddings are stored F16 (exact); the golden reader widens them.
+#[test]
+fn grad_step_golden_reads() {
+    let g = Golden::load("pix2pix_zero", "grad_step.safetensors");
+    assert_eq!(g.f32("prompt_embeds").1, [2, 77, 32]);
+    assert_eq!(g.f32("prompt_embeds_edit_cond").1, [1, 77, 32]);
+    assert_eq!(g.f32("grad").1, [2, 4, 8, 8]);
+}
+
 /// Image sizes that are not multiples of 8, SDXL, empty captions, latents too small for the
 /// auto-correlation rolls: clear errors.
 #[test]
