@@ -54,6 +54,18 @@ fn invert_matches_diffusers() {
     }
 }
 
+/// 128x128 (16x16 latents, 2 steps): the auto-correlation loss on the 2x2-pooled copy too.
+#[test]
+fn invert_pooled_level_matches_diffusers() {
+    let image = read_image(&fixtures().join("golden/img2img/init_128.png"));
+    let sd = StableDiffusion::load(ctx(), &fixtures().join("sd15-tiny"), false).unwrap();
+    let want = Golden::load("pix2pix_zero", "invert_reg128.safetensors").f32("latents").0;
+    let x = sd.pix2pix_zero_invert(ctx(), &image, &InvertOptions { steps: 2, ..options(5) }).unwrap().to_vec(ctx()).unwrap();
+    let e = rel_err(&x, &want);
+    eprintln!("F32 reg128: x_T error {e:.2e} of its max");
+    assert!(e <= 1e-4, "reg128: x_T error {e:.3e}");
+}
+
 /// sd21-tiny (v_prediction): `get_epsilon`'s conversion at guidance 1, and at guidance 3
 /// diffusers' broadcast of it against the CFG batch (two copies in both losses).
 #[test]

@@ -44,7 +44,8 @@ lambda_auto_corr 20, lambda_kl 20, num_auto_corr_rolls 5, generator seed 42) wit
 num_reg_steps 5 (`reg`) and 0 (`plain`, a plain DDIM inversion); then
 edit_reg.png + edit_reg.safetensors (`latents`): __call__ from the `reg` latents (amount 0.1).
 invert_v.safetensors, invert_v_cfg.safetensors (`latents`): the `reg` inversion on sd21-tiny
-(v_prediction) at guidance 1 and 3 (V_RUNS).
+(v_prediction) at guidance 1 and 3 (V_RUNS). invert_reg128.safetensors: `reg` on
+golden/img2img/init_128.png, 2 steps (16x16 latents: the loss's pooled level too).
 
 Measured (diffusers 0.39, torch CPU; the script prints them again):
 - grad_step: t 751, loss 0.14144 (down_blocks.0 0.02888, mid 0.02481, up_blocks.1.attentions.0
@@ -75,6 +76,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SD15 = os.path.join(REPO, "tests", "fixtures", "sd15-tiny")
 SD21 = os.path.join(REPO, "tests", "fixtures", "sd21-tiny")
 INIT = os.path.join(REPO, "tests", "fixtures", "golden", "img2img", "init.png")
+INIT_128 = os.path.join(REPO, "tests", "fixtures", "golden", "img2img", "init_128.png")
 OUT = os.path.join(REPO, "tests", "fixtures", "golden", "pix2pix_zero")
 PROMPT = "a cat sitting on the grass"
 SOURCES = ["a cat sitting", "a photo of a cat", "a cat on a table"]
@@ -242,6 +244,12 @@ def main():
     img.save(os.path.join(OUT, "edit_reg.png"), optimize=True)
     save({"latents": lat}, os.path.join(OUT, "edit_reg.safetensors"),
          {**meta, "cross_attention_guidance_amount": AMOUNTS["default"], "latents_from": "invert_reg.safetensors"})
+    # 16x16 latents: auto_corr_loss also rolls an avg-pooled 8x8 copy (2 steps: the budget)
+    big = Image.open(INIT_128).convert("RGB")
+    inv = t32(pipe.invert(prompt=PROMPT, image=big, generator=gen(), num_reg_steps=INVERT_RUNS["reg"], **{**INVERT, "num_inference_steps": 2}).latents)
+    save({"latents": inv}, os.path.join(OUT, "invert_reg128.safetensors"),
+         {"prompt": PROMPT, "image": "golden/img2img/init_128.png", "seed": SEED, "num_reg_steps": INVERT_RUNS["reg"],
+          "scheduler": "DDIMInverseScheduler", **INVERT, "num_inference_steps": 2})
     v = load(SD21)
     for run, g in V_RUNS.items():
         inv = t32(v.invert(prompt=PROMPT, image=image, generator=gen(), num_reg_steps=INVERT_RUNS["reg"], **{**INVERT, "guidance_scale": g}).latents)
