@@ -21,6 +21,7 @@ use std::path::Path;
 pub mod compose;
 pub mod controlnet;
 pub mod diffedit;
+pub mod pix2pix_zero_invert;
 pub mod gligen;
 pub mod dit;
 mod guard;

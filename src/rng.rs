@@ -124,6 +124,17 @@ impl TorchRng {
         (hi << 32) | lo
     }
 
+    /// `torch.randint(high, (1,), generator=g)` (int64, CPU): torch's `random_from_to` takes one
+    /// 32-bit engine output modulo the range below 2^32, one 64-bit one above.
+    pub fn randint(&mut self, high: u64) -> u64 {
+        assert!(high > 0, "randint: high must be positive");
+        if high < 1 << 32 {
+            self.next_u32() as u64 % high
+        } else {
+            self.next_u64() % high
+        }
+    }
+
     /// `at::uniform_real_distribution<float>(0, 1)`: 24 random bits.
     pub fn uniform_f32(&mut self) -> f32 {
         let v = self.next_u32() & ((1u32 << 24) - 1);
@@ -316,6 +327,21 @@ mod tests {
             v = mt.next_u32();
         }
         assert_eq!(v, 4_123_659_995);
+    }
+
+    #[test]
+    fn randint_matches_torch() {
+        // torch 2.x: g = torch.Generator().manual_seed(42); torch.randn(1, 4, 8, 8, generator=g);
+        // [torch.randint(4, (1,), generator=g).item() for _ in range(24)]
+        // (the first 24 rolls of tests/fixtures/golden/pix2pix_zero/invert_reg.safetensors)
+        let mut g = TorchRng::new(42);
+        g.randn(256);
+        let got: Vec<u64> = (0..24).map(|_| g.randint(4)).collect();
+        assert_eq!(got, [2, 1, 3, 2, 0, 1, 0, 0, 2, 1, 3, 3, 2, 2, 1, 3, 3, 3, 0, 3, 0, 1, 0, 1]);
+        // seed 7: three randint(1000003), then two randint(2**40) (the 64-bit draw)
+        let mut g = TorchRng::new(7);
+        let got: Vec<u64> = [1_000_003, 1_000_003, 1_000_003, 1 << 40, 1 << 40].iter().map(|&h| g.randint(h)).collect();
+        assert_eq!(got, [740_634, 410_964, 715_674, 1_058_444_908_099, 909_345_358_743]);
     }
 
     #[test]

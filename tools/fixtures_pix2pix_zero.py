@@ -43,6 +43,9 @@ order, from the generator after that sample: both stored in reg's): pipe.invert(
 lambda_auto_corr 20, lambda_kl 20, num_auto_corr_rolls 5, generator seed 42) with
 num_reg_steps 5 (`reg`) and 0 (`plain`, a plain DDIM inversion); then
 edit_reg.png + edit_reg.safetensors (`latents`): __call__ from the `reg` latents (amount 0.1).
+invert_v.safetensors, invert_v_cfg.safetensors (`latents`): the `reg` inversion on sd21-tiny
+(v_prediction) at guidance 1 and 3 (V_RUNS). invert_reg128.safetensors: `reg` on
+golden/img2img/init_128.png, 2 steps (16x16 latents: the loss's pooled level too).
 
 Measured (diffusers 0.39, torch CPU; the script prints them again):
 - grad_step: t 751, loss 0.14144 (down_blocks.0 0.02888, mid 0.02481, up_blocks.1.attentions.0
@@ -71,7 +74,9 @@ from diffusers.pipelines.deprecated.stable_diffusion_variants import pipeline_st
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SD15 = os.path.join(REPO, "tests", "fixtures", "sd15-tiny")
+SD21 = os.path.join(REPO, "tests", "fixtures", "sd21-tiny")
 INIT = os.path.join(REPO, "tests", "fixtures", "golden", "img2img", "init.png")
+INIT_128 = os.path.join(REPO, "tests", "fixtures", "golden", "img2img", "init_128.png")
 OUT = os.path.join(REPO, "tests", "fixtures", "golden", "pix2pix_zero")
 PROMPT = "a cat sitting on the grass"
 SOURCES = ["a cat sitting", "a photo of a cat", "a cat on a table"]
@@ -80,6 +85,9 @@ STEPS, GUIDANCE, SIZE = 4, 7.5, 64
 AMOUNTS = {"default": 0.1, "strong": 5.0}
 INVERT = dict(num_inference_steps=STEPS, guidance_scale=1.0, lambda_auto_corr=20.0, lambda_kl=20.0, num_auto_corr_rolls=5)
 INVERT_RUNS = {"reg": 5, "plain": 0}
+# sd21-tiny (v_prediction): get_epsilon's conversion, and at guidance > 1 its broadcast against
+# the CFG-batched input (epsilon twice: both losses see two copies, twice the rolls drawn)
+V_RUNS = {"v": 1.0, "v_cfg": 3.0}
 MEASURED = {}
 
 
@@ -165,14 +173,19 @@ def levels(a, b):
     return float(d.mean()), int(d.max())
 
 
-def main():
-    torch.set_num_threads(2)
+def load(path):
     pipe = StableDiffusionPix2PixZeroPipeline.from_pretrained(
-        SD15, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False, feature_extractor=None,
+        path, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False, feature_extractor=None,
         caption_generator=None, caption_processor=None, inverse_scheduler=None)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.inverse_scheduler = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main():
+    torch.set_num_threads(2)
+    pipe = load(SD15)
     os.makedirs(OUT, exist_ok=True)
     source_embeds, target_embeds = pipe.get_embeds(SOURCES), pipe.get_embeds(TARGETS)
     grad_step(pipe, source_embeds, target_embeds)
@@ -231,6 +244,20 @@ def main():
     img.save(os.path.join(OUT, "edit_reg.png"), optimize=True)
     save({"latents": lat}, os.path.join(OUT, "edit_reg.safetensors"),
          {**meta, "cross_attention_guidance_amount": AMOUNTS["default"], "latents_from": "invert_reg.safetensors"})
+    # 16x16 latents: auto_corr_loss also rolls an avg-pooled 8x8 copy (2 steps: the budget)
+    big = Image.open(INIT_128).convert("RGB")
+    inv = t32(pipe.invert(prompt=PROMPT, image=big, generator=gen(), num_reg_steps=INVERT_RUNS["reg"], **{**INVERT, "num_inference_steps": 2}).latents)
+    save({"latents": inv}, os.path.join(OUT, "invert_reg128.safetensors"),
+         {"prompt": PROMPT, "image": "golden/img2img/init_128.png", "seed": SEED, "num_reg_steps": INVERT_RUNS["reg"],
+          "scheduler": "DDIMInverseScheduler", **INVERT, "num_inference_steps": 2})
+    v = load(SD21)
+    for run, g in V_RUNS.items():
+        inv = t32(v.invert(prompt=PROMPT, image=image, generator=gen(), num_reg_steps=INVERT_RUNS["reg"], **{**INVERT, "guidance_scale": g}).latents)
+        plain = t32(v.invert(prompt=PROMPT, image=image, generator=gen(), num_reg_steps=0, **{**INVERT, "guidance_scale": g}).latents)
+        MEASURED[f"invert_{run}_vs_plain_absmax"] = float((inv - plain).abs().max())
+        save({"latents": inv}, os.path.join(OUT, f"invert_{run}.safetensors"),
+             {"model": "sd21-tiny", "prompt": PROMPT, "image": "golden/img2img/init.png", "seed": SEED, "num_reg_steps": INVERT_RUNS["reg"],
+              "scheduler": "DDIMInverseScheduler", **INVERT, "guidance_scale": g})
     print(json.dumps(MEASURED, indent=1))
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"golden bytes: {total}")

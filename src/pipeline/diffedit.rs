@@ -258,12 +258,13 @@ fn check_edit(sd: &StableDiffusion, image: &Image, o: &DiffEditOptions) -> Resul
 }
 
 impl StableDiffusion {
-    /// `[negative, prompt]` (guided) or `[prompt]` text conditioning in the UNet's dtype.
-    async fn diffedit_text(&self, ctx: &Context, prompt: &str, negative: &str, guided: bool) -> Result<Tensor> {
+    /// `[negative, prompt]` (guided) or `[prompt]` text conditioning in the UNet's dtype (also
+    /// pix2pix-zero's inversion).
+    pub(super) async fn diffedit_text(&self, ctx: &Context, prompt: &str, negative: &str, guided: bool) -> Result<Tensor> {
         let o = GenerateOptions { prompt: prompt.into(), negative_prompt: negative.into(), ..Default::default() };
         let text = self.encode_prompt(ctx, &o, guided).await?.text;
         if text.shape()[0] != 1 + guided as usize {
-            return Err(Error::Unsupported("DiffEdit prompts cannot use AND (Composable Diffusion)".into()));
+            return Err(Error::Unsupported("DiffEdit and pix2pix-zero prompts cannot use AND (Composable Diffusion)".into()));
         }
         if text.dtype() == self.unet.dtype {
             return Ok(text);
@@ -272,14 +273,14 @@ impl StableDiffusion {
     }
 
     /// One (guided) noise prediction for latents `x` of `shape` at timestep `t`.
-    async fn diffedit_eps(&self, ctx: &Context, x: &[f32], t: f32, text: &Tensor, guidance: f32, shape: &[usize; 4]) -> Result<Vec<f32>> {
+    pub(super) async fn diffedit_eps(&self, ctx: &Context, x: &[f32], t: f32, text: &Tensor, guidance: f32, shape: &[usize; 4]) -> Result<Vec<f32>> {
         let b = text.shape()[0];
         let sample = Tensor::from_f32(ctx, &x.repeat(b), &[b, shape[1], shape[2], shape[3]], self.unet.dtype)?;
         let out = self.unet.forward_full(ctx, &sample, &[t], text, None, None, None)?.to_f32(ctx).await?;
         Ok(if b == 2 { schedulers::cfg_combine(&out[..x.len()], &out[x.len()..], guidance) } else { out })
     }
 
-    fn diffedit_shape(&self, width: usize, height: usize) -> [usize; 4] {
+    pub(super) fn diffedit_shape(&self, width: usize, height: usize) -> [usize; 4] {
         [1, self.vae.config.latent_channels, height / 8, width / 8]
     }
 
