@@ -208,3 +208,38 @@ fn cli_edit_from_to() {
     let r = run(&["--edit-to", "missing-dogs.txt"]);
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("missing-dogs.txt"), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+/// A real image edited: diffusers' `invert` (4 DDIM steps, the auto-correlation / KL
+/// regularisation, seed 42) of golden/img2img/init.png under the prompt, then `__call__` from
+/// those latents (edit_reg.png): the library's latents within 1e-3 of their max, the image
+/// within mean 1 / max 8; the CLI (`--init-image`) the same image; another sampler is refused.
+#[test]
+fn real_image_edit_matches_diffusers() {
+    let sd = sd15();
+    let init = fixtures().join("golden/img2img/init.png");
+    let (o, p) = edit_options(0.1);
+    let o = GenerateOptions { init_image: Some(read_image(&init)), ..o };
+    let lat = sd.pix2pix_zero_latents(ctx(), &o, &p).unwrap();
+    let e = rel_err(&lat, &Golden::load("pix2pix_zero", "edit_reg.safetensors").f32("latents").0);
+    let img = sd.pix2pix_zero(ctx(), &o, &p, |_, _| {}).unwrap();
+    let (_, _, want) = read_png(&fixtures().join("golden/pix2pix_zero/edit_reg.png"));
+    let (mean, max) = image_diff(&img.rgb, &want);
+    eprintln!("inverted + edited: latents {e:.2e} of their max, image mean {mean:.3} max {max}");
+    assert!(e <= 1e-3 && mean <= 1.0 && max <= 8, "latents {e:.3e}, image mean {mean} max {max}");
+    let euler = GenerateOptions { sampler: pigment::schedulers::SamplerKind::Euler, ..o.clone() };
+    assert!(sd.pix2pix_zero(ctx(), &euler, &p, |_, _| {}).err().unwrap().to_string().contains("ddim"));
+
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pix2pix-zero-real.png");
+    let model = fixtures().join("sd15-tiny");
+    let mut args: Vec<String> = ["generate", PROMPT, "--model", model.to_str().unwrap(), "--seed", "42", "--steps", "4", "--sampler", "ddim"].map(String::from).to_vec();
+    args.extend(["--init-image".into(), init.to_str().unwrap().into(), "--output".into(), out.to_str().unwrap().into()]);
+    for (s, t) in SOURCES.iter().zip(&p.target) {
+        args.extend(["--edit-from".into(), s.to_string(), "--edit-to".into(), t.clone()]);
+    }
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_pigment")).arg("--no-f16").args(&args).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (_, _, got) = read_png(&out);
+    let (mean, max) = image_diff(&got, &want);
+    eprintln!("CLI --init-image: mean {mean:.3} max {max}");
+    assert!(mean <= 1.0 && max <= 8, "CLI: mean {mean} max {max}");
+}

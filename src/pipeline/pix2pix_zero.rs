@@ -18,6 +18,7 @@
 //! steps from the *scaled* `x_in` (its `scale_model_input` is not undone); here it is undone.
 //! With DDIM (diffusers' example) neither applies.
 
+use super::pix2pix_zero_invert::InvertOptions;
 use super::{GenerateOptions, Image, StableDiffusion};
 use crate::gpu::Context;
 use crate::rng::TorchRng;
@@ -55,7 +56,7 @@ fn check(sd: &StableDiffusion, o: &GenerateOptions, p: &Pix2PixZeroOptions) -> R
         return Err(Error::Unsupported(format!("pix2pix-zero needs a text-to-image UNet; {} has {} input channels", sd.name, sd.unet.in_channels())));
     }
     let other = [
-        (o.init_image.is_some() || o.mask.is_some(), "an init image or mask"),
+        (o.mask.is_some(), "a mask (inpainting)"),
         (o.control.is_some(), "ControlNet"),
         (o.hires.is_some(), "the hires fix"),
         (o.gligen.is_some(), "GLIGEN boxes"),
@@ -75,6 +76,9 @@ fn check(sd: &StableDiffusion, o: &GenerateOptions, p: &Pix2PixZeroOptions) -> R
     }
     if o.steps == 0 {
         return Err(Error::Unsupported("pix2pix-zero: steps must be at least 1".into()));
+    }
+    if o.init_image.is_some() && o.sampler != schedulers::SamplerKind::Ddim {
+        return Err(Error::Unsupported("pix2pix-zero edits an image by DDIM inversion: use the ddim sampler (--sampler ddim)".into()));
     }
     Ok(())
 }
@@ -109,7 +113,10 @@ impl StableDiffusion {
     }
 
     /// pix2pix-zero from a prompt: `o`'s prompt, negative prompt, seed, size, steps, guidance and
-    /// sampler (DDIM is diffusers' example); `progress(step, total)` counts both passes.
+    /// sampler (DDIM is diffusers' example); `progress(step, total)` counts both passes. With
+    /// `o.init_image` (and no `p.latents`) the image is edited: first inverted under the prompt
+    /// as its caption ([`Self::pix2pix_zero_invert_async`], diffusers' `invert` defaults,
+    /// `o.steps` DDIM steps, unguided), then edited from those latents (DDIM only).
     pub async fn pix2pix_zero_async(&self, ctx: &Context, o: &GenerateOptions, p: &Pix2PixZeroOptions, progress: impl FnMut(usize, usize)) -> Result<Image> {
         let x = self.pix2pix_zero_latents_async(ctx, o, p, progress).await?;
         let shape = [1, self.vae.config.latent_channels, o.height / 8, o.width / 8];
@@ -141,10 +148,15 @@ impl StableDiffusion {
         let mut sched = schedulers::build(o.sampler, o.schedule, &self.scheduler_config, o.steps)?;
         let mut rng = TorchRng::new(o.seed);
         let n = shape.iter().product::<usize>();
-        let x_t = match &p.latents {
-            Some(l) if l.len() == n => l.clone(),
-            Some(l) => return Err(Error::Unsupported(format!("pix2pix-zero: {} start latents for a {}x{} image ({n} needed)", l.len(), o.width, o.height))),
-            None => super::img2img::prepare(self, ctx, o, sched.as_ref(), &mut rng).await?.latents,
+        let x_t = match (&p.latents, &o.init_image) {
+            (Some(l), _) if l.len() == n => l.clone(),
+            (Some(l), _) => return Err(Error::Unsupported(format!("pix2pix-zero: {} start latents for a {}x{} image ({n} needed)", l.len(), o.width, o.height))),
+            // a real image: its inversion under the prompt as caption (diffusers' `invert`)
+            (None, Some(image)) => {
+                let inv = InvertOptions { prompt: o.prompt.clone(), steps: o.steps, seed: o.seed, ..Default::default() };
+                self.pix2pix_zero_invert_async(ctx, image, &inv).await?.to_f32(ctx).await?
+            }
+            (None, None) => super::img2img::prepare(self, ctx, o, sched.as_ref(), &mut rng).await?.latents,
         };
         let evals = sched.timesteps().len();
         let guide = |out: &[f32]| if b == 2 { schedulers::cfg_combine(&out[..n], &out[n..], o.guidance) } else { out.to_vec() };
