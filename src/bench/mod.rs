@@ -339,7 +339,7 @@ pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<
         ctx.reset_peak();
         let weights;
         let (kernel, shape, ms) = match which {
-            ModelBench::Unet => {
+            ModelBench::Unet | ModelBench::UnetGrad => {
                 let c = w.unet()?;
                 let m = UNet2DConditionModel::load(ctx, c, dtype)?;
                 weights = ctx.pool_stats().live;
@@ -351,22 +351,18 @@ pub fn model_rows(ctx: &Context, dtypes: &[DType], latent: usize, model: Option<
                     text_embeds: random(2 * (input - 6 * t), 4),
                     time_ids: [1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0].repeat(2),
                 });
-                let ms = time_model(ctx, profile, "unet step", &mut || m.forward_full(ctx, &x, &[500.0], &text, added.as_ref(), None, None).map(drop))?;
-                ("unet step", format!("2x4x{latent}x{latent} ({}px)", latent * 8), ms)
-            }
-            ModelBench::UnetGrad => {
-                let c = w.unet()?;
-                let m = UNet2DConditionModel::load(ctx, c, dtype)?;
-                weights = ctx.pool_stats().live;
-                let ctx_dim = c.config_value("cross_attention_dim").and_then(|v| v.as_u64()).unwrap_or(768) as usize;
-                let x = Tensor::from_f32(ctx, &random(2 * 4 * latent * latent, 1), &[2, 4, latent, latent], dtype)?;
-                let text = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 2), &[2, 77, ctx_dim], dtype)?;
-                let edited = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 3), &[2, 77, ctx_dim], dtype)?;
-                let reference = m.forward_cross_maps(ctx, &x, 500.0, &text, None)?.maps;
-                let step = time_model(ctx, false, "unet step", &mut || m.forward_full(ctx, &x, &[500.0], &text, None, None, None).map(drop))?;
-                let ms = time_model(ctx, profile, "unet grad", &mut || m.cross_attention_loss_grad(ctx, &x, 500.0, &edited, None, &reference).map(drop))?;
-                println!("unet grad {}: {ms:.1} ms = {:.2} UNet steps ({step:.1} ms) of the same shape", dtype.name(), ms / step.max(1e-9));
-                ("unet grad", format!("2x4x{latent}x{latent} ({}px)", latent * 8), ms)
+                let shape = format!("2x4x{latent}x{latent} ({}px)", latent * 8);
+                let grad = which == ModelBench::UnetGrad;
+                let step = time_model(ctx, profile && !grad, "unet step", &mut || m.forward_full(ctx, &x, &[500.0], &text, added.as_ref(), None, None).map(drop))?;
+                if grad {
+                    let edited = Tensor::from_f32(ctx, &random(2 * 77 * ctx_dim, 3), &[2, 77, ctx_dim], dtype)?;
+                    let reference = m.forward_cross_maps(ctx, &x, 500.0, &text, added.as_ref())?.maps;
+                    let ms = time_model(ctx, profile, "unet grad", &mut || m.cross_attention_loss_grad(ctx, &x, 500.0, &edited, added.as_ref(), &reference).map(drop))?;
+                    println!("unet grad {}: {ms:.1} ms = {:.2} UNet steps ({step:.1} ms) of the same shape", dtype.name(), ms / step.max(1e-9));
+                    ("unet grad", shape, ms)
+                } else {
+                    ("unet step", shape, step)
+                }
             }
             ModelBench::Vae => {
                 let v = Vae::load_decoder(ctx, w.vae()?, dtype)?;
