@@ -109,14 +109,14 @@ if [ $quick = 1 ]; then
     # need GBs of memory and minutes on a CPU adapter).
     model=()
     [ -d tests/fixtures/sd15-tiny/unet ] && model=(--model tests/fixtures/sd15-tiny --dtype f32)
-    limits=(30 400 150 100 100 100)
+    limits=(30 400 150 100 100 100 100)
 else
     selftest=(selftest)
     tune=(tune --secs 0.1)
     bench_all=(bench all --full --secs 0.5)
     latent=64
     model=()
-    limits=(30 90 120 120 90 60)
+    limits=(30 90 120 120 90 60 60)
 fi
 
 step adapters "${limits[0]}" "$bin" adapters
@@ -132,6 +132,10 @@ else
     step "bench unet" "${limits[4]}" "$bin" bench unet --latent $latent "${model[@]}"
 fi
 step "bench vae" "${limits[5]}" "$bin" bench vae --latent $latent "${model[@]}"
+# pix2pix-zero's UNet reverse pass, as a multiple of a UNet step (f16 at full size)
+if "$bin" bench --help 2>/dev/null | grep -q unet-grad; then
+    step "bench unet-grad" "${limits[6]}" "$bin" bench unet-grad --latent $latent "${model[@]}"
+fi
 
 log ""
 log "# done in $(($(date +%s) - start))s; selftest $([ $selftest_rc = 0 ] && echo passed || echo FAILED); report $report"
