@@ -28,7 +28,7 @@ use crate::ops::grad::{
     conv2d_input_grad, geglu_grad, group_norm_grad, layer_norm_grad, merge_heads, softmax_grad, split_channels, split_heads, upsample_nearest2x_grad,
 };
 use crate::ops::norm::{group_norm, layer_norm};
-use crate::ops::resample::{concat_channels, transpose_last2, upsample_nearest2x};
+use crate::ops::resample::{concat_channels, copy_blocks, transpose_last2, upsample_nearest2x};
 use crate::ops::softmax::{geglu, softmax};
 
 /// One recorded module of the forward pass, with what its backward needs.
@@ -373,23 +373,47 @@ fn self_qkv(p: &Pass, a: &Attention, n: &Tensor) -> Result<[Tensor; 3]> {
     Ok([part(0)?, part(1)?, part(2)?])
 }
 
+/// The forward needs no map: the fused (flash) attention, memory O(L).
 fn self_attention(p: &Pass, a: &Attention, n: &Tensor, residual: &Tensor) -> Result<Tensor> {
-    let [q, k, v] = self_qkv(p, a, n)?;
-    Ok(attend_explicit(p, a, &q, &k, &v, residual, geometry(a, n.dim(2)).2)?.0)
+    super::unet::attend(p.ctx, a, n, None, residual, None)
 }
 
+/// `d/d n` of attn1 for the output gradient `g`. The map `P` `[B·H, L, L]` is built for as
+/// many (batch, head) entries at a time as one binding holds (SD 1.5 at 512x512: 32 MiB each in
+/// f16), each chunk's dq, dk and dv copied into place.
 fn self_attention_grad(p: &Pass, a: &Attention, n: &Tensor, g: &Tensor) -> Result<Tensor> {
     let ctx = p.ctx;
     let (heads, d, sc) = geometry(a, n.dim(2));
     let [q, k, v] = self_qkv(p, a, n)?;
-    let probs = softmax(ctx, &matmul(ctx, &q, &k, GemmOpts { trans_b: true, ..Default::default() })?, sc)?;
     let go = matmul(ctx, g, &a.to_out.weight_t, GemmOpts { trans_b: true, ..Default::default() })?;
     let go = split_heads(ctx, AttnInput::whole(&go), heads, d)?;
-    let dp = matmul(ctx, &go, &v, GemmOpts { trans_b: true, ..Default::default() })?;
-    let dv = matmul(ctx, &probs, &go, GemmOpts { trans_a: true, ..Default::default() })?;
-    let ds = softmax_grad(ctx, &probs, &dp)?;
-    let dq = matmul(ctx, &ds, &k, GemmOpts { alpha: sc, ..Default::default() })?;
-    let dk = matmul(ctx, &ds, &q, GemmOpts { trans_a: true, alpha: sc, ..Default::default() })?;
+    let (bh, l) = (q.dim(0), q.dim(1));
+    let per_entry = l * l * q.dtype().size();
+    let chunk = (ctx.max_binding() as usize / per_entry.max(1)).clamp(1, bh);
+    let grads = |q: &Tensor, k: &Tensor, v: &Tensor, go: &Tensor| -> Result<[Tensor; 3]> {
+        let probs = softmax(ctx, &matmul(ctx, q, k, GemmOpts { trans_b: true, ..Default::default() })?, sc)?;
+        let dp = matmul(ctx, go, v, GemmOpts { trans_b: true, ..Default::default() })?;
+        let dv = matmul(ctx, &probs, go, GemmOpts { trans_a: true, ..Default::default() })?;
+        let ds = softmax_grad(ctx, &probs, &dp)?;
+        let dq = matmul(ctx, &ds, k, GemmOpts { alpha: sc, ..Default::default() })?;
+        let dk = matmul(ctx, &ds, q, GemmOpts { trans_a: true, alpha: sc, ..Default::default() })?;
+        Ok([dq, dk, dv])
+    };
+    let [dq, dk, dv] = if chunk == bh {
+        grads(&q, &k, &v, &go)?
+    } else {
+        let empty = || Tensor::empty(ctx, q.shape(), q.dtype());
+        let (dq, dk, dv) = (empty()?, empty()?, empty()?);
+        let e = l * d;
+        for s in (0..bh).step_by(chunk) {
+            let m = chunk.min(bh - s);
+            let part = grads(&q.narrow0(s, m)?, &k.narrow0(s, m)?, &v.narrow0(s, m)?, &go.narrow0(s, m)?)?;
+            for (src, dst) in part.iter().zip([&dq, &dk, &dv]) {
+                copy_blocks(ctx, "self-attention gradient", src, 0, 0, dst, s * e, 0, m * e, 1)?;
+            }
+        }
+        [dq, dk, dv]
+    };
     let dqkv = merge_heads(ctx, &[&dq, &dk, &dv], heads)?;
     matmul(ctx, &dqkv, &a.q_weight_t, GemmOpts { trans_b: true, ..Default::default() })
 }
